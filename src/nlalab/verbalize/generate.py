@@ -1,0 +1,181 @@
+"""Batched K-sample generation from injected vectors.
+
+Two engines behind one function:
+- ``loop`` (default): our KV-cached decode loop with batch-invariant per-row sampling, so every
+  sample is fixed by (seed, vector key, sample index) whatever the batching, resume or device count.
+- ``hf``: plain ``transformers.generate`` with ``inputs_embeds`` — the reference path; sampled
+  outputs then depend on batch composition (torch's global RNG, seeded per batch).
+Greedy outputs of both engines are token-identical (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Literal, Optional, Sequence
+
+import torch
+
+from nlalab.errors import NLALabError
+from nlalab.verbalize.extract import extract_explanation
+from nlalab.verbalize.inject import injected_embeds
+from nlalab.verbalize.sampling import row_keys, sample_next
+
+Engine = Literal["loop", "hf"]
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 200
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+    seed: int = 42
+    batch_size: int = 32
+    engine: Engine = "loop"
+
+
+@dataclass
+class Verbalization:
+    vector_index: int
+    sample: int
+    raw_output: str
+    explanation: str
+    n_new_tokens: int
+    truncated: bool
+    missing_close_tag: bool
+    empty: bool
+    cjk_smell: bool
+    cjk_fraction: float
+    token_ids: list[int] = field(default_factory=list, repr=False)
+
+    def to_dict(self, with_tokens: bool = False) -> dict:
+        d = asdict(self)
+        if not with_tokens:
+            d.pop("token_ids")
+        return d
+
+
+def _decode_loop(av, embeds: torch.Tensor, keys: torch.Tensor, gs: GenerationSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns new tokens [B, <=max_new] (eos included, pad after) and a finished flag [B]."""
+    model = av.model
+    B = embeds.shape[0]
+    device = embeds.device
+    eos = torch.tensor(av.eos_ids, device=device)
+    pad = av.tokenizer.pad_token_id if av.tokenizer.pad_token_id is not None else av.eos_ids[0]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    tokens = []
+    with torch.inference_mode():
+        out = model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
+        past = out.past_key_values
+        for step in range(gs.max_new_tokens):
+            nxt = sample_next(out.logits[:, -1, :], keys, step, gs.temperature, gs.top_k, gs.top_p, gs.greedy)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            tokens.append(nxt)
+            done = done | torch.isin(nxt, eos)
+            if bool(done.all()) or step == gs.max_new_tokens - 1:
+                break
+            out = model(input_ids=nxt.unsqueeze(1), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+    return torch.stack(tokens, 1), done
+
+
+def _decode_hf(av, embeds: torch.Tensor, batch_seed: int, gs: GenerationSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    model = av.model
+    torch.manual_seed(batch_seed)
+    kw = dict(max_new_tokens=gs.max_new_tokens, eos_token_id=av.eos_ids,
+              pad_token_id=av.tokenizer.pad_token_id if av.tokenizer.pad_token_id is not None else av.eos_ids[0])
+    if gs.greedy or gs.temperature == 0:
+        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        kw.update(do_sample=True, temperature=gs.temperature, top_p=gs.top_p, top_k=gs.top_k or None)
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    with torch.inference_mode():
+        seq = model.generate(inputs_embeds=embeds, attention_mask=mask, **kw)
+    eos = torch.tensor(av.eos_ids, device=seq.device)
+    done = torch.isin(seq, eos).any(1)
+    return seq, done
+
+
+def _to_records(av, toks: torch.Tensor, done: torch.Tensor, vidx: Sequence[int], sidx: Sequence[int]) -> list[Verbalization]:
+    eos = set(av.eos_ids)
+    marker = av.sidecar.tokens.injection_char
+    out = []
+    for r in range(toks.shape[0]):
+        row = toks[r].tolist()
+        cut = next((i for i, t in enumerate(row) if t in eos), None)
+        body = row if cut is None else row[:cut]
+        raw = av.tokenizer.decode(body, skip_special_tokens=False)
+        truncated = not bool(done[r])
+        ex = extract_explanation(raw, truncated=truncated, marker=marker)
+        out.append(Verbalization(vector_index=int(vidx[r]), sample=int(sidx[r]), raw_output=raw,
+                                 n_new_tokens=len(body) + (0 if cut is None else 1), token_ids=body, **ex))
+    return out
+
+
+def verbalize(
+    av,
+    vectors: torch.Tensor,
+    k: int = 1,
+    settings: GenerationSettings = GenerationSettings(),
+    vector_keys: Optional[Sequence[int]] = None,
+    on_batch: Optional[Callable[[list[Verbalization]], None]] = None,
+    skip: Optional[set[tuple[int, int]]] = None,
+    progress: bool = False,
+) -> list[Verbalization]:
+    """K explanations per vector, ordered by (vector, sample).
+
+    ``vector_keys`` name each vector's noise stream (default: its index); ``skip`` lists (vector, sample)
+    pairs already done (resume); ``on_batch`` receives each finished batch (incremental writes).
+    A CUDA out-of-memory halves the micro-batch and retries.
+    """
+    if vectors.ndim != 2 or vectors.shape[0] == 0:
+        raise NLALabError(f"verbalize needs a non-empty [n, d] tensor, got shape {tuple(vectors.shape)}.")
+    if k < 1:
+        raise NLALabError(f"k must be >= 1, got {k}.")
+    n = vectors.shape[0]
+    keys_v = list(range(n)) if vector_keys is None else [int(x) for x in vector_keys]
+    todo = [(i, s) for i in range(n) for s in range(k) if not (skip and (i, s) in skip)]
+    results: list[Verbalization] = []
+    bs = max(1, int(settings.batch_size))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="verbalize", unit="sample")
+    pos = 0
+    while pos < len(todo):
+        chunk = todo[pos:pos + bs]
+        vidx = [i for i, _ in chunk]
+        sidx = [s for _, s in chunk]
+        try:
+            embeds = injected_embeds(av.model, av.prompt_ids, vectors[vidx], av.marker_pos, av.injection_scale)
+            if settings.engine == "hf":
+                toks, done = _decode_hf(av, embeds, settings.seed + pos, settings)
+            elif settings.engine == "loop":
+                dev = embeds.device
+                keys = row_keys(settings.seed, torch.tensor([keys_v[i] for i in vidx], device=dev),
+                                torch.tensor(sidx, device=dev))
+                toks, done = _decode_loop(av, embeds, keys, settings)
+            else:
+                raise NLALabError(f"Unknown engine {settings.engine!r}; use 'loop' or 'hf'.")
+        except torch.cuda.OutOfMemoryError:
+            if bs == 1:
+                raise NLALabError(
+                    "GPU out of memory at batch size 1 while verbalizing. Fix: lower --max-new-tokens, "
+                    "use a GPU with more memory, or shard the AV with --device-map auto."
+                ) from None
+            bs = max(1, bs // 2)
+            torch.cuda.empty_cache()
+            continue
+        recs = _to_records(av, toks.cpu(), done.cpu(), vidx, sidx)
+        results.extend(recs)
+        if on_batch is not None:
+            on_batch(recs)
+        if bar is not None:
+            bar.update(len(chunk))
+        pos += len(chunk)
+    if bar is not None:
+        bar.close()
+    results.sort(key=lambda r: (r.vector_index, r.sample))
+    return results
