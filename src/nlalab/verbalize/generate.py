@@ -56,6 +56,18 @@ class Verbalization:
         return d
 
 
+def _cache_arg(model) -> str:
+    """transformers >= 5.2x calls the KV cache ``cache``; earlier 5.x ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    c = getattr(out, "cache", None)
+    return c if c is not None else out.past_key_values
+
+
 def _decode_loop(av, embeds: torch.Tensor, keys: torch.Tensor, gs: GenerationSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns new tokens [B, <=max_new] (eos included, pad after) and a finished flag [B]."""
     model = av.model
@@ -66,8 +78,9 @@ def _decode_loop(av, embeds: torch.Tensor, keys: torch.Tensor, gs: GenerationSet
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens = []
     with torch.inference_mode():
+        cache_arg = _cache_arg(model)
         out = model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
-        past = out.past_key_values
+        past = _cache_of(out)
         for step in range(gs.max_new_tokens):
             nxt = sample_next(out.logits[:, -1, :], keys, step, gs.temperature, gs.top_k, gs.top_p, gs.greedy)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
@@ -75,8 +88,8 @@ def _decode_loop(av, embeds: torch.Tensor, keys: torch.Tensor, gs: GenerationSet
             done = done | torch.isin(nxt, eos)
             if bool(done.all()) or step == gs.max_new_tokens - 1:
                 break
-            out = model(input_ids=nxt.unsqueeze(1), past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(input_ids=nxt.unsqueeze(1), use_cache=True, **{cache_arg: past})
+            past = _cache_of(out)
     return torch.stack(tokens, 1), done
 
 

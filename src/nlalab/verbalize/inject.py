@@ -39,9 +39,9 @@ def injected_embeds(model: nn.Module, prompt_ids: Sequence[int], vectors: torch.
     check_finite(vectors, "Vectors to verbalize")
     device = emb_mod.weight.device
     ids = torch.tensor(list(prompt_ids), dtype=torch.long, device=device).unsqueeze(0).expand(vectors.shape[0], -1)
-    with torch.inference_mode():
+    with torch.no_grad():
         emb = emb_mod(ids).clone()
-    emb[:, marker_pos] = rescale(vectors.to(device), scale).to(emb.dtype)
+        emb[:, marker_pos] = rescale(vectors.to(device), scale).to(emb.dtype)
     return emb
 
 

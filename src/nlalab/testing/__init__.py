@@ -1,0 +1,114 @@
+"""Tiny release-layout NLA pairs (Qwen2, Gemma-3 text / multimodal wrapper, Llama) and defect builders.
+
+Why: every loader, validator and metric must be tested on checkpoints shaped exactly like the
+released kitft pairs, including their traps (K+1 blocks, no final norm, marker neighbours, BOS,
+padding side), without network access or a GPU. A whole four-arch set builds in a few seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+import yaml
+
+from nlalab.pairs.build import build_untrained_pair, load_base, save_truncated_backbone
+from nlalab.pairs.sidecar import SIDECAR_NAME, write_sidecar
+from nlalab.testing.models import ARCHES, make_base_model
+
+Arch = Literal["qwen2", "gemma3_text", "gemma3_mm", "llama"]
+Defect = Literal["missing_value_head", "wrong_marker_id", "ar_k_plus_2", "d_model_mismatch", "missing_sidecar"]
+DEFECTS: tuple[str, ...] = ("missing_value_head", "wrong_marker_id", "ar_k_plus_2", "d_model_mismatch",
+                            "missing_sidecar")
+
+
+@dataclass(frozen=True)
+class FixturePair:
+    arch: str
+    target: Path  # the base model (for gemma3_mm: the multimodal wrapper checkpoint)
+    av: Path
+    ar: Path
+    layer: int
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """Temporarily set torch's intra-op threads.
+
+    Why: tiny matmuls gain nothing from threads, and on a shared 2-core box OpenMP spin-waits make
+    a 4-layer forward take ~0.4 s with 2 threads versus ~2 ms with 1.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def build_fixture_pair(
+    root: str | Path,
+    arch: Arch,
+    layer: int = 2,
+    n_layers: int = 4,
+    d_model: int = 64,
+    seed: int = 0,
+) -> FixturePair:
+    """Base model in ``root/target``, untrained pair in ``root/pair/{av,ar}`` (K = ``layer``)."""
+    if arch not in ARCHES:
+        raise ValueError(f"Unknown arch {arch!r}; expected one of {ARCHES}.")
+    root = Path(root)
+    with torch_threads(1):
+        target = make_base_model(arch, root / "target", n_layers=n_layers, d_model=d_model, seed=seed)
+        pair = build_untrained_pair(target, root / "pair", layer, base_id=f"nlalab-testing/tiny-{arch}")
+    return FixturePair(arch=arch, target=target, av=pair.av, ar=pair.ar, layer=layer)
+
+
+def _edit_sidecar(model_dir: Path, edit) -> None:
+    raw = yaml.safe_load((model_dir / SIDECAR_NAME).read_text())
+    edit(raw)
+    write_sidecar(model_dir, raw)
+
+
+def make_defect(pair: FixturePair, defect: Defect, dest: str | Path) -> FixturePair:
+    """Copy ``pair`` to ``dest/{av,ar}`` and introduce exactly one defect (the target is shared, not copied).
+
+    - missing_value_head: ``ar/value_head.safetensors`` deleted.
+    - wrong_marker_id: AV sidecar ``tokens.injection_token_id`` + 1.
+    - ar_k_plus_2: AR config and weights rebuilt with K+2 blocks (the sidecar still says K).
+    - d_model_mismatch: AV sidecar ``d_model`` = hidden_size + 1.
+    - missing_sidecar: ``av/nla_meta.yaml`` deleted.
+    """
+    if defect not in DEFECTS:
+        raise ValueError(f"Unknown defect {defect!r}; expected one of {DEFECTS}.")
+    dest = Path(dest)
+    av, ar = dest / "av", dest / "ar"
+    for src, dst in ((pair.av, av), (pair.ar, ar)):
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst)
+    out = replace(pair, av=av, ar=ar)
+
+    if defect == "missing_value_head":
+        (ar / "value_head.safetensors").unlink()
+    elif defect == "missing_sidecar":
+        (av / SIDECAR_NAME).unlink()
+    elif defect == "wrong_marker_id":
+        _edit_sidecar(av, lambda d: d["tokens"].__setitem__("injection_token_id", d["tokens"]["injection_token_id"] + 1))
+    elif defect == "d_model_mismatch":
+        _edit_sidecar(av, lambda d: d.__setitem__("d_model", int(d["d_model"]) + 1))
+    elif defect == "ar_k_plus_2":
+        with torch_threads(1):
+            model, _ = load_base(pair.target)
+            for f in ar.glob("model*.safetensors*"):
+                f.unlink()
+            (ar / "config.json").unlink()
+            save_truncated_backbone(model, ar, pair.layer + 2)
+    return out
+
+
+__all__ = ["ARCHES", "DEFECTS", "FixturePair", "build_fixture_pair", "make_defect", "torch_threads"]
