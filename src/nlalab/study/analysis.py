@@ -1,0 +1,667 @@
+"""Turn the per-sample rows of an ``nlalab run`` into the seed paper's tables (sections 3 and 4).
+
+Pure python/numpy, no model code. :func:`analyze` takes plain dict rows and returns a
+JSON-serialisable dict (the content of results.json); :mod:`nlalab.study.report` renders it.
+
+Conventions (all deterministic given ``seed``):
+
+- **Uncertainty.** Every per-category mean carries a 95% percentile interval from the *cluster*
+  bootstrap over items (:func:`nlalab.stats.cluster_bootstrap_ci`): the K samples of one item share
+  the prompt, the activation and the AV state, so they are not independent draws. Rows whose value is
+  ``None`` (recall/hit of a prompt without content words) or NaN are left out of that metric.
+- **Permutation floor (seed section 4.1).** The unit that is shuffled is the *item's set of K
+  explanations*: a permutation ``p`` gives item ``i`` the explanations of item ``p[i]`` (all K of them),
+  so the within-item correlation is kept. "Within" permutes only inside a category, "cross" over all
+  items. A floor is the mean over ``n_perm`` permutations of the row-weighted mean recall; its interval
+  is the 2.5/97.5 percentile of that permutation distribution; ``p`` is
+  :func:`nlalab.stats.permutation_pvalue` (alternative "greater"). Random permutations may map an
+  item to itself (the standard permutation null), so the floor's expectation is the mean recall over
+  *all* (prompt, explanation-set) pairs of the group, own pair included.
+  Recall under a permutation is not recomputed from text: a ``[n_items, n_explanations]`` recall
+  matrix is built once from content-word sets (a 0/1 matrix product over the prompts' vocabulary) and
+  every permutation only indexes it.
+- **Stability (seed section 3.4).** within-prompt std = mean over items of the std over that item's
+  samples (ddof=0; items with < 2 values are skipped); cross-prompt std = std over items of the item
+  means (ddof=1, the sample std, as used by the power calculation).
+- **Power.** Minimum detectable difference between two categories
+  (:func:`nlalab.stats.min_detectable_difference`, alpha 0.05, power 0.8) at the *smallest* number of
+  items per category in this run, with the pooled within-category std (ddof=1) of item means.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import Counter
+from typing import Any, Iterable, Optional
+
+import numpy as np
+
+from nlalab import stats as S
+from nlalab.scorers.keyword import content_words, lexicon_hits, load_lexicon, top_category
+
+__all__ = [
+    "METRICS",
+    "FLAGS",
+    "STABILITY_METRICS",
+    "DIRECTION_KINDS",
+    "analyze",
+    "recall_matrix",
+    "opening_phrases",
+]
+
+#: Per-category metrics: the row value (or derived value) each mean is taken over.
+METRICS = ("cos", "fve_nrm", "fve_nrm_seed", "mse_nrm", "recall", "hit", "length_words")
+#: Failure flags reported as rates (share of rows where the flag is true).
+FLAGS = ("truncated", "missing_close_tag", "empty", "cjk_smell")
+STABILITY_METRICS = ("cos", "fve_nrm", "recall")
+DIRECTION_KINDS = ("self", "neg", "cross")
+POWER_METRICS = ("fve_nrm", "recall")
+OVERALL = "OVERALL"
+CJK_WARN_RATE = 0.2
+_REQUIRED = ("item_id", "category", "prompt", "sample", "explanation")
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def _subseed(seed: int, *parts: object) -> int:
+    """A stable derived seed (independent of PYTHONHASHSEED) for one named sub-analysis."""
+    words = [int(seed) % (2**32)] + [zlib.crc32(str(p).encode("utf-8")) for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+def _num(v: Any) -> Optional[float]:
+    """Row value -> float, or None for missing/None/NaN/inf (left out of means)."""
+    if v is None:
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return float(v)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number, bool or None; found {v!r}") from None
+    return f if math.isfinite(f) else None
+
+
+def _row_value(row: dict, metric: str) -> Optional[float]:
+    if metric == "length_words":
+        return float(len(str(row.get("explanation") or "").split()))
+    return _num(row.get(metric))
+
+
+def _est(values: list, clusters: Optional[list], n_boot: int, seed: int) -> Optional[dict]:
+    """Cluster (or plain, when ``clusters`` is None) bootstrap Estimate dict; None if no values."""
+    keep = [i for i, v in enumerate(values) if v is not None]
+    if not keep:
+        return None
+    vals = np.array([values[i] for i in keep], dtype=np.float64)
+    if clusters is None:
+        e = S.bootstrap_ci(vals, n_boot=n_boot, seed=seed)
+    else:
+        e = S.cluster_bootstrap_ci(vals, [clusters[i] for i in keep], n_boot=n_boot, seed=seed)
+    return e.to_dict()
+
+
+def _dist_est(null: np.ndarray) -> dict:
+    """Mean of a permutation distribution with its 2.5/97.5 percentiles."""
+    lo, hi = np.quantile(null, [0.025, 0.975])
+    return {"mean": float(null.mean()), "lo": float(lo), "hi": float(hi), "n": int(null.size)}
+
+
+def _clean(x: Any) -> Any:
+    """Recursively convert to JSON-safe python types; non-finite floats become None."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        f = float(x)
+        return f if math.isfinite(f) else None
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    return x
+
+
+def _mean(vals: Iterable[Optional[float]]) -> Optional[float]:
+    v = [x for x in vals if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _validate_samples(samples, categories) -> tuple[list[dict], list[str], dict[str, dict]]:
+    if samples is None or len(samples) == 0:
+        raise ValueError(
+            "samples is empty: there are no explanation rows to analyse. Fix: check that `nlalab run` "
+            "captured and verbalized at least one corpus item."
+        )
+    cats = list(categories or [])
+    if not cats:
+        raise ValueError("categories is empty; expected the corpus categories in corpus order")
+    if len(set(cats)) != len(cats):
+        dup = sorted({c for c in cats if cats.count(c) > 1})
+        raise ValueError(f"categories has duplicates {dup}; expected each category once")
+    known = set(cats)
+    rows: list[dict] = []
+    items: dict[str, dict] = {}
+    seen: set[tuple[str, int]] = set()
+    for i, r in enumerate(samples):
+        if not isinstance(r, dict):
+            raise ValueError(f"samples[{i}]: expected a dict row; found {type(r).__name__}")
+        missing = [k for k in _REQUIRED if k not in r]
+        if missing:
+            raise ValueError(f"samples[{i}]: missing key(s) {missing}; keys found: {sorted(r)}")
+        cat = r["category"]
+        if cat not in known:
+            raise ValueError(
+                f"samples[{i}] (item {r['item_id']!r}): unknown category {cat!r}; expected one of {cats}"
+            )
+        try:
+            k = int(r["sample"])
+        except (TypeError, ValueError):
+            raise ValueError(f"samples[{i}]: 'sample' must be an int >= 0; found {r['sample']!r}") from None
+        if k < 0 or k != r["sample"]:
+            raise ValueError(f"samples[{i}]: 'sample' must be an int >= 0; found {r['sample']!r}")
+        iid = str(r["item_id"])
+        if (iid, k) in seen:
+            raise ValueError(f"samples[{i}]: duplicate row for item {iid!r} sample {k}")
+        seen.add((iid, k))
+        it = items.get(iid)
+        if it is None:
+            items[iid] = {"category": cat, "prompt": r["prompt"], "rows": []}
+            it = items[iid]
+        elif it["category"] != cat or it["prompt"] != r["prompt"]:
+            raise ValueError(
+                f"samples[{i}]: item {iid!r} appears with a different category or prompt than in an "
+                "earlier row; every row of one item must carry the same category and prompt"
+            )
+        rows.append(r)
+        it["rows"].append(len(rows) - 1)
+    for it in items.values():
+        it["rows"].sort(key=lambda j: int(rows[j]["sample"]))
+    return rows, cats, items
+
+
+def _check_b_rv(b_rv) -> float:
+    try:
+        b = float(b_rv)
+    except (TypeError, ValueError):
+        raise ValueError(f"b_rv: expected a positive finite number; found {b_rv!r}") from None
+    if not math.isfinite(b) or b <= 0:
+        raise ValueError(f"b_rv: expected a positive finite number; found {b_rv!r}")
+    return b
+
+
+# ----------------------------------------------------------------------------- 1. per category
+
+
+def _per_category(rows, cats, items, n_boot, seed) -> tuple[dict, dict]:
+    groups: dict[str, list[int]] = {c: [] for c in cats}
+    for j, r in enumerate(rows):
+        groups[r["category"]].append(j)
+    groups[OVERALL] = list(range(len(rows)))
+    keys = list(METRICS) + list(FLAGS)
+    out: dict[str, dict] = {}
+    for g, idx in groups.items():
+        clusters = [str(rows[j]["item_id"]) for j in idx]
+        entry: dict[str, Any] = {"n": len(idx), "n_items": len(set(clusters))}
+        for m in keys:
+            vals = [_row_value(rows[j], m) for j in idx]
+            entry[m] = _est(vals, clusters, n_boot, _subseed(seed, "per_category", g, m)) if idx else None
+        out[g] = entry
+    spread: dict[str, Optional[float]] = {}
+    for m in keys:
+        means = [out[c][m]["mean"] for c in cats if out[c].get(m)]
+        spread[m] = float(max(means) - min(means)) if len(means) >= 1 else None
+    return out, spread
+
+
+# ----------------------------------------------------------------------------- 2. stability
+
+
+def _item_values(rows, items, iid, metric) -> list[float]:
+    return [v for v in (_row_value(rows[j], metric) for j in items[iid]["rows"]) if v is not None]
+
+
+def _stability(rows, cats, items) -> dict:
+    def block(iids: list[str]) -> dict:
+        res = {}
+        for m in STABILITY_METRICS:
+            per_item = [_item_values(rows, items, i, m) for i in iids]
+            within = [float(np.std(v)) for v in per_item if len(v) >= 2]
+            means = [float(np.mean(v)) for v in per_item if v]
+            w = float(np.mean(within)) if within else None
+            c = float(np.std(means, ddof=1)) if len(means) >= 2 else None
+            res[m] = {
+                "within": w,
+                "cross": c,
+                "ratio": (w / c) if (w is not None and c) else None,
+                "n_items": len(means),
+            }
+        return res
+
+    out = {c: block([i for i, it in items.items() if it["category"] == c]) for c in cats}
+    out[OVERALL] = block(list(items))
+    return out
+
+
+# ----------------------------------------------------------------------------- 3. permutation
+
+
+def recall_matrix(prompts: list[str], explanations: list[str], stopwords=None) -> tuple[np.ndarray, np.ndarray]:
+    """``R[i, j] = keyword_recall(prompts[i], explanations[j])`` for all pairs, and the mask of prompts
+    that have content words (rows with ``valid == False`` are 0 and must be left out, as recall is
+    None there). Built from 0/1 content-word matrices over the prompts' vocabulary: one matrix product.
+    """
+    stop = None if stopwords is None else frozenset(w.lower() for w in stopwords)
+    psets = [content_words(p, stop) for p in prompts]
+    vocab = {w: k for k, w in enumerate(sorted(set().union(*psets)))} if psets else {}
+    A = np.zeros((len(prompts), max(1, len(vocab))))
+    for i, ws in enumerate(psets):
+        for w in ws:
+            A[i, vocab[w]] = 1.0
+    B = np.zeros((len(explanations), max(1, len(vocab))))
+    for j, e in enumerate(explanations):
+        for w in content_words(e, stop):
+            k = vocab.get(w)
+            if k is not None:
+                B[j, k] = 1.0
+    sizes = A.sum(1)
+    valid = sizes > 0
+    R = (A @ B.T) / np.where(valid, sizes, 1.0)[:, None]
+    return R, valid
+
+
+def _collect_perms(n: int, n_perm: int, seed: int, groups) -> np.ndarray:
+    perms: list[np.ndarray] = []
+
+    def grab(p: np.ndarray) -> float:
+        perms.append(np.asarray(p))
+        return 0.0
+
+    S.permutation_test(grab, n, n_perm=n_perm, seed=seed, groups=groups)
+    return np.stack(perms)
+
+
+def _permutation(rows, cats, items, stopwords, n_perm, seed) -> tuple[dict, list[str]]:
+    iids = list(items)
+    n = len(iids)
+    pos = {iid: k for k, iid in enumerate(iids)}
+    prompts = [items[i]["prompt"] for i in iids]
+    expl = [str(r.get("explanation") or "") for r in rows]
+    R, valid = recall_matrix(prompts, expl, stopwords)
+    M = np.zeros((len(rows), n))
+    for j, r in enumerate(rows):
+        M[j, pos[str(r["item_id"])]] = 1.0
+    Ssum = R @ M  # [n_items(prompt), n_items(explanation set)]: summed recall over the set
+    kcount = M.sum(0)
+    item_cat = np.array([items[i]["category"] for i in iids])
+    v = valid.astype(np.float64)
+    ar = np.arange(n)
+
+    def stat(P: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        w = v * mask
+        num = (Ssum[ar[None, :], P] * w).sum(1)
+        den = (kcount[P] * w).sum(1)
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+    ident = ar[None, :]
+    P_within = _collect_perms(n, n_perm, _subseed(seed, "perm", "within"), list(item_cat))
+    P_cross = _collect_perms(n, n_perm, _subseed(seed, "perm", "cross"), None)
+
+    warnings: list[str] = []
+    masks = {c: (item_cat == c).astype(np.float64) for c in cats}
+    masks[OVERALL] = np.ones(n)
+
+    def floor_block(mask) -> Optional[dict]:
+        real = float(stat(ident, mask)[0])
+        if not math.isfinite(real):
+            return None
+        nw = stat(P_within, mask)
+        nc = stat(P_cross, mask)
+        fw, fc = _dist_est(nw), _dist_est(nc)
+        return {
+            "real": real,
+            "n_rows": int((kcount * v * mask).sum()),
+            "n_items": int((v * mask).sum()),
+            "floor_within": fw,
+            "floor_cross": fc,
+            "gap_within": real - fw["mean"],
+            "gap_cross": real - fc["mean"],
+            "p_within": S.permutation_pvalue(real, nw, alternative="greater"),
+            "p_cross": S.permutation_pvalue(real, nc, alternative="greater"),
+        }
+
+    overall = floor_block(masks[OVERALL])
+    per_cat = {c: floor_block(masks[c]) for c in cats}
+    # Cross-check the text-level recall against the recall the run stored per row.
+    row_recall = _mean(_num(r.get("recall")) for r in rows)
+    if overall is not None and row_recall is not None and abs(row_recall - overall["real"]) > 1e-6:
+        warnings.append(
+            f"permutation: real mean recall recomputed from text ({overall['real']:.4f}) differs from the "
+            f"rows' stored recall ({row_recall:.4f}); were the rows scored with other stopwords?"
+        )
+    res = {
+        "unit": "item (its K explanations move together)",
+        "n_perm": int(n_perm),
+        "n_items": n,
+        "overall": overall,
+        "per_category": per_cat,
+    }
+    return res, warnings
+
+
+# ----------------------------------------------------------------------------- 4. random Gaussian
+
+
+_WORD_STRIP = "\"'`*_()[]{}<>.,;:!?«»“”‘’-#"
+
+
+def opening_phrases(explanations: Iterable[str], n_words: int, top: int = 5) -> dict:
+    """Most frequent opening phrases (first ``n_words`` lower-cased, punctuation-stripped words).
+
+    Explanations with fewer than ``n_words`` words count with what they have; empty ones are skipped.
+    Returns ``{"n", "distinct", "top": [{"phrase", "count", "share"}], "top_share"}``; ties in count are
+    broken alphabetically so the output is deterministic.
+    """
+    phrases = []
+    for e in explanations:
+        words = [w.strip(_WORD_STRIP).lower() for w in str(e or "").split()]
+        words = [w for w in words if w]
+        if words:
+            phrases.append(" ".join(words[:n_words]))
+    n = len(phrases)
+    cnt = Counter(phrases)
+    ranked = sorted(cnt.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    tops = [{"phrase": p, "count": c, "share": c / n} for p, c in ranked]
+    return {"n": n, "distinct": len(cnt), "top": tops, "top_share": tops[0]["share"] if tops else None}
+
+
+def _random_gaussian(random_rows, per_cat, real_rows, n_boot, seed) -> tuple[dict, list[str]]:
+    vids = [r.get("vector_index") for r in random_rows]
+    repeated = any(v is not None for v in vids) and len(set(vids)) < len(vids)
+    clusters = [str(v) for v in vids] if repeated else None
+    metrics: dict[str, Any] = {}
+    for m in ("cos", "fve_nrm", "fve_nrm_seed", "mse_nrm", "recall", "hit"):
+        vals = [_num(r.get(m)) for r in random_rows]
+        metrics[m] = _est(vals, clusters, n_boot, _subseed(seed, "random", m))
+    comparison = []
+    for m in ("cos", "fve_nrm", "fve_nrm_seed", "recall"):
+        real = per_cat[OVERALL].get(m)
+        rnd = metrics.get(m)
+        comparison.append(
+            {
+                "metric": m,
+                "real": real,
+                "random": rnd,
+                "diff": (real["mean"] - rnd["mean"]) if (real and rnd) else None,
+            }
+        )
+    real_expl = [r.get("explanation") for r in real_rows]
+    rand_expl = [r.get("explanation") for r in random_rows]
+    fmt = {
+        side: {"first3": opening_phrases(ex, 3), "first5": opening_phrases(ex, 5)}
+        for side, ex in (("real", real_expl), ("random", rand_expl))
+    }
+    out = {
+        "n": len(random_rows),
+        "n_vectors": len({v for v in vids if v is not None}) or len(random_rows),
+        "ci_method": "cluster bootstrap over vector_index" if repeated else "bootstrap over rows",
+        "metrics": metrics,
+        "comparison": comparison,
+        "format_templates": fmt,
+        "flags": _flag_counts(random_rows, "random-Gaussian control"),
+    }
+    return out, list(out["flags"]["warnings"])
+
+
+# ----------------------------------------------------------------------------- 5. directions
+
+
+def _directions(direction_rows, cats, lexicon) -> tuple[dict, list[str]]:
+    known = set(cats)
+    lex_cats = list(lexicon)
+    groups: dict[str, dict] = {}
+    for i, r in enumerate(direction_rows):
+        if not isinstance(r, dict):
+            raise ValueError(f"direction_rows[{i}]: expected a dict row; found {type(r).__name__}")
+        for k in ("direction", "kind", "category", "explanation"):
+            if k not in r:
+                raise ValueError(f"direction_rows[{i}]: missing key {k!r}; keys found: {sorted(r)}")
+        kind, cat, name = r["kind"], r["category"], str(r["direction"])
+        if kind not in DIRECTION_KINDS:
+            raise ValueError(f"direction_rows[{i}] ({name}): kind {kind!r}; expected one of {DIRECTION_KINDS}")
+        if cat not in known:
+            raise ValueError(f"direction_rows[{i}] ({name}): unknown category {cat!r}; expected one of {cats}")
+        g = groups.setdefault(name, {"kind": kind, "category": cat, "rows": []})
+        if g["kind"] != kind or g["category"] != cat:
+            raise ValueError(
+                f"direction_rows[{i}]: direction {name!r} appears with kind/category {kind!r}/{cat!r} "
+                f"and {g['kind']!r}/{g['category']!r}"
+            )
+        g["rows"].append(r)
+    warnings = []
+    missing = [c for c in cats if c not in lexicon]
+    if missing:
+        warnings.append(
+            f"directions: the lexicon has no word list for {missing}; a direction pointing there can never "
+            "be called correct"
+        )
+    table = []
+    for name, g in groups.items():
+        hits = [lexicon_hits(str(r.get("explanation") or ""), lexicon) for r in g["rows"]]
+        mean_hits = {c: float(np.mean([h[c] for h in hits])) for c in lex_cats}
+        top = top_category(mean_hits)
+        if g["kind"] == "neg":
+            ok = top is not None and top != g["category"]
+        else:
+            ok = top == g["category"]
+        entry = {
+            "direction": name,
+            "kind": g["kind"],
+            "category": g["category"],
+            "n": len(g["rows"]),
+            "mean_hits": mean_hits,
+            "top": top,
+            "ok": bool(ok),
+        }
+        for m in ("cos", "fve_nrm"):
+            vals = [_num(r.get(m)) for r in g["rows"] if m in r]
+            entry[m] = _mean(vals) if vals else None
+        table.append(entry)
+
+    def kn(kind: str) -> dict:
+        sel = [e for e in table if e["kind"] == kind]
+        k = sum(e["ok"] for e in sel)
+        return {"k": k, "n": len(sel), "text": f"{k}/{len(sel)}", "directions": [e["direction"] for e in sel]}
+
+    out = {
+        "lexicon_categories": lex_cats,
+        "rows": table,
+        "alignment": kn("self"),
+        "negation_symmetry": kn("neg"),
+        "cross": kn("cross"),
+        "rule": (
+            "top = category with the most mean lexicon hits (None on a tie or all zero); self/cross are "
+            "correct when top == intended category, neg when top is not None and differs from c"
+        ),
+        "flags": _flag_counts(direction_rows, "direction-injection control"),
+    }
+    return out, warnings + list(out["flags"]["warnings"])
+
+
+# ----------------------------------------------------------------------------- 6. confabulation
+
+
+def _confabulation(rows, cats, q, max_recall, per_category) -> dict:
+    fves = np.array([v for v in (_num(r.get("fve_nrm")) for r in rows) if v is not None])
+    if fves.size == 0:
+        return {"fve_threshold": None, "quantile": q, "max_recall": max_recall, "n_candidates": 0,
+                "per_category": {c: [] for c in cats}}
+    thr = float(np.quantile(fves, q))
+    cands = []
+    for r in rows:
+        f, rec = _num(r.get("fve_nrm")), _num(r.get("recall"))
+        if f is None or rec is None or f < thr or rec > max_recall:
+            continue
+        cands.append(r)
+    out = {}
+    for c in cats:
+        sel = [r for r in cands if r["category"] == c]
+        sel.sort(key=lambda r: (-float(r["fve_nrm"]), str(r["item_id"]), int(r["sample"])))
+        out[c] = [
+            {
+                "item_id": str(r["item_id"]),
+                "sample": int(r["sample"]),
+                "category": c,
+                "prompt": r["prompt"],
+                "explanation": r.get("explanation"),
+                "fve_nrm": _num(r.get("fve_nrm")),
+                "cos": _num(r.get("cos")),
+                "recall": _num(r.get("recall")),
+            }
+            for r in sel[:per_category]
+        ]
+    return {"fve_threshold": thr, "quantile": q, "max_recall": max_recall, "n_candidates": len(cands),
+            "per_category": out}
+
+
+# ----------------------------------------------------------------------------- 7. power
+
+
+def _power(rows, cats, items, spread, alpha=0.05, power=0.8) -> dict:
+    n_items = {c: sum(1 for it in items.values() if it["category"] == c) for c in cats}
+    present = [n for n in n_items.values() if n > 0]
+    n_min = min(present) if present else 0
+    res: dict[str, Any] = {"alpha": alpha, "power": power, "n_per_group": n_min,
+                           "n_items_per_category": n_items, "metrics": {}}
+    for m in POWER_METRICS:
+        ss, dof = 0.0, 0
+        for c in cats:
+            means = [float(np.mean(v)) for v in (_item_values(rows, items, i, m)
+                     for i, it in items.items() if it["category"] == c) if v]
+            if len(means) >= 2:
+                ss += float(np.var(means, ddof=1)) * (len(means) - 1)
+                dof += len(means) - 1
+        if dof == 0 or n_min < 1:
+            res["metrics"][m] = {"pooled_std": None, "mdd": None, "observed_spread": spread.get(m),
+                                 "spread_exceeds_mdd": None}
+            continue
+        sd = math.sqrt(ss / dof)
+        mdd = S.min_detectable_difference(sd, n_min, alpha=alpha, power=power)
+        sp = spread.get(m)
+        res["metrics"][m] = {"pooled_std": sd, "mdd": mdd, "observed_spread": sp,
+                             "spread_exceeds_mdd": (sp > mdd) if sp is not None else None}
+    return res
+
+
+# ----------------------------------------------------------------------------- 8. flags
+
+
+def _flag_counts(rows, what: str = "samples") -> dict:
+    n = len(rows)
+    counts = {f: int(sum(bool(r.get(f)) for r in rows)) for f in FLAGS}
+    rates = {f: (counts[f] / n if n else None) for f in FLAGS}
+    warnings = []
+    if n and rates["cjk_smell"] > CJK_WARN_RATE:
+        warnings.append(
+            f"{what}: cjk_smell rate {rates['cjk_smell']:.2f} > {CJK_WARN_RATE}: the AV mostly wrote "
+            "CJK-looking text, so the activation injection likely failed (check the injection character, "
+            "its token id and the injection scale)"
+        )
+    return {"n": n, "counts": counts, "rates": rates, "warnings": warnings}
+
+
+# ----------------------------------------------------------------------------- public entry point
+
+
+def analyze(
+    samples: list[dict],
+    *,
+    categories: list[str],
+    b_rv: float,
+    b_rv_source: str,
+    random_rows: Optional[list[dict]] = None,
+    direction_rows: Optional[list[dict]] = None,
+    lexicon: Optional[dict[str, list[str]]] = None,
+    stopwords: Optional[Iterable[str]] = None,
+    n_perm: int = 1000,
+    n_boot: int = 2000,
+    seed: int = 42,
+    confab_fve_quantile: float = 0.5,
+    confab_max_recall: float = 0.1,
+    confab_per_category: int = 3,
+) -> dict:
+    """All tables of the seed paper (sections 3-4) from the rows of one run; JSON-serialisable.
+
+    Top-level keys: ``b_rv``, ``b_rv_source``, ``n_samples``, ``n_items``, ``k``, ``categories``,
+    ``settings``, ``per_category``, ``spread``, ``stability``, ``permutation``, ``random_gaussian``
+    (None if not run), ``directions`` (None if not run), ``confabulation``, ``power``, ``flags``,
+    ``warnings``. See the module docstring for the statistical conventions.
+
+    Raises ValueError on empty ``samples``, a row whose category is not in ``categories``, missing
+    keys, duplicate (item_id, sample) rows, or an item with inconsistent category/prompt.
+    """
+    rows, cats, items = _validate_samples(samples, categories)
+    b = _check_b_rv(b_rv)
+    if int(n_perm) < 1 or int(n_boot) < 1:
+        raise ValueError(f"n_perm and n_boot must be >= 1; found {n_perm}, {n_boot}")
+    if not 0.0 <= float(confab_fve_quantile) <= 1.0:
+        raise ValueError(f"confab_fve_quantile: expected a value in [0, 1]; found {confab_fve_quantile}")
+    warnings: list[str] = []
+    empty_cats = [c for c in cats if not any(it["category"] == c for it in items.values())]
+    if empty_cats:
+        warnings.append(f"categories without rows: {empty_cats}")
+
+    per_cat, spread = _per_category(rows, cats, items, int(n_boot), seed)
+    perm, w = _permutation(rows, cats, items, stopwords, int(n_perm), seed)
+    warnings += w
+
+    rg = None
+    if random_rows:
+        rg, w = _random_gaussian(list(random_rows), per_cat, rows, int(n_boot), seed)
+        warnings += w
+    dirs = None
+    if direction_rows:
+        lex = lexicon if lexicon is not None else load_lexicon()
+        dirs, w = _directions(list(direction_rows), cats, lex)
+        warnings += w
+
+    flags = _flag_counts(rows)
+    warnings = flags["warnings"] + warnings
+    results = {
+        "b_rv": b,
+        "b_rv_source": str(b_rv_source),
+        "n_samples": len(rows),
+        "n_items": len(items),
+        "k": max(int(r["sample"]) for r in rows) + 1,
+        "categories": cats,
+        "settings": {
+            "seed": seed,
+            "n_perm": int(n_perm),
+            "n_boot": int(n_boot),
+            "ci": "95% percentile, cluster bootstrap over item_id",
+            "confab_fve_quantile": confab_fve_quantile,
+            "confab_max_recall": confab_max_recall,
+            "confab_per_category": confab_per_category,
+            "stopwords": "shipped" if stopwords is None else "custom",
+        },
+        "per_category": per_cat,
+        "spread": spread,
+        "stability": _stability(rows, cats, items),
+        "permutation": perm,
+        "random_gaussian": rg,
+        "directions": dirs,
+        "confabulation": _confabulation(rows, cats, float(confab_fve_quantile), float(confab_max_recall),
+                                        int(confab_per_category)),
+        "power": _power(rows, cats, items, spread),
+        "flags": flags,
+        "warnings": warnings,
+    }
+    return _clean(results)
