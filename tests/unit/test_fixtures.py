@@ -18,7 +18,14 @@ import yaml
 from safetensors import safe_open
 
 from nlalab.errors import NLALabError
-from nlalab.pairs.build import build_untrained_pair, calibration_norms, load_base, round_up_sig, text_backbone
+from nlalab.pairs.build import (
+    CALIBRATION_PROMPTS,
+    build_untrained_pair,
+    calibration_norms,
+    load_base,
+    round_up_sig,
+    text_backbone,
+)
 from nlalab.pairs.markers import av_prompt_ids, choose_marker, locate_marker
 from nlalab.pairs.sidecar import DEFAULT_AR_TEMPLATE, read_sidecar
 from nlalab.testing import DEFECTS, make_defect, torch_threads
@@ -68,7 +75,8 @@ def _hidden(cfg: dict) -> int:
 
 
 def _tree(d: Path) -> dict[str, str]:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+    files = sorted(p for p in d.rglob("*") if p.is_file())
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def _pair_tree(pair) -> dict[str, str]:
@@ -193,7 +201,8 @@ def test_av_prompt_marker_once_with_pinned_neighbours(fixture_pair):
     ids = av_prompt_ids(tok, sc.tokens.injection_char, sc.av_template)
     assert ids.count(sc.tokens.injection_token_id) == 1
     site = locate_marker(ids, sc.tokens.injection_token_id)
-    assert (site.left_id, site.right_id) == (sc.tokens.injection_left_neighbor_id, sc.tokens.injection_right_neighbor_id)
+    pinned = (sc.tokens.injection_left_neighbor_id, sc.tokens.injection_right_neighbor_id)
+    assert (site.left_id, site.right_id) == pinned
     assert tok.convert_ids_to_tokens([site.left_id, site.right_id]) == [">", "</"]
     ar_sc = read_sidecar(fixture_pair.ar)
     assert ar_sc.tokens == sc.tokens.model_copy(update={"critic_suffix_ids": ar_sc.tokens.critic_suffix_ids})
@@ -252,8 +261,15 @@ def test_untrained_ar_reproduces_base_activation(fixture_pair):
 
 def test_injection_scale_rounds_up_the_calibration_norm(fixture_pair):
     sc = read_sidecar(fixture_pair.av)
-    model, tok = load_base(fixture_pair.target)
-    mean = sum(calibration_norms(model, tok, fixture_pair.layer)) / 8
+    tok = _tokenizer(fixture_pair.target)
+    norms = []
+    for prompt in CALIBRATION_PROMPTS:  # recomputed independently: output of block K via a hook
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)["input_ids"]
+        norms.append(float(_block_output(fixture_pair.target, ids, fixture_pair.layer).norm()))
+    mean = sum(norms) / len(norms)
+    model, _ = load_base(fixture_pair.target)
+    assert sum(calibration_norms(model, tok, fixture_pair.layer)) / len(norms) == pytest.approx(mean, rel=1e-5)
     assert sc.injection_scale > 0
     assert mean <= sc.injection_scale < mean * 1.1
     assert sc.injection_scale == round_up_sig(mean, 2)

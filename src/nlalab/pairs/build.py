@@ -248,7 +248,9 @@ def build_untrained_pair(
     for d in (av_dir, ar_dir):
         r = d.resolve()
         if r == base_res or r in base_res.parents:
-            raise NLALabError(f"Output dir {d} would overwrite the base checkpoint {base_dir}. Fix: pick another out_dir.")
+            raise NLALabError(
+                f"Output dir {d} would overwrite the base checkpoint {base_dir}. Fix: pick another out_dir."
+            )
 
     if not (base_dir / "config.json").is_file():
         raise NLALabError(f"{base_dir}: no config.json. Fix: pass a local Hugging Face checkpoint directory.")

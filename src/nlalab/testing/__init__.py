@@ -98,7 +98,10 @@ def make_defect(pair: FixturePair, defect: Defect, dest: str | Path) -> FixtureP
     elif defect == "missing_sidecar":
         (av / SIDECAR_NAME).unlink()
     elif defect == "wrong_marker_id":
-        _edit_sidecar(av, lambda d: d["tokens"].__setitem__("injection_token_id", d["tokens"]["injection_token_id"] + 1))
+        def bump(d):
+            d["tokens"]["injection_token_id"] += 1
+
+        _edit_sidecar(av, bump)
     elif defect == "d_model_mismatch":
         _edit_sidecar(av, lambda d: d.__setitem__("d_model", int(d["d_model"]) + 1))
     elif defect == "ar_k_plus_2":
