@@ -424,8 +424,11 @@ def test_flags_counts_and_cjk_warning():
     res = run(rows)
     assert res["flags"]["counts"]["cjk_smell"] == 75 and res["flags"]["counts"]["empty"] == 50
     assert any("injection likely failed" in w for w in res["flags"]["warnings"])
+    assert "injection likely failed" in res["flags"]["warning"]
+    assert res["flags"]["rates"]["cjk_smell"] == pytest.approx(0.5)
     ok = run(make_rows(lambda it, k: it.prompt))
-    assert ok["flags"]["warnings"] == [] and ok["flags"]["counts"]["cjk_smell"] == 0
+    assert ok["flags"]["warnings"] == [] and ok["flags"]["warning"] is None
+    assert ok["flags"]["counts"]["cjk_smell"] == 0
 
 
 # ----------------------------------------------------------------------------- validation, determinism, timing

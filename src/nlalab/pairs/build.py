@@ -168,8 +168,11 @@ def truncated_text_config(config, n_blocks: int):
         if isinstance(val, list) and len(val) == n and (key in PER_LAYER_KEYS or "layer" in key):
             d[key] = val[:n_blocks]
     d["num_hidden_layers"] = n_blocks
-    new = type(tcfg).from_dict(d)
-    return new
+    # A wrapper may keep the special-token ids only at top level; the text-only AR needs them itself.
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if d.get(key) is None and getattr(config, key, None) is not None:
+            d[key] = getattr(config, key)
+    return type(tcfg).from_dict(d)
 
 
 def save_truncated_backbone(model, out_dir: str | Path, n_blocks: int, dtype: Optional[torch.dtype] = None) -> Path:

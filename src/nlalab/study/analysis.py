@@ -575,7 +575,8 @@ def _flag_counts(rows, what: str = "samples") -> dict:
             "CJK-looking text, so the activation injection likely failed (check the injection character, "
             "its token id and the injection scale)"
         )
-    return {"n": n, "counts": counts, "rates": rates, "warnings": warnings}
+    return {"n": n, "counts": counts, "rates": rates, "warnings": warnings,
+            "warning": "; ".join(warnings) if warnings else None}
 
 
 # ----------------------------------------------------------------------------- public entry point

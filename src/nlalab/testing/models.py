@@ -88,7 +88,7 @@ def make_config(arch: Arch, tokenizer, n_layers=4, d_model=64, n_heads=4, n_kv_h
         text = _gemma_text_config(vocab, n_layers, d_model, n_heads, n_kv_heads, ids)
         vision = SiglipVisionConfig(
             hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-            image_size=16, patch_size=8, num_channels=3,
+            image_size=16, patch_size=8, num_channels=3, vision_use_head=False,  # as in real Gemma-3
         )
         tid = tokenizer.convert_tokens_to_ids
         return Gemma3Config(
