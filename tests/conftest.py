@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# CPU tests must behave the same on a GPU machine: default loads go to the CPU in fp32.
+# GPU tests pass LoadOptions(device="cuda") explicitly.
+os.environ.setdefault("NLALAB_DEVICE", "cpu")
 
 from nlalab.testing import ARCHES, build_fixture_pair
 

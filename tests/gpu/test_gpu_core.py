@@ -32,7 +32,9 @@ def test_gpu_capture_matches_cpu_fp32(fixture_pair):
     a = capture(cpu.model, cpu.tokenizer, PROMPTS, K).vectors
     b = capture(gpu.model, gpu.tokenizer, PROMPTS, K).vectors
     rel = (a - b).norm(dim=-1) / a.norm(dim=-1)
-    assert float(rel.max()) < 2e-2  # bf16 weights and activations
+    # bf16 weights and activations: on the random d=64 fixtures transformers' own bf16 forward is 3-4% off
+    # fp32 too (qwen2 0.040, llama 0.029 on H200); exactness vs the bf16 full model is checked below.
+    assert float(rel.max()) < 6e-2
     assert b.dtype == torch.float32 and b.device.type == "cpu"
     full = load_target(fixture_pair.target, K, GPU, truncate=False)
     ids = encode(full.tokenizer, PROMPTS[0], "chat")
@@ -76,6 +78,7 @@ def test_gpu_round_trip_and_release(fixture_pairs):
     assert torch.isfinite(s["cos"]).all() and len(v) == 9
     release(ar)
     torch.cuda.synchronize()
+    torch._C._cuda_clearCublasWorkspaces()  # torch's cuBLAS workspace (32 MiB on Hopper) counts as allocated
     assert torch.cuda.memory_allocated() < 1e6  # everything handed back
 
 

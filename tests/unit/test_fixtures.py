@@ -24,8 +24,8 @@ from nlalab.pairs.build import (
     calibration_norms,
     load_base,
     round_up_sig,
-    text_backbone,
 )
+from nlalab.pairs.arch import inner_model as text_backbone
 from nlalab.pairs.markers import av_prompt_ids, choose_marker, locate_marker
 from nlalab.pairs.sidecar import DEFAULT_AR_TEMPLATE, read_sidecar
 from nlalab.testing import DEFECTS, make_defect, torch_threads

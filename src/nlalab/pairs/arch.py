@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -23,7 +22,9 @@ def is_wrapper(config: Any) -> bool:
 
 
 def text_config(config: Any) -> Any:
-    return config.text_config if is_wrapper(config) else config
+    """The decoder's config: ``text_config`` of a multimodal wrapper, else the config itself."""
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else getattr(config, "text_config", config)
 
 
 def d_model_of(config: Any) -> int:
@@ -35,17 +36,26 @@ def n_layers_of(config: Any) -> int:
 
 
 def truncated_text_config(config: Any, n_layers: int) -> Any:
-    """A copy of the text config with ``n_layers`` blocks and its per-layer arrays cut to match."""
-    tc = copy.deepcopy(text_config(config))
-    total = tc.num_hidden_layers
+    """A text-only config with ``n_layers`` blocks and every per-layer array cut to match.
+
+    transformers >= 4.50 validates per-layer arrays (layer_types, ...) against num_hidden_layers,
+    so they must be truncated together; this is done before loading, never by slicing modules.
+    """
+    tc = text_config(config)
+    total = int(tc.num_hidden_layers)
     if not 1 <= n_layers <= total:
         raise NLALabError(f"Cannot keep {n_layers} blocks of a {total}-block model.")
-    tc.num_hidden_layers = n_layers
-    for key in PER_LAYER_KEYS:
-        val = getattr(tc, key, None)
-        if isinstance(val, (list, tuple)) and len(val) == total:
-            setattr(tc, key, list(val)[:n_layers])
-    return tc
+    d = tc.to_dict()
+    d.pop("_name_or_path", None)  # the release scrub deletes it
+    for key, val in list(d.items()):
+        if isinstance(val, list) and len(val) == total and (key in PER_LAYER_KEYS or "layer" in key):
+            d[key] = val[:n_layers]
+    d["num_hidden_layers"] = n_layers
+    # A wrapper may keep special-token ids only at top level; the text-only model needs them itself.
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if d.get(key) is None and getattr(config, key, None) is not None:
+            d[key] = getattr(config, key)
+    return type(tc).from_dict(d)
 
 
 def embed_scale(config: Any) -> float:

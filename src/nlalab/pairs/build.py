@@ -28,6 +28,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from nlalab.errors import NLALabError
+from nlalab.pairs.arch import FINAL_NORM_NAMES, inner_model, text_config, truncated_text_config
 from nlalab.pairs.markers import av_prompt_ids, choose_marker, is_single_token, locate_marker
 from nlalab.pairs.sidecar import (
     DEFAULT_AR_TEMPLATE,
@@ -38,9 +39,7 @@ from nlalab.pairs.sidecar import (
 )
 
 VALUE_HEAD_NAME = "value_head.safetensors"
-FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f")
 # Config fields holding one entry per layer; transformers >= 4.50 validates their length.
-PER_LAYER_KEYS = ("layer_types", "sliding_window_pattern", "no_rope_layers")
 
 # Short, varied user turns; the injection scale is calibrated on their last chat-templated token.
 CALIBRATION_PROMPTS: tuple[str, ...] = (
@@ -69,27 +68,6 @@ class UntrainedPair:
 
 # ----------------------------------------------------------------------------------------------
 # Generic helpers (also used by nlalab.testing.make_defect)
-
-
-def text_config(config):
-    """The decoder's config: ``text_config`` for multimodal wrappers, the config itself otherwise."""
-    get = getattr(config, "get_text_config", None)
-    return get() if callable(get) else getattr(config, "text_config", config)
-
-
-def text_backbone(model):
-    """The bare decoder (embed_tokens, layers, norm) of a CausalLM or a multimodal wrapper."""
-    inner = getattr(model, "model", model)
-    for name in ("language_model", "text_model"):
-        sub = getattr(inner, name, None)
-        if sub is not None and hasattr(sub, "layers"):
-            return sub
-    if hasattr(inner, "layers"):
-        return inner
-    raise NLALabError(
-        f"Cannot find the decoder layers of {type(model).__name__} (looked for model.layers and "
-        "model.language_model.layers). Fix: use a Llama/Qwen/Mistral/Gemma-3 style checkpoint."
-    )
 
 
 def round_up_sig(x: float, digits: int = 2) -> float:
@@ -156,25 +134,6 @@ def _stored_dtype(config) -> torch.dtype:
     return torch.float32
 
 
-def truncated_text_config(config, n_blocks: int):
-    """A text-only config with ``num_hidden_layers = n_blocks`` and every per-layer array truncated."""
-    tcfg = text_config(config)
-    n = int(tcfg.num_hidden_layers)
-    if not 1 <= n_blocks <= n:
-        raise NLALabError(f"Cannot keep {n_blocks} blocks of a {n}-layer model.")
-    d = tcfg.to_dict()
-    d.pop("_name_or_path", None)  # the release scrub deletes it
-    for key, val in list(d.items()):
-        if isinstance(val, list) and len(val) == n and (key in PER_LAYER_KEYS or "layer" in key):
-            d[key] = val[:n_blocks]
-    d["num_hidden_layers"] = n_blocks
-    # A wrapper may keep the special-token ids only at top level; the text-only AR needs them itself.
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        if d.get(key) is None and getattr(config, key, None) is not None:
-            d[key] = getattr(config, key)
-    return type(tcfg).from_dict(d)
-
-
 def save_truncated_backbone(model, out_dir: str | Path, n_blocks: int, dtype: Optional[torch.dtype] = None) -> Path:
     """Save embeddings + blocks 0..n_blocks-1 as a text-only CausalLM checkpoint without norm/lm_head.
 
@@ -188,7 +147,7 @@ def save_truncated_backbone(model, out_dir: str | Path, n_blocks: int, dtype: Op
     dtype = dtype or _stored_dtype(model.config)
     cfg = truncated_text_config(model.config, n_blocks)
     cfg.dtype = dtype
-    inner = text_backbone(model)
+    inner = inner_model(model)
     sd: dict[str, torch.Tensor] = {}
     for k, v in inner.state_dict().items():
         parts = k.split(".")
@@ -335,6 +294,6 @@ def read_config_json(model_dir: str | Path) -> dict[str, Any]:
 
 __all__ = [
     "CALIBRATION_PROMPTS", "UntrainedPair", "VALUE_HEAD_NAME", "build_untrained_pair", "calibration_norms",
-    "load_base", "read_config_json", "round_up_sig", "save_truncated_backbone", "text_backbone", "text_config",
-    "truncated_text_config", "write_identity_value_head",
+    "load_base", "read_config_json", "round_up_sig", "save_truncated_backbone",
+    "write_identity_value_head",
 ]

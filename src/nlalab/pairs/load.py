@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import logging
 import math
 from contextlib import contextmanager
@@ -40,7 +41,7 @@ WRAPPER_KEY_MAPPING = {
 class LoadOptions:
     """Where and how weights go. ``device_map``/``max_memory`` are passed to transformers for sharding."""
 
-    device: str = "auto"
+    device: str = field(default_factory=lambda: os.environ.get("NLALAB_DEVICE", "auto"))
     dtype: str = "auto"
     device_map: Optional[Union[str, dict]] = None
     max_memory: Optional[dict] = None
