@@ -66,6 +66,17 @@ def test_run_directory_contract(reference_run):
     assert per["OVERALL"]["cos"]["mean"] == pytest.approx(mean_cos, abs=1e-9)
     report = (out / "report.md").read_text()
     assert "OVERALL" in report and "Spread" in report and "B_rv" in report
+    # reconstruction-side controls: rows in results.json and a section (with one verdict per category) in report.md
+    for key in ("recon_permutation", "baselines", "prefix", "grounding", "seeds"):
+        assert results[key], key
+    assert set(results["baselines"]) >= {"real_pair", "mean_direction", "empty_explanation", "source_text",
+                                         "blind_explanation", "untrained_pair"}
+    assert results["seeds"]["seeds"] == [42, 1042, 2042]
+    assert "## 9. Reconstruction-side controls" in report
+    assert sum(line.startswith(f"- {c}: fve_nrm") for c in ("chat", "code", "agent", "reasoning")
+               for line in report.splitlines()) == 4
+    blind = [json.loads(x) for x in (out / "stages" / "control_blind.jsonl").read_text().splitlines()]
+    assert len(blind) == 16 * 2
     # fve_nrm is consistent with the recorded B_rv
     r0 = rows[0]
     assert r0["fve_nrm"] == pytest.approx(1 - r0["mse_nrm"] / results["b_rv"], rel=1e-9)

@@ -24,6 +24,7 @@ __all__ = [
     "Scorer",
     "KeywordScorer",
     "SCORERS",
+    "DEFAULT_SCORER",
     "get_scorer",
     "content_words",
     "keyword_recall",
@@ -64,8 +65,36 @@ class KeywordScorer:
         return [keyword_recall(p, e, self.stopwords) for p, e in zip(prompts, explanations)]
 
 
-#: name -> factory returning a :class:`Scorer`.
-SCORERS: dict[str, Callable[[], Scorer]] = {"keyword": KeywordScorer}
+def _embedding() -> Scorer:
+    from nlalab.scorers.embedding import EmbeddingScorer
+
+    return EmbeddingScorer()
+
+
+def _retrieval() -> Scorer:
+    from nlalab.scorers.retrieval import RetrievalScorer
+
+    return RetrievalScorer()
+
+
+def _quote() -> Scorer:
+    from nlalab.scorers.quote import QuoteScorer
+
+    return QuoteScorer()
+
+
+#: name -> factory returning a :class:`Scorer`. ``keyword`` is the default headline metric (seed §2.3);
+#: the content scorers load their modules (and the embedding model) only when asked for. Optional
+#: extras a scorer may offer (used by :mod:`nlalab.scorers.rescore`): ``metrics`` (names of its
+#: per-row values), ``score_matrices(prompts, explanations)`` (``{metric: (S, W)}``, all prompt x
+#: explanation pairs, for the permutation floor), ``chance(n_candidates)`` and ``describe()``.
+SCORERS: dict[str, Callable[[], Scorer]] = {
+    "keyword": KeywordScorer,
+    "embedding": _embedding,
+    "retrieval": _retrieval,
+    "quote": _quote,
+}
+DEFAULT_SCORER = "keyword"
 
 
 def get_scorer(name: str) -> Scorer:

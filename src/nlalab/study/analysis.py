@@ -289,35 +289,31 @@ def _collect_perms(n: int, n_perm: int, seed: int, groups) -> np.ndarray:
     return np.stack(perms)
 
 
-def _permutation(rows, cats, items, stopwords, n_perm, seed) -> tuple[dict, list[str]]:
-    iids = list(items)
-    n = len(iids)
-    pos = {iid: k for k, iid in enumerate(iids)}
-    prompts = [items[i]["prompt"] for i in iids]
-    expl = [str(r.get("explanation") or "") for r in rows]
-    R, valid = recall_matrix(prompts, expl, stopwords)
-    M = np.zeros((len(rows), n))
-    for j, r in enumerate(rows):
-        M[j, pos[str(r["item_id"])]] = 1.0
-    Ssum = R @ M  # [n_items(prompt), n_items(explanation set)]: summed recall over the set
-    kcount = M.sum(0)
-    item_cat = np.array([items[i]["category"] for i in iids])
+def matrix_permutation(S_sum: np.ndarray, kcount: np.ndarray, valid: np.ndarray, item_cat: np.ndarray,
+                       cats: list[str], n_perm: int, seed: int, tag: str = "perm",
+                       alternative: str = "greater") -> dict:
+    """Real score vs within- and cross-category permutation floors, from one score matrix.
+
+    ``S_sum[i, j]`` is the score of item j's explanation set (its K rows, summed) against item i's
+    reference (prompt for recall, activation for reconstruction); ``kcount[j]`` the rows in set j;
+    ``valid[i]`` whether item i counts. A permutation P assigns set P[i] to item i; sets move whole,
+    within category for the within floor and over all items for the cross floor. Every content
+    scorer and the reconstruction control use this one estimator.
+    """
+    n = S_sum.shape[0]
     v = valid.astype(np.float64)
     ar = np.arange(n)
 
     def stat(P: np.ndarray, mask: np.ndarray) -> np.ndarray:
         w = v * mask
-        num = (Ssum[ar[None, :], P] * w).sum(1)
+        num = (S_sum[ar[None, :], P] * w).sum(1)
         den = (kcount[P] * w).sum(1)
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
     ident = ar[None, :]
-    P_within = _collect_perms(n, n_perm, _subseed(seed, "perm", "within"), list(item_cat))
-    P_cross = _collect_perms(n, n_perm, _subseed(seed, "perm", "cross"), None)
-
-    warnings: list[str] = []
+    P_within = _collect_perms(n, n_perm, _subseed(seed, tag, "within"), list(item_cat))
+    P_cross = _collect_perms(n, n_perm, _subseed(seed, tag, "cross"), None)
     masks = {c: (item_cat == c).astype(np.float64) for c in cats}
-    masks[OVERALL] = np.ones(n)
 
     def floor_block(mask) -> Optional[dict]:
         real = float(stat(ident, mask)[0])
@@ -334,12 +330,27 @@ def _permutation(rows, cats, items, stopwords, n_perm, seed) -> tuple[dict, list
             "floor_cross": fc,
             "gap_within": real - fw["mean"],
             "gap_cross": real - fc["mean"],
-            "p_within": S.permutation_pvalue(real, nw, alternative="greater"),
-            "p_cross": S.permutation_pvalue(real, nc, alternative="greater"),
+            "p_within": S.permutation_pvalue(real, nw, alternative=alternative),
+            "p_cross": S.permutation_pvalue(real, nc, alternative=alternative),
         }
 
-    overall = floor_block(masks[OVERALL])
-    per_cat = {c: floor_block(masks[c]) for c in cats}
+    return {"overall": floor_block(np.ones(n)), "per_category": {c: floor_block(masks[c]) for c in cats}}
+
+
+def _permutation(rows, cats, items, stopwords, n_perm, seed) -> tuple[dict, list[str]]:
+    iids = list(items)
+    n = len(iids)
+    pos = {iid: k for k, iid in enumerate(iids)}
+    prompts = [items[i]["prompt"] for i in iids]
+    expl = [str(r.get("explanation") or "") for r in rows]
+    R, valid = recall_matrix(prompts, expl, stopwords)
+    M = np.zeros((len(rows), n))
+    for j, r in enumerate(rows):
+        M[j, pos[str(r["item_id"])]] = 1.0
+    item_cat = np.array([items[i]["category"] for i in iids])
+    blocks = matrix_permutation(R @ M, M.sum(0), valid, item_cat, cats, n_perm, seed, tag="perm")
+    warnings: list[str] = []
+    overall, per_cat = blocks["overall"], blocks["per_category"]
     # Cross-check the text-level recall against the recall the run stored per row.
     row_recall = _mean(_num(r.get("recall")) for r in rows)
     if overall is not None and row_recall is not None and abs(row_recall - overall["real"]) > 1e-6:

@@ -6,7 +6,9 @@ from typing import Optional
 
 from pydantic import BaseModel, Field
 
-CONTROLS = ("random_gaussian", "directions")  # generation controls; permutation is always computed
+# Selectable controls. The recall permutation control is always computed (it costs no model call).
+CONTROLS = ("random_gaussian", "directions", "recon_permutation", "baselines", "blind", "prefix", "grounding",
+            "seeds")
 
 # Values that change results: a rerun into an existing run dir must match them (or pass --overwrite).
 NON_IDENTITY = {"out", "batch_size", "capture_batch_size", "ar_batch_size", "device", "dtype", "device_map",
@@ -36,6 +38,8 @@ class RunConfig(BaseModel):
     engine: str = Field("loop", description="loop (batch-invariant sampling) or hf (transformers.generate).")
     controls: list[str] = Field(default_factory=lambda: list(CONTROLS))
     n_random: int = Field(30, description="Random-Gaussian vectors.")
+    n_seeds: int = Field(2, description="Extra verbalization seeds for the noise-floor control.")
+    max_prefix_sentences: int = Field(5, description="Longest explanation prefix (sentences) in the prefix control.")
     n_perm: int = Field(1000, description="Permutations for the permutation controls.")
     n_boot: int = Field(2000, description="Bootstrap resamples for CIs.")
     brv_reference: Optional[str] = Field(None, description="Vector file whose rows define B_rv (default: the run's activations).")

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 STAGES = ("capture", "verbalize", "reconstruct", "controls")
 # Noise-stream namespaces: corpus vectors, random-Gaussian vectors and directions never share keys.
-KEY_BASE = {"corpus": 0, "random_gaussian": 1_000_000, "directions": 2_000_000}
+KEY_BASE = {"corpus": 0, "random_gaussian": 1_000_000, "directions": 2_000_000, "blind": 3_000_000}
+# A fixed, content-free sentence for the claim-grounding control.
+NEUTRAL_SENTENCE = "The text is written in English."
 
 
 @dataclass
@@ -47,6 +49,8 @@ class GenJob:
     vectors: torch.Tensor
     log: JsonlLog
     recon_path: Path
+    seed: int = 42
+    key_base: int = 0
 
 
 def _digest(texts: list[str]) -> str:
@@ -167,39 +171,54 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
     stages = out / "stages"
     note = on_stage or (lambda s: None)
 
-    # ---- capture ------------------------------------------------------------------------------
+    # ---- capture (and the blind control, which needs the full target for generation) -------------
     cap_path = stages / "capture.safetensors"
-    if not cap_path.exists():
+    blind_log = JsonlLog(stages / "control_blind.jsonl")
+    want_blind = "blind" in cfg.controls
+    blind_done = {(r["vector_index"], r["sample"]) for r in blind_log.read()} if want_blind else set()
+    blind_todo = want_blind and len(blind_done) < len(items) * cfg.k
+    if not cap_path.exists() or blind_todo:
         note("capture")
-        tg = load_target(dirs.target, dirs.layer, opts)
-        from nlalab.capture import capture
+        tg = load_target(dirs.target, dirs.layer, opts, truncate=not blind_todo)
+        if not cap_path.exists():
+            from nlalab.capture import capture
 
-        cap = capture(tg.model, tg.tokenizer, [it.prompt for it in items], dirs.layer, ids=[it.id for it in items],
-                      positions=cfg.positions, seed=cfg.seed, batch_size=cfg.capture_batch_size, progress=cfg.progress)
+            cap = capture(tg.model, tg.tokenizer, [it.prompt for it in items], dirs.layer,
+                          ids=[it.id for it in items], positions=cfg.positions, seed=cfg.seed,
+                          batch_size=cfg.capture_batch_size, progress=cfg.progress)
+            if [m["item_id"] for m in cap.meta] != [it.id for it in items]:
+                raise NLALabError("Capture must give one vector per item; use positions=last for the study.")
+            atomic_save_tensors(cap_path, {"activations": cap.vectors},
+                                {"meta": json.dumps(cap.meta, ensure_ascii=False), "hook": cap.hook_name})
+        if blind_todo:
+            note("blind explanations")
+            _blind(tg, dirs, items, cfg, gs, blind_log, blind_done)
         release(tg)
-        if [m["item_id"] for m in cap.meta] != [it.id for it in items]:
-            raise NLALabError("Capture must give one vector per item; use positions=last for the study.")
-        atomic_save_tensors(cap_path, {"activations": cap.vectors},
-                            {"meta": json.dumps(cap.meta, ensure_ascii=False), "hook": cap.hook_name})
     tensors, cmeta = load_tensors(cap_path)
     acts = tensors["activations"]
     cap_meta = json.loads(cmeta["meta"])
 
     # ---- vectors for the generation controls ---------------------------------------------------
-    jobs = [GenJob("corpus", acts, JsonlLog(stages / "verbalize.jsonl"), stages / "reconstruct.safetensors")]
+    jobs = [GenJob("corpus", acts, JsonlLog(stages / "verbalize.jsonl"), stages / "reconstruct.safetensors",
+                   seed=cfg.seed, key_base=KEY_BASE["corpus"])]
     directions: list[dict] = []
     if "random_gaussian" in cfg.controls:
         mean_norm = float(acts.norm(dim=-1).mean())
         rg = random_gaussian_vectors(cfg.n_random, acts.shape[1], mean_norm, cfg.seed)
         jobs.append(GenJob("random_gaussian", rg, JsonlLog(stages / "control_random_gaussian.jsonl"),
-                           stages / "control_random_gaussian.safetensors"))
+                           stages / "control_random_gaussian.safetensors", cfg.seed, KEY_BASE["random_gaussian"]))
     if "directions" in cfg.controls:
         from nlalab.study.directions import category_directions
 
         directions = category_directions(acts, [it.category for it in items], cats)
         dv = torch.stack([d["vector"] for d in directions])
         jobs.append(GenJob("directions", dv, JsonlLog(stages / "control_directions.jsonl"),
-                           stages / "control_directions.safetensors"))
+                           stages / "control_directions.safetensors", cfg.seed, KEY_BASE["directions"]))
+    if "seeds" in cfg.controls:
+        for j in range(cfg.n_seeds):
+            sd = cfg.seed + 1000 * (j + 1)
+            jobs.append(GenJob(f"seed{sd}", acts, JsonlLog(stages / f"control_seed{sd}.jsonl"),
+                               stages / f"control_seed{sd}.safetensors", sd, KEY_BASE["corpus"]))
 
     # ---- verbalize (AV loaded once for every job) ------------------------------------------------
     pending = []
@@ -211,8 +230,8 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
         note("verbalize")
         av = load_av(dirs.av, opts)
         for job, done in pending:
-            keys = [KEY_BASE[job.name] + i for i in range(job.vectors.shape[0])]
-            verbalize(av, job.vectors, k=cfg.k, settings=gs, vector_keys=keys, skip=done,
+            keys = [job.key_base + i for i in range(job.vectors.shape[0])]
+            verbalize(av, job.vectors, k=cfg.k, settings=replace(gs, seed=job.seed), vector_keys=keys, skip=done,
                       on_batch=lambda recs, job=job: job.log.append([r.to_dict() for r in recs]),
                       progress=cfg.progress)
         release(av)
@@ -226,14 +245,19 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
         if len(rows) != job.vectors.shape[0] * cfg.k:
             raise NLALabError(f"{job.log.path} has {len(rows)} rows, expected {job.vectors.shape[0] * cfg.k}.")
         rows_by_job[job.name] = rows
+    extras = _extra_texts(cfg, items, rows_by_job["corpus"], blind_log)
+    extras_path = stages / "reconstruct_extras.safetensors"
+    extras_dig = _digest(extras.texts)
     need = []
     for job in jobs:
         dig = _digest([r["explanation"] for r in rows_by_job[job.name]])
         if job.recon_path.exists() and load_tensors(job.recon_path)[1].get("explanations_sha256") == dig:
             continue
         need.append((job, dig))
+    need_extras = bool(extras.texts) and not (
+        extras_path.exists() and load_tensors(extras_path)[1].get("explanations_sha256") == extras_dig)
     mse_scale = None
-    if need:
+    if need or need_extras:
         note("reconstruct")
         ar = load_ar(dirs.ar, opts, layer=dirs.layer)
         mse_scale = ar.mse_scale
@@ -244,6 +268,10 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
                               progress=cfg.progress)
             atomic_save_tensors(job.recon_path, {"reconstructions": rec},
                                 {"explanations_sha256": dig, "mse_scale": repr(mse_scale)})
+        if need_extras:
+            rec = reconstruct(ar, extras.texts, batch_size=cfg.ar_batch_size, progress=cfg.progress)
+            atomic_save_tensors(extras_path, {"reconstructions": rec},
+                                {"explanations_sha256": extras_dig, "mse_scale": repr(mse_scale)})
         release(ar)
 
     # ---- score ----------------------------------------------------------------------------------
@@ -289,7 +317,8 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
         rng = np.random.default_rng(cfg.seed)
         paired = rng.integers(0, len(items), size=cfg.n_random)
         random_rows = []
-        for r in scored("random_gaussian", jobs[1].vectors):
+        rg_job = next(j for j in jobs if j.name == "random_gaussian")
+        for r in scored("random_gaussian", rg_job.vectors):
             it = items[int(paired[r["vector_index"]])]
             r.update(paired_item_id=it.id, recall=keyword_recall(it.prompt, r["explanation"]),
                      hit=keyword_hit(it.prompt, r["explanation"]))
@@ -310,6 +339,9 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
     results = analyze(samples, categories=cats, b_rv=b_rv, b_rv_source=b_rv_source, random_rows=random_rows,
                       direction_rows=direction_rows, lexicon=lexicon, n_perm=cfg.n_perm, n_boot=cfg.n_boot,
                       seed=cfg.seed)
+    extra_rec = load_tensors(extras_path)[0]["reconstructions"] if extras.texts else None
+    results.update(_recon_controls(cfg, items, cats, acts, samples, rows_by_job, recons, jobs, extras, extra_rec,
+                                   mse_scale, b_rv, center))
     results["provenance"] = {k: record[k] for k in ("config", "pair", "corpus", "environment")}
     results["mse_scale"] = mse_scale
     results["elapsed_s_this_invocation"] = round(time.time() - t0, 2)
@@ -321,6 +353,9 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
         write_jsonl(out / "controls" / "directions.jsonl", direction_rows)
     vec = {"activations": acts, "reconstructions": recons["corpus"][0]["reconstructions"]}
     for job in jobs[1:]:
+        if job.name.startswith("seed"):
+            vec[f"{job.name}_reconstructions"] = recons[job.name][0]["reconstructions"]
+            continue
         vec[f"{job.name}_vectors"] = job.vectors
         vec[f"{job.name}_reconstructions"] = recons[job.name][0]["reconstructions"]
     atomic_save_tensors(out / "vectors.safetensors", vec,
@@ -332,3 +367,149 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
     atomic_write_text(out / "report.md", render_report(results, meta))
     results["_summary"] = print_summary(results)
     return results
+
+
+# ------------------------------------------------------------------------------------------------
+# Reconstruction-side controls (issue: is fve_nrm item-specific at all?)
+
+
+def _blind(tg, dirs: PairDirs, items, cfg: RunConfig, gs: GenerationSettings, log: JsonlLog, done: set) -> None:
+    """The AV's base model writes an explanation in the AV's format from the prompt *text*, no activation."""
+    from nlalab.pairs.load import av_eos_ids
+    from nlalab.pairs.markers import av_prompt_ids
+    from nlalab.pairs.sidecar import DEFAULT_AV_TEMPLATE, read_sidecar
+    from nlalab.verbalize.plain import generate_from_ids
+
+    template = read_sidecar(dirs.av).av_template or DEFAULT_AV_TEMPLATE
+    eos = av_eos_ids(tg.tokenizer, tg.model)
+    it = enumerate(items)
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(list(it), desc="blind", unit="item")
+    for i, item in it:
+        if all((i, s) in done for s in range(cfg.k)):
+            continue
+        ids = av_prompt_ids(tg.tokenizer, item.prompt, template)
+        recs = generate_from_ids(tg.model, tg.tokenizer, ids, eos, cfg.k, KEY_BASE["blind"] + i, gs, index=i)
+        log.append([r.to_dict() for r in recs if (i, r.sample) not in done])
+
+
+@dataclass
+class Extras:
+    """Texts the AR reads for the reconstruction controls, and where each control's rows are."""
+
+    texts: list
+    empty: Optional[int] = None
+    source: Optional[list] = None
+    blind: Optional[list] = None  # (item index, text index) per blind row
+    prefix: Optional[list] = None  # (corpus row, n_sentences, is_full, text index)
+    grounding: Optional[list] = None  # (corpus row, {variant: text index})
+
+
+def _extra_texts(cfg: RunConfig, items, corpus_rows: list[dict], blind_log: JsonlLog) -> Extras:
+    from nlalab.study.recon_controls import prefixes
+
+    ex = Extras(texts=[])
+
+    def add(t: str) -> int:
+        ex.texts.append(t)
+        return len(ex.texts) - 1
+
+    if "baselines" in cfg.controls:
+        ex.empty = add("")
+        ex.source = [add(it.prompt) for it in items]
+    if "blind" in cfg.controls:
+        rows = sorted(blind_log.read(), key=lambda r: (r["vector_index"], r["sample"]))
+        ex.blind = [(r["vector_index"], add(r["explanation"])) for r in rows]
+    first = [(j, r) for j, r in enumerate(corpus_rows) if r["sample"] == 0]
+    if "prefix" in cfg.controls:
+        ex.prefix = []
+        for j, r in first:
+            pre = prefixes(r["explanation"], cfg.max_prefix_sentences)
+            for L, t in enumerate(pre, start=1):
+                ex.prefix.append((j, L, L == len(pre), add(t)))
+    if "grounding" in cfg.controls:
+        rng = np.random.default_rng(cfg.seed)
+        ex.grounding = []
+        for j, r in first:
+            it = items[r["vector_index"]]
+            others = [o for o in items if o.category != it.category] or [o for o in items if o.id != it.id] or [it]
+            false = others[int(rng.integers(len(others)))].prompt
+            base = r["explanation"].rstrip()
+            ex.grounding.append((j, {"true": add(f"{base} {it.prompt}"), "false": add(f"{base} {false}"),
+                                     "neutral": add(f"{base} {NEUTRAL_SENTENCE}")}))
+    return ex
+
+
+def _headline(rows: list[dict], items, cats: list[str]) -> dict:
+    out = {"cos": float(np.mean([r["cos"] for r in rows])), "fve_nrm": float(np.mean([r["fve_nrm"] for r in rows]))}
+    rec = [(items[r["vector_index"]].category, keyword_recall(items[r["vector_index"]].prompt, r["explanation"]))
+           for r in rows]
+    vals = [v for _, v in rec if v is not None]
+    out["recall"] = float(np.mean(vals)) if vals else float("nan")
+    for c in cats:
+        cv = [v for cc, v in rec if cc == c and v is not None]
+        out[f"recall[{c}]"] = float(np.mean(cv)) if cv else float("nan")
+        out[f"fve_nrm[{c}]"] = float(np.mean([r["fve_nrm"] for r in rows if items[r["vector_index"]].category == c]))
+    return out
+
+
+def _recon_controls(cfg, items, cats, acts, samples, rows_by_job, recons, jobs, ex: Extras, extra_rec,
+                    mse_scale, b_rv, center) -> dict:
+    from nlalab import metrics as M
+    from nlalab.study import recon_controls as RC
+
+    out: dict = {"recon_permutation": None, "baselines": None, "prefix": None, "grounding": None, "seeds": None}
+    corpus_rows = rows_by_job["corpus"]
+    rec = recons["corpus"][0]["reconstructions"]
+    row_items = [r["vector_index"] for r in corpus_rows]
+    item_cats = [it.category for it in items]
+    if "recon_permutation" in cfg.controls:
+        out["recon_permutation"] = RC.recon_permutation(acts, rec, row_items, item_cats, cats, mse_scale, b_rv, center,
+                                                        cfg.n_perm, cfg.seed)
+    if "baselines" in cfg.controls or "blind" in cfg.controls:
+        preds = {"real_pair": (rec, row_items), "mean_direction": (M.mean_direction(acts)[None].float(),
+                                                                    list(range(len(items))))}
+        extra = {"real_pair": {"recall": [s["recall"] if s["recall"] is not None else np.nan for s in samples]}}
+        if ex.empty is not None:
+            preds["empty_explanation"] = (extra_rec[[ex.empty]], list(range(len(items))))
+            preds["source_text"] = (extra_rec[ex.source], list(range(len(items))))
+        if ex.blind:
+            preds["blind_explanation"] = (extra_rec[[t for _, t in ex.blind]], [i for i, _ in ex.blind])
+            extra["blind_explanation"] = {"recall": [
+                np.nan if (v := keyword_recall(items[i].prompt, ex.texts[t])) is None else v for i, t in ex.blind]}
+        out["baselines"] = RC.baseline_ladder(acts, preds, mse_scale, b_rv, center, n_boot=cfg.n_boot, seed=cfg.seed,
+                                              extra=extra)
+        out["baselines"]["untrained_pair"] = {
+            "note": "run the same command with --untrained-baseline into another --out and compare the runs"}
+    if ex.prefix:
+        rows = []
+        for j, L, full, t in ex.prefix:
+            gi = corpus_rows[j]["vector_index"]
+            s = M.score_pairs(extra_rec[[t]], acts[[gi]], mse_scale, b_rv=b_rv)
+            rows.append({"n_sentences": L, "is_full": full, "cos": float(s["cos"][0]), "fve_nrm": float(s["fve_nrm"][0])})
+        out["prefix"] = RC.prefix_curve(rows)
+    if ex.grounding:
+        js = [j for j, _ in ex.grounding]
+        gi = [corpus_rows[j]["vector_index"] for j in js]
+        base = M.score_pairs(rec[js], acts[gi], mse_scale, b_rv=b_rv, center=center)
+        variants = {}
+        for name in ("true", "false", "neutral"):
+            idx = [v[name] for _, v in ex.grounding]
+            variants[name] = {k: v.numpy() for k, v in
+                              M.score_pairs(extra_rec[idx], acts[gi], mse_scale, b_rv=b_rv, center=center).items()}
+        out["grounding"] = RC.grounding({k: v.numpy() for k, v in base.items()}, variants, cfg.n_boot, cfg.seed,
+                                        np.asarray(gi))
+    seed_jobs = [j for j in jobs if j.name.startswith("seed")]
+    if seed_jobs:
+        heads = [_headline([{**r, **{"cos": s["cos"], "fve_nrm": s["fve_nrm"]}} for r, s in zip(corpus_rows, samples)],
+                           items, cats)]
+        for job in seed_jobs:
+            rj = rows_by_job[job.name]
+            sc = M.score_pairs(recons[job.name][0]["reconstructions"], acts[[r["vector_index"] for r in rj]],
+                               mse_scale, b_rv=b_rv)
+            heads.append(_headline([{**r, "cos": float(sc["cos"][i]), "fve_nrm": float(sc["fve_nrm"][i])}
+                                    for i, r in enumerate(rj)], items, cats))
+        out["seeds"] = {"seeds": [cfg.seed] + [j.seed for j in seed_jobs], "spread": RC.seed_spread(heads)}
+    return out

@@ -294,6 +294,66 @@ def _flags(results: dict) -> list[str]:
     return lines
 
 
+def _recon_controls(results: dict) -> list[str]:
+    """Reconstruction-side controls: item specificity, baseline ladder, prefixes, grounding, seeds."""
+    lines = ["## 9. Reconstruction-side controls: is fve_nrm item-specific?", ""]
+    rp = results.get("recon_permutation")
+    if not rp:
+        lines += ["Reconstruction permutation floor: not run.", ""]
+    else:
+        lines += [f"Each activation reconstructed from the explanations of *other* items ({rp['n_perm']} "
+                  "permutations; an item's K explanations move together). Real − floor > 0 with a small p means "
+                  "the reconstruction is specific to the item, not just to its category (Tier 2 vs Tier 1).", ""]
+        rows = []
+        for m, blk in rp["metrics"].items():
+            o = blk["overall"]
+            if o:
+                rows.append([m, fmt_num(o["real"]), fmt_est(o["floor_within"]), fmt_est(o["floor_cross"]),
+                             fmt_num(o["gap_within"], signed=True), fmt_p(o["p_within"]),
+                             fmt_num(o["gap_cross"], signed=True), fmt_p(o["p_cross"])])
+        lines += _table(["metric", "real", "floor within-category", "floor cross-category", "real − within", "p",
+                         "real − cross", "p"], rows) + [""]
+        fv = rp["metrics"].get("fve_nrm", {}).get("per_category", {})
+        rows = [[c, fmt_num(b["real"]), fmt_est(b["floor_within"]), fmt_num(b["gap_within"], signed=True),
+                 fmt_p(b["p_within"])] for c, b in fv.items() if b]
+        lines += ["fve_nrm per category:", ""] + _table(["Category", "real", "floor within", "gap", "p"], rows) + [""]
+        lines += [f"- {v}" for v in rp.get("verdicts", {}).values()] + [""]
+    bl = results.get("baselines")
+    if not bl:
+        lines += ["Baseline ladder: not run.", ""]
+    else:
+        lines += ["Baseline ladder (each rung scored like the real pair; gap = real − rung):", ""]
+        rows = []
+        for name, r in bl.items():
+            if "cos" not in r:
+                rows.append([name, "", "", "", "", "", r.get("note", "")])
+                continue
+            rows.append([name, fmt_est(r["cos"]), fmt_est(r.get("centered_cos")), fmt_est(r["fve_nrm"]),
+                         fmt_num(r["fve_nrm"].get("gap_real_minus_this"), signed=True),
+                         fmt_est(r.get("recall")), r.get("note", "")])
+        lines += _table(["rung", "cos", "centered cos", "fve_nrm", "real − rung (fve_nrm)", "recall", "note"],
+                        rows) + [""]
+    pf = results.get("prefix")
+    if pf:
+        lines += ["fve_nrm by explanation prefix (first n sentences; first sample of each item):", ""]
+        lines += _table(["sentences", "n", "cos", "fve_nrm"],
+                        [[k, v["n"], fmt_num(v["cos"]), fmt_num(v["fve_nrm"])] for k, v in pf.items()]) + [""]
+    gr = results.get("grounding")
+    if gr:
+        lines += ["Claim grounding: change when a sentence is appended to the explanation (true = the item's own "
+                  "prompt, false = another category's prompt, neutral = a fixed sentence):", ""]
+        lines += _table(["appended", "Δ cos", "Δ centered cos", "Δ fve_nrm"],
+                        [[k, fmt_est(v.get("cos")), fmt_est(v.get("centered_cos")), fmt_est(v.get("fve_nrm"))]
+                         for k, v in gr.items()]) + [""]
+    sd = results.get("seeds")
+    if sd:
+        lines += [f"Noise floor: headline numbers over seeds {sd['seeds']} (std = seed-to-seed spread):", ""]
+        lines += _table(["number", "mean", "std", "min", "max"],
+                        [[k, fmt_num(v["mean"]), fmt_num(v["std"]), fmt_num(v["min"]), fmt_num(v["max"])]
+                         for k, v in sd["spread"].items()]) + [""]
+    return lines
+
+
 def render_report(results: dict, meta: dict) -> str:
     """The full Markdown report. ``meta``: ``pair`` (or ``pair_name``), ``layer``, ``corpus`` (or
     ``corpus_name``) and ``config`` (dict; its ``seed`` is shown, else results' settings seed)."""
@@ -308,6 +368,7 @@ def render_report(results: dict, meta: dict) -> str:
         + _confab(results)
         + _power(results)
         + _flags(results)
+        + _recon_controls(results)
     )
     cfg = meta.get("config")
     if cfg:

@@ -1,0 +1,756 @@
+"""Fast verbalization engine (``engine="fast"``): shared-prefix prefill, static KV cache, CUDA graphs.
+
+What it does, and why each part is there:
+
+- **Prefix sharing.** Every AV prompt is the same token sequence except the injected marker row, so
+  the keys/values of the ``P = marker_pos`` tokens *before* the marker are computed once, at batch 1,
+  and kept once (``[kv_heads, P, head_dim]`` per layer). Each row only computes the suffix from the
+  marker on (``S = len(prompt) - P`` tokens) in prefill. Attention reads the shared prefix with one
+  GEMM over all rows (``M = rows x query heads``) plus the row's own cache, and merges both in one
+  softmax. The prefix is never copied per row: less prefill compute, less KV memory and traffic.
+- **Static cache.** Each row's cache holds ``S + max_new_tokens`` slots, allocated once per batch
+  shape and reused; slots beyond the current step are masked (same mask for every row, since all
+  rows advance in lockstep and share one prompt length).
+- **One decode step = one CUDA graph replay.** Embedding, all layers (optionally ``torch.compile``'d
+  per layer, so one compiled graph serves every layer), the final norm, the LM head, logit
+  soft-capping and our counter-based sampler run inside the graph; the step counter is a device
+  tensor that the graph increments itself. The host only replays, and looks at "all rows finished?"
+  every ``check_every`` steps, so there is no per-step host sync; it stops early when all are done.
+- **Sampling semantics are the ``loop`` engine's:** the noise for (seed, vector key, sample, step,
+  token) is the same pure hash (``nlalab.verbalize.sampling``), so a row's tokens do not depend on
+  batching, padding, micro-batch size or engine, whenever the logits agree (bitwise on CPU fp32).
+- **Micro-batching** in equal chunks (the last padded with throw-away rows, so one graph serves all
+  chunks), halved and retried on CUDA out-of-memory.
+
+The math is our own re-implementation of the decoder (RMSNorm, RoPE with the model's own cos/sin
+tables, GQA attention with sliding windows, gated MLP, final logit soft-capping) over the model's
+weight tensors, for Llama, Qwen2 and Gemma-3 text (also Gemma-3 wrapper checkpoints, which nlalab loads
+as text models). Formulas follow transformers' modules operation by operation; on CPU in fp32 greedy
+and sampled outputs are token-identical to ``loop``/``hf`` (tests/unit/test_engine.py). Attention
+scores are the matmul in the model dtype, then scaled, masked and soft-maxed in fp32 (as transformers'
+eager attention, with the scale applied in fp32); on bf16 GPUs rare greedy divergences from the sdpa
+path are possible after many tokens, as between any two bf16 kernels.
+
+On CPU the engine runs the same prefix-sharing, static-cache and step logic eagerly (no graphs, no
+compile), so the CPU tests exercise it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nlalab.errors import NLALabError
+from nlalab.pairs import arch
+from nlalab.verbalize.inject import injected_embeds
+from nlalab.verbalize.sampling import MASK32, filter_logits, hash32, row_keys
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "gemma3_text")
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+@dataclass
+class EngineOptions:
+    """Knobs of the fast engine (module default ``OPTIONS``; env vars override at engine build).
+
+    - ``compile``: ``"all"`` (layers + head/sampler through ``torch.compile``), ``"sampler"`` (only the
+      fused head + sampler), ``"none"``. Default on CUDA: ``NLALAB_FAST_COMPILE`` or ``"all"``; on CPU
+      always ``"none"``.
+    - ``cuda_graphs``: capture the decode step (CUDA only). ``NLALAB_FAST_GRAPHS=0`` turns it off.
+    - ``check_every``: decode steps between "all rows finished?" checks (one host sync each).
+    - ``max_batch``: upper bound on rows per micro-batch when sized automatically.
+    """
+
+    compile: Optional[str] = None
+    cuda_graphs: Optional[bool] = None
+    check_every: int = 16
+    max_batch: int = 512
+    mem_fraction: float = 0.85
+
+
+OPTIONS = EngineOptions()
+
+
+def _resolved_compile(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "none"
+    mode = OPTIONS.compile or os.environ.get("NLALAB_FAST_COMPILE", "all")
+    mode = {"1": "all", "0": "none", "true": "all", "false": "none"}.get(str(mode).lower(), str(mode).lower())
+    if mode not in ("all", "sampler", "none"):
+        raise NLALabError(f"NLALAB_FAST_COMPILE must be all, sampler or none, got {mode!r}.")
+    return mode
+
+
+def _resolved_graphs(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    if OPTIONS.cuda_graphs is not None:
+        return bool(OPTIONS.cuda_graphs)
+    return os.environ.get("NLALAB_FAST_GRAPHS", "1") not in ("0", "false", "False")
+
+
+# ----------------------------------------------------------------------------------- pure functions
+# Module-level functions of tensors and Python constants only, so one torch.compile'd graph serves every
+# layer (weights are arguments, not module attributes) and the CPU path runs the very same code.
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float, gemma: bool) -> torch.Tensor:
+    """transformers' RMSNorm, operation by operation (Llama/Qwen2: ``w * x_normed.to(dtype)``;
+    Gemma-3: ``(x_normed * (1 + w)).to(dtype)`` in fp32)."""
+    if gemma:
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        out = out * (1.0 + w.float())
+        return out.type_as(x)
+    dt = x.dtype
+    xf = x.to(torch.float32)
+    var = xf.pow(2).mean(-1, keepdim=True)
+    xf = xf * torch.rsqrt(var + eps)
+    return w * xf.to(dt)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return (x * cos) + (_rotate_half(x) * sin)
+
+
+def _pre_attn(x, ln_w, wq, bq, wk, bk, wv, bv, qn, kn, cos, sin, eps: float, qk_eps: float, gemma: bool,
+              n_heads: int, n_kv: int, head_dim: int):
+    """Input norm, q/k/v projections, q/k norms (Gemma-3), RoPE. Returns q [B,H,S,D], k, v [B,kvH,S,D]."""
+    B, S, _ = x.shape
+    h = _rms(x, ln_w, eps, gemma)
+    q = F.linear(h, wq, bq).view(B, S, n_heads, head_dim).transpose(1, 2)
+    k = F.linear(h, wk, bk).view(B, S, n_kv, head_dim).transpose(1, 2)
+    v = F.linear(h, wv, bv).view(B, S, n_kv, head_dim).transpose(1, 2)
+    if qn is not None:
+        q = _rms(q, qn, qk_eps, gemma)
+        k = _rms(k, kn, qk_eps, gemma)
+    return _rope(q, cos, sin), _rope(k, cos, sin), v
+
+
+def _attend(q, kp, vp, kr, vr, mask_p, mask_r, scaling: float, softcap: Optional[float]):
+    """GQA attention of q [B,H,S,D] over a shared prefix (kp/vp [kvH,P,D], no batch) and per-row keys
+    (kr/vr [B,kvH,L,D]); boolean masks [S,P] and [S,L] are the same for every row and head.
+
+    No key/value head is repeated: query heads of one KV head are stacked along the query axis. The
+    prefix scores come from one GEMM over all rows. One softmax (fp32) spans both parts."""
+    B, H, S, D = q.shape
+    n_kv = kr.shape[1]
+    G = H // n_kv
+    qg = q.reshape(B, n_kv, G * S, D)
+    s_r = torch.matmul(qg, kr.transpose(-1, -2)).view(B, n_kv, G, S, -1)
+    if kp is not None:
+        P = kp.shape[1]
+        qp = qg.permute(1, 0, 2, 3).reshape(n_kv, B * G * S, D)
+        s_p = torch.matmul(qp, kp.transpose(-1, -2)).view(n_kv, B, G, S, P).permute(1, 0, 2, 3, 4)
+        s = torch.cat([s_p, s_r], dim=-1)
+        mask = torch.cat([mask_p, mask_r], dim=-1)
+    else:
+        P = 0
+        s = s_r
+        mask = mask_r
+    s = s.float() * scaling
+    if softcap is not None:
+        s = torch.tanh(s / softcap) * softcap
+    s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1).to(q.dtype)
+    out = torch.matmul(p[..., P:].reshape(B, n_kv, G * S, -1), vr)
+    if kp is not None:
+        pp = p[..., :P].permute(1, 0, 2, 3, 4).reshape(n_kv, B * G * S, P)
+        out = out + torch.matmul(pp, vp).view(n_kv, B, G * S, D).permute(1, 0, 2, 3)
+    return out.reshape(B, H, S, D)
+
+
+def _post_attn(x, q, kp, vp, kr, vr, mask_p, mask_r, wo, bo, ln_post_attn, ln_pre_ff, ln_post_ff, wg, wu, wd,
+               act: Callable, eps: float, gemma: bool, scaling: float, softcap: Optional[float]):
+    """Attention, output projection, residuals, MLP (Gemma-3: with its pre/post feed-forward norms)."""
+    B, S, _ = x.shape
+    a = _attend(q, kp, vp, kr, vr, mask_p, mask_r, scaling, softcap)
+    a = F.linear(a.transpose(1, 2).reshape(B, S, -1), wo, bo)
+    if gemma:
+        x = x + _rms(a, ln_post_attn, eps, True)
+        h = _rms(x, ln_pre_ff, eps, True)
+        m = F.linear(act(F.linear(h, wg)) * F.linear(h, wu), wd)
+        return x + _rms(m, ln_post_ff, eps, True)
+    x = x + a
+    h = _rms(x, ln_post_attn, eps, False)
+    return x + F.linear(act(F.linear(h, wg)) * F.linear(h, wu), wd)
+
+
+def uniform_t(keys: torch.Tensor, step, hv: torch.Tensor) -> torch.Tensor:
+    """``sampling.uniform`` with the step as a Python int or a device tensor, and the per-token hash
+    ``hv = hash32(arange(V) * 0x27D4EB2F & MASK32)`` precomputed; bitwise the same values."""
+    k = hash32(keys ^ ((step * 0x85EBCA77 + 0x165667B1) & MASK32)).unsqueeze(1)
+    bits = hash32(k ^ hv.unsqueeze(0))
+    return (bits.to(torch.float64) + 0.5) / 4294967296.0
+
+
+def token_hash(vocab: int, device) -> torch.Tensor:
+    v = torch.arange(vocab, device=device, dtype=torch.int64)
+    return hash32(v * 0x27D4EB2F & MASK32)
+
+
+def _sample(logits, keys, step, hv, temperature: float, top_k: int, top_p: float, greedy: bool):
+    """``sampling.sample_next`` with a tensor step (same Gumbel-max over the filtered fp32 logits)."""
+    if greedy:
+        return logits.float().argmax(-1)
+    lg = filter_logits(logits, top_k, top_p) / float(temperature)
+    u = uniform_t(keys, step, hv)
+    g = -torch.log(-torch.log(u))
+    return (lg.double() + g).argmax(-1)
+
+
+def _head_sample(x, norm_w, eps: float, gemma: bool, lm_w, lm_b, final_softcap: Optional[float], keys, step, hv,
+                 done, eos, pad: int, temperature: float, top_k: int, top_p: float, greedy: bool):
+    """Final norm, LM head, soft-capping, sampling, pad-after-end, and the updated finished flags."""
+    h = _rms(x, norm_w, eps, gemma)
+    logits = F.linear(h, lm_w, lm_b)
+    if final_softcap is not None:
+        logits = logits / final_softcap
+        logits = torch.tanh(logits)
+        logits = logits * final_softcap
+    nxt = _sample(logits, keys, step, hv, temperature, top_k, top_p, greedy)
+    nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+    if eos is not None:
+        done = done | torch.isin(nxt, eos)
+    return nxt, done
+
+
+# ------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class _Layer:
+    ln_in: torch.Tensor
+    ln_post_attn: torch.Tensor
+    ln_pre_ff: Optional[torch.Tensor]
+    ln_post_ff: Optional[torch.Tensor]
+    wq: torch.Tensor
+    bq: Optional[torch.Tensor]
+    wk: torch.Tensor
+    bk: Optional[torch.Tensor]
+    wv: torch.Tensor
+    bv: Optional[torch.Tensor]
+    wo: torch.Tensor
+    bo: Optional[torch.Tensor]
+    qn: Optional[torch.Tensor]
+    kn: Optional[torch.Tensor]
+    wg: torch.Tensor
+    wu: torch.Tensor
+    wd: torch.Tensor
+    window: Optional[int]
+    rope: int  # index into the engine's cos/sin tables
+
+
+def _t(p: Optional[nn.Parameter]) -> Optional[torch.Tensor]:
+    return None if p is None else p.detach()
+
+
+def _eps(norm: nn.Module) -> float:
+    for name in ("variance_epsilon", "eps"):
+        if hasattr(norm, name):
+            return float(getattr(norm, name))
+    raise NLALabError(f"fast engine: cannot read the epsilon of {type(norm).__name__}.")
+
+
+def unsupported_reason(model: nn.Module) -> Optional[str]:
+    """None if the fast engine supports ``model``, else why not (the caller falls back to ``loop``)."""
+    cfg = arch.text_config(model.config)
+    mt = getattr(cfg, "model_type", "")
+    if mt not in SUPPORTED_MODEL_TYPES:
+        return f"model type {mt!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+    devs = {p.device for p in model.parameters()}
+    if len(devs) != 1:
+        return "weights on several devices (device_map sharding)"
+    if getattr(model, "lm_head", None) is None or not hasattr(model.lm_head, "weight"):
+        return "no lm_head"
+    try:
+        arch.decoder_layers(model)
+    except NLALabError as e:
+        return str(e)
+    if getattr(cfg, "use_bidirectional_attention", False):
+        return "bidirectional attention"
+    return None
+
+
+@dataclass
+class _State:
+    """Static buffers of one batch shape; the CUDA graph reads and writes exactly these tensors."""
+
+    B: int
+    S: int
+    Lr: int
+    max_new: int
+    kr: list
+    vr: list
+    cur: torch.Tensor
+    t: torch.Tensor
+    keys: torch.Tensor
+    done: torch.Tensor
+    out: torch.Tensor
+    kpos_r: torch.Tensor
+    graph: Any = None
+    graph_key: Any = None
+
+
+@dataclass
+class Stats:
+    """What the last ``generate`` did (for tests and the benchmark's profile line)."""
+
+    prefix_len: int = 0
+    suffix_len: int = 0
+    batch: int = 0
+    steps: int = 0
+    graphs: bool = False
+    compile: str = "none"
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    capture_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class FastEngine:
+    """One AV model + one prompt (prefix KV cached). Use ``get_engine(av)``."""
+
+    def __init__(self, model: nn.Module, prompt_ids: Sequence[int], marker_pos: int):
+        why = unsupported_reason(model)
+        if why:
+            raise NLALabError(f"The fast engine does not support this AV: {why}. Use engine='loop'.")
+        self.model = model
+        self.cfg = arch.text_config(model.config)
+        self.prompt_ids = [int(i) for i in prompt_ids]
+        self.P = int(marker_pos)
+        self.T = len(self.prompt_ids)
+        if not 0 <= self.P < self.T:
+            raise NLALabError(f"marker_pos {self.P} outside the prompt of {self.T} tokens.")
+        self.embed = model.get_input_embeddings()
+        self.device = self.embed.weight.device
+        self.dtype = self.embed.weight.dtype
+        inner = arch.inner_model(model)
+        layers = arch.decoder_layers(model)
+        a0 = layers[0].self_attn
+        self.gemma = hasattr(layers[0], "pre_feedforward_layernorm")
+        self.n_heads = int(self.cfg.num_attention_heads)
+        self.n_kv = int(self.cfg.num_key_value_heads)
+        self.head_dim = int(getattr(a0, "head_dim", None) or self.cfg.hidden_size // self.n_heads)
+        self.scaling = float(getattr(a0, "scaling", self.head_dim ** -0.5))
+        # Gemma-3's attention modules do not pass attn_logit_softcapping to the attention function.
+        self.attn_softcap = None
+        fs = getattr(self.cfg, "final_logit_softcapping", None)
+        self.final_softcap = float(fs) if fs is not None else None
+        self.eps = _eps(layers[0].input_layernorm)
+        self.qk_eps = _eps(a0.q_norm) if getattr(a0, "q_norm", None) is not None else self.eps
+        self.act = layers[0].mlp.act_fn
+        self.norm_w = _t(inner.norm.weight)
+        self.norm_eps = _eps(inner.norm)
+        self.lm_w = _t(model.lm_head.weight)
+        self.lm_b = _t(getattr(model.lm_head, "bias", None))
+        self.vocab = int(self.lm_w.shape[0])
+        self._check_norms(layers[0])
+        self.layers: list[_Layer] = []
+        for lay in layers:
+            at, mlp = lay.self_attn, lay.mlp
+            win = getattr(at, "sliding_window", None)
+            self.layers.append(_Layer(
+                ln_in=_t(lay.input_layernorm.weight), ln_post_attn=_t(lay.post_attention_layernorm.weight),
+                ln_pre_ff=_t(lay.pre_feedforward_layernorm.weight) if self.gemma else None,
+                ln_post_ff=_t(lay.post_feedforward_layernorm.weight) if self.gemma else None,
+                wq=_t(at.q_proj.weight), bq=_t(at.q_proj.bias), wk=_t(at.k_proj.weight), bk=_t(at.k_proj.bias),
+                wv=_t(at.v_proj.weight), bv=_t(at.v_proj.bias), wo=_t(at.o_proj.weight), bo=_t(at.o_proj.bias),
+                qn=_t(at.q_norm.weight) if getattr(at, "q_norm", None) is not None else None,
+                kn=_t(at.k_norm.weight) if getattr(at, "k_norm", None) is not None else None,
+                wg=_t(mlp.gate_proj.weight), wu=_t(mlp.up_proj.weight), wd=_t(mlp.down_proj.weight),
+                window=int(win) if win else None, rope=0,
+            ))
+        self.windows = sorted({L.window for L in self.layers}, key=lambda w: -1 if w is None else w)
+        self.cos: list[torch.Tensor] = []
+        self.sin: list[torch.Tensor] = []
+        self.kp: list[torch.Tensor] = []
+        self.vp: list[torch.Tensor] = []
+        self.hv = token_hash(self.vocab, self.device)
+        self.compile_mode = _resolved_compile(self.device)
+        self.use_graphs = _resolved_graphs(self.device)
+        self._fns = None
+        self.states: dict = {}
+        self.stats = Stats()
+        with torch.no_grad():
+            self._rope_tables(self.T + 256)
+            self._prefix()
+
+    # ---------------------------------------------------------------------------------- set-up
+
+    def _check_norms(self, layer) -> None:
+        """Our RMSNorm must equal the model's module bitwise (guards against an unknown norm variant)."""
+        g = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(2, 3, layer.input_layernorm.weight.shape[0], generator=g).to(self.device, self.dtype)
+        with torch.no_grad():
+            ref = layer.input_layernorm(x)
+            ours = _rms(x, layer.input_layernorm.weight, self.eps, self.gemma)
+        if not torch.equal(ref, ours):
+            raise NLALabError(f"fast engine: {type(layer.input_layernorm).__name__} differs from our RMSNorm.")
+
+    def _rope_tables(self, length: int) -> None:
+        """cos/sin per layer exactly as the model computes them: read off its own forward (hooks)."""
+        layers = arch.decoder_layers(self.model)
+        got: dict[int, tuple] = {}
+
+        def hook(i):
+            def fn(_m, args, kwargs):
+                pe = kwargs.get("position_embeddings")
+                if pe is None:
+                    pe = next((a for a in args if isinstance(a, tuple) and len(a) == 2), None)
+                got[i] = pe
+            return fn
+
+        hs = [lay.register_forward_pre_hook(hook(i), with_kwargs=True) for i, lay in enumerate(layers)]
+        try:
+            inner = arch.inner_model(self.model)
+            emb = torch.zeros(1, length, self.cfg.hidden_size, device=self.device, dtype=self.dtype)
+            inner(inputs_embeds=emb, position_ids=torch.arange(length, device=self.device)[None], use_cache=False)
+        finally:
+            for h in hs:
+                h.remove()
+        if len(got) != len(layers) or any(v is None for v in got.values()):
+            raise NLALabError("fast engine: could not read the rotary tables from the model's forward.")
+        uniq: dict[int, int] = {}
+        self.cos, self.sin = [], []
+        for i, (c, s) in sorted(got.items()):
+            key = id(c)
+            if key not in uniq:
+                uniq[key] = len(self.cos)
+                self.cos.append(c.reshape(length, -1).contiguous())
+                self.sin.append(s.reshape(length, -1).contiguous())
+            self.layers[i].rope = uniq[key]
+        self.rope_len = length
+
+    def _masks(self, pos_q: torch.Tensor, kpos_r: torch.Tensor) -> dict:
+        """window -> (mask over the prefix [S,P], mask over the row cache [S,L]) for query positions."""
+        kpos_p = torch.arange(self.P, device=pos_q.device)
+        out = {}
+        for w in self.windows:
+            mp = kpos_p[None, :] <= pos_q[:, None]
+            mr = kpos_r[None, :] <= pos_q[:, None]
+            if w is not None:
+                mp = mp & (kpos_p[None, :] > pos_q[:, None] - w)
+                mr = mr & (kpos_r[None, :] > pos_q[:, None] - w)
+            out[w] = (mp, mr)
+        return out
+
+    def _layer(self, i: int, x, pos, write: Callable, kr, vr, masks, fns):
+        L = self.layers[i]
+        cos = self.cos[L.rope].index_select(0, pos)
+        sin = self.sin[L.rope].index_select(0, pos)
+        q, k, v = fns["pre"](x, L.ln_in, L.wq, L.bq, L.wk, L.bk, L.wv, L.bv, L.qn, L.kn, cos, sin, self.eps,
+                             self.qk_eps, self.gemma, self.n_heads, self.n_kv, self.head_dim)
+        kr, vr = write(i, k, v)
+        mp, mr = masks[L.window]
+        kp = self.kp[i] if self.P > 0 else None
+        vp = self.vp[i] if self.P > 0 else None
+        return fns["post"](x, q, kp, vp, kr, vr, mp, mr, L.wo, L.bo, L.ln_post_attn, L.ln_pre_ff, L.ln_post_ff,
+                           L.wg, L.wu, L.wd, self.act, self.eps, self.gemma, self.scaling, self.attn_softcap)
+
+    def _eager_fns(self) -> dict:
+        return {"pre": _pre_attn, "post": _post_attn, "head": _head_sample}
+
+    def _decode_fns(self) -> dict:
+        if self._fns is None:
+            fns = self._eager_fns()
+            if self.compile_mode != "none":
+                import torch._dynamo
+
+                cfg = torch._dynamo.config
+                for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                             "accumulated_recompile_limit"):
+                    if hasattr(cfg, name):
+                        setattr(cfg, name, max(int(getattr(cfg, name)), 256))
+                fns["head"] = torch.compile(_head_sample, fullgraph=True)
+                if self.compile_mode == "all":
+                    fns["pre"] = torch.compile(_pre_attn, fullgraph=True)
+                    fns["post"] = torch.compile(_post_attn, fullgraph=True)
+            self._fns = fns
+        return self._fns
+
+    def _prefix(self) -> None:
+        """K/V of the prompt tokens before the marker, computed once at batch 1 and shared by all rows."""
+        self.kp, self.vp = [], []
+        if self.P == 0:
+            return
+        ids = torch.tensor(self.prompt_ids[: self.P], device=self.device)[None]
+        x = self.embed(ids)
+        pos = torch.arange(self.P, device=self.device)
+        kpos = torch.arange(self.P, device=self.device)
+        saved_P, self.P = self.P, 0  # the prefix attends only to itself: no shared part
+        try:
+            masks = self._masks(pos, kpos)
+
+            def write(i, k, v):
+                self.kp.append(k[0].contiguous())
+                self.vp.append(v[0].contiguous())
+                return k, v
+
+            for i in range(len(self.layers)):
+                x = self._layer(i, x, pos, write, None, None, masks, self._eager_fns())
+        finally:
+            self.P = saved_P
+
+    def _state(self, B: int, S: int, max_new: int) -> _State:
+        key = (B, S, max_new)
+        st = self.states.get(key)
+        if st is None:
+            Lr = S + max_new
+            dev = self.device
+            shape = (B, self.n_kv, Lr, self.head_dim)
+            st = _State(
+                B=B, S=S, Lr=Lr, max_new=max_new,
+                kr=[torch.zeros(shape, device=dev, dtype=self.dtype) for _ in self.layers],
+                vr=[torch.zeros(shape, device=dev, dtype=self.dtype) for _ in self.layers],
+                cur=torch.zeros(B, dtype=torch.long, device=dev), t=torch.zeros(1, dtype=torch.long, device=dev),
+                keys=torch.zeros(B, dtype=torch.long, device=dev), done=torch.zeros(B, dtype=torch.bool, device=dev),
+                out=torch.zeros(B, max_new, dtype=torch.long, device=dev),
+                kpos_r=self.P + torch.arange(Lr, device=dev),
+            )
+            self.states[key] = st
+        return st
+
+    def drop_states(self) -> None:
+        """Free every static buffer and graph (after an OOM, or to hand memory back)."""
+        self.states.clear()
+
+    # -------------------------------------------------------------------------------- running
+
+    def _prefill(self, st: _State, embeds: torch.Tensor, sp: dict) -> None:
+        S = st.S
+        pos = self.P + torch.arange(S, device=self.device)
+        masks = {w: (mp, mr[:, :S]) for w, (mp, mr) in self._masks(pos, st.kpos_r).items()}
+
+        def write(i, k, v):
+            st.kr[i][:, :, :S].copy_(k)
+            st.vr[i][:, :, :S].copy_(v)
+            return st.kr[i][:, :, :S], st.vr[i][:, :, :S]
+
+        x = embeds
+        fns = self._eager_fns()
+        for i in range(len(self.layers)):
+            x = self._layer(i, x, pos, write, None, None, masks, fns)
+        st.done.zero_()
+        nxt, done = _head_sample(x[:, -1], self.norm_w, self.norm_eps, self.gemma, self.lm_w, self.lm_b,
+                                 self.final_softcap, st.keys, 0, self.hv, st.done, sp["eos"], sp["pad"],
+                                 sp["temperature"], sp["top_k"], sp["top_p"], sp["greedy"])
+        st.out[:, 0].copy_(nxt)
+        st.cur.copy_(nxt)
+        st.done.copy_(done)
+        st.t.fill_(1)
+
+    def _step(self, st: _State, sp: dict, fns: dict) -> None:
+        """One decode step on the static buffers; the body of the CUDA graph."""
+        t = st.t
+        pos = (self.P + st.S - 1) + t
+        slot = (st.S - 1) + t
+        x = self.embed(st.cur[:, None])
+        masks = self._masks(pos, st.kpos_r)
+
+        def write(i, k, v):
+            st.kr[i].index_copy_(2, slot, k)
+            st.vr[i].index_copy_(2, slot, v)
+            return st.kr[i], st.vr[i]
+
+        for i in range(len(self.layers)):
+            x = self._layer(i, x, pos, write, None, None, masks, fns)
+        nxt, done = fns["head"](x[:, -1], self.norm_w, self.norm_eps, self.gemma, self.lm_w, self.lm_b,
+                                self.final_softcap, st.keys, t, self.hv, st.done, sp["eos"], sp["pad"],
+                                sp["temperature"], sp["top_k"], sp["top_p"], sp["greedy"])
+        st.out.index_copy_(1, t, nxt[:, None])
+        st.done.copy_(done)
+        st.cur.copy_(nxt)
+        st.t.add_(1)
+
+    def _capture(self, st: _State, sp: dict, fns: dict) -> None:
+        """Warm up (compiles) on a side stream, restore the state, capture one step as a CUDA graph."""
+        saved = (st.cur.clone(), st.done.clone(), st.t.clone(), st.out[:, 1].clone())
+        s = torch.cuda.Stream(device=self.device)
+        s.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                self._step(st, sp, fns)
+                st.cur.copy_(saved[0]), st.done.copy_(saved[1]), st.t.copy_(saved[2])
+        torch.cuda.current_stream(self.device).wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            self._step(st, sp, fns)
+        st.out[:, 1].copy_(saved[3])
+        st.graph = g
+
+    def generate(self, vectors: torch.Tensor, keys: torch.Tensor, *, injection_scale: float, max_new_tokens: int,
+                 eos_ids: Sequence[int], pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 greedy: bool = False, batch: Optional[int] = None, profile: bool = False):
+        """Tokens [n, <=max_new] (pad after the end) and finished flags [n] for ``n`` rows.
+
+        Rows beyond ``n`` up to ``batch`` are throw-away padding (so one graph serves all chunks)."""
+        n = vectors.shape[0]
+        B = max(n, int(batch or n))
+        max_new = int(max_new_tokens)
+        if max_new < 1:
+            raise NLALabError("max_new_tokens must be >= 1.")
+        greedy = bool(greedy or temperature == 0)
+        S = self.T - self.P
+        if self.P + S + max_new > self.rope_len:
+            with torch.no_grad():
+                self._rope_tables(self.P + S + max_new + 256)
+        sp = dict(eos=torch.tensor(sorted(set(int(e) for e in eos_ids)), device=self.device, dtype=torch.long)
+                  if len(eos_ids) else None, pad=int(pad_id), temperature=1.0 if greedy else float(temperature),
+                  top_k=0 if greedy else int(top_k or 0), top_p=1.0 if greedy else float(top_p), greedy=greedy)
+        gkey = (sp["greedy"], sp["temperature"], sp["top_k"], sp["top_p"], tuple(eos_ids), sp["pad"])
+        stats = Stats(prefix_len=self.P, suffix_len=S, batch=B, graphs=self.use_graphs, compile=self.compile_mode)
+        sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
+        with torch.no_grad():
+            if B > n:
+                pad_rows = B - n
+                vectors = torch.cat([vectors, vectors[-1:].expand(pad_rows, -1)], 0)
+                keys = torch.cat([keys, keys[-1:].expand(pad_rows)], 0)
+            st = self._state(B, S, max_new)
+            if profile:
+                sync()
+            t0 = time.perf_counter()
+            st.keys.copy_(keys.to(self.device))
+            emb = injected_embeds(self.model, self.prompt_ids[self.P:], vectors, 0, injection_scale)
+            self._prefill(st, emb, sp)
+            del emb
+            if profile:
+                sync()
+            stats.prefill_s = time.perf_counter() - t0
+            steps = 1
+            if max_new > 1:
+                fns = self._decode_fns() if self.device.type == "cuda" else self._eager_fns()
+                if self.use_graphs and (st.graph is None or st.graph_key != gkey):
+                    t1 = time.perf_counter()
+                    st.graph = None
+                    try:
+                        self._capture(st, sp, fns)
+                        st.graph_key = gkey
+                    except torch.cuda.OutOfMemoryError:
+                        raise
+                    except Exception as e:  # pragma: no cover - depends on the GPU stack
+                        if "out of memory" in str(e).lower():
+                            raise torch.cuda.OutOfMemoryError(str(e)) from e
+                        warnings.warn(f"fast engine: CUDA graph capture failed ({e!r}); running without graphs.")
+                        self.use_graphs = False
+                        stats.graphs = False
+                    stats.capture_s = time.perf_counter() - t1
+                t2 = time.perf_counter()
+                every = max(1, int(OPTIONS.check_every))
+                check = sp["eos"] is not None
+                for step in range(1, max_new):
+                    if st.graph is not None and self.use_graphs:
+                        st.graph.replay()
+                    else:
+                        self._step(st, sp, fns)
+                    steps = step + 1
+                    if check and (step % every == 0 or self.device.type != "cuda") and bool(st.done.all()):
+                        break
+                if profile:
+                    sync()
+                stats.decode_s = time.perf_counter() - t2
+            stats.steps = steps
+            self.stats = stats
+            return st.out[:n, :steps].clone(), st.done[:n].clone()
+
+
+# --------------------------------------------------------------------------------- engine registry
+
+_ENGINES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def get_engine(av) -> FastEngine:
+    """The (cached) engine of an AV: its prefix K/V, rotary tables, compiled functions and graphs."""
+    per_model = _ENGINES.setdefault(av.model, {})
+    key = (tuple(int(i) for i in av.prompt_ids), int(av.marker_pos))
+    eng = per_model.get(key)
+    if eng is None:
+        eng = FastEngine(av.model, av.prompt_ids, av.marker_pos)
+        per_model[key] = eng
+    return eng
+
+
+def release_engines(model: Optional[nn.Module] = None) -> None:
+    """Drop cached engines (all, or one model's), freeing their static buffers and graphs."""
+    if model is None:
+        _ENGINES.clear()
+    else:
+        _ENGINES.pop(model, None)
+
+
+def auto_batch(eng: FastEngine, n_rows: int, max_new: int, fallback: int) -> int:
+    """Rows per micro-batch: all of them if memory allows (CUDA: from free memory), else as many as fit."""
+    if eng.device.type != "cuda":
+        return max(1, min(n_rows, fallback))
+    free, _total = torch.cuda.mem_get_info(eng.device)
+    el = torch.finfo(eng.dtype).bits // 8
+    d = int(eng.cfg.hidden_size)
+    inter = int(eng.layers[0].wg.shape[0])
+    S = eng.T - eng.P
+    Lr = S + max_new
+    kv = len(eng.layers) * 2 * eng.n_kv * Lr * eng.head_dim * el
+    act = S * (6 * d + 3 * inter + eng.n_heads * eng.head_dim * 3) * el + eng.n_heads * S * (eng.P + Lr) * 4 * 3
+    logits = eng.vocab * (el + 4 + 8 * 4)  # eager prefill sampling keeps a few [V] fp64/int64 rows
+    per_row = kv + act + logits
+    budget = max(0.0, free * OPTIONS.mem_fraction - 256 * 2**20)
+    cap = int(budget // max(per_row, 1))
+    return max(1, min(n_rows, cap, int(OPTIONS.max_batch)))
+
+
+def iter_fast(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v: Sequence[int], settings,
+              batch_size: Optional[int] = None) -> Iterator[tuple[list[int], list[int], torch.Tensor, torch.Tensor]]:
+    """Run ``todo`` (vector, sample) rows in equal micro-batches; yield (vidx, sidx, tokens, done) per batch.
+
+    A CUDA out-of-memory frees the engine's buffers, halves the micro-batch and retries."""
+    eng = get_engine(av)
+    n = len(todo)
+    if n == 0:
+        return
+    pad = av.tokenizer.pad_token_id if getattr(av.tokenizer, "pad_token_id", None) is not None else (
+        av.eos_ids[0] if av.eos_ids else 0)
+    cap = int(batch_size) if batch_size else auto_batch(eng, n, settings.max_new_tokens, settings.batch_size)
+    pos = 0
+    while pos < n:
+        remaining = n - pos
+        B = math.ceil(remaining / math.ceil(remaining / cap))
+        chunk = todo[pos:pos + B]
+        vidx = [i for i, _ in chunk]
+        sidx = [s for _, s in chunk]
+        try:
+            dev = eng.device
+            keys = row_keys(settings.seed, torch.tensor([keys_v[i] for i in vidx], device=dev),
+                            torch.tensor(sidx, device=dev))
+            toks, done = eng.generate(
+                vectors[vidx].to(dev), keys, injection_scale=av.injection_scale,
+                max_new_tokens=settings.max_new_tokens, eos_ids=av.eos_ids, pad_id=pad,
+                temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                greedy=settings.greedy, batch=B)
+        except torch.cuda.OutOfMemoryError:
+            eng.drop_states()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if B == 1:
+                raise NLALabError(
+                    "GPU out of memory at batch size 1 while verbalizing (fast engine). Fix: lower "
+                    "--max-new-tokens, use engine 'loop', or a GPU with more memory."
+                ) from None
+            cap = max(1, B // 2)
+            continue
+        yield vidx, sidx, toks.cpu(), done.cpu()
+        pos += len(chunk)
