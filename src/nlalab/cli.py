@@ -23,6 +23,7 @@ RevOpt = typer.Option(None, "--revision", help="Hub revision to pin for AV and A
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 ... (auto: cuda if available).")
 DtypeOpt = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.")
 DeviceMapOpt = typer.Option(None, "--device-map", help="Passed to transformers (e.g. auto) to shard big models.")
+MaxMemOpt = typer.Option(None, "--max-memory", help="With --device-map: per-device caps, e.g. '0=70GiB,1=70GiB,cpu=200GiB'.")
 
 
 def _fail(e: Exception) -> None:
@@ -30,10 +31,10 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _opts(device: str, dtype: str, device_map: Optional[str]):
-    from nlalab.pairs.load import LoadOptions
+def _opts(device: str, dtype: str, device_map: Optional[str], max_memory: Optional[str] = None):
+    from nlalab.pairs.load import LoadOptions, parse_max_memory
 
-    return LoadOptions(device=device, dtype=dtype, device_map=device_map)
+    return LoadOptions(device=device, dtype=dtype, device_map=device_map, max_memory=parse_max_memory(max_memory))
 
 
 @app.command("ls")
@@ -95,6 +96,7 @@ def explain(
     seed: int = typer.Option(42, "--seed"),
     brv: Optional[float] = typer.Option(None, "--brv", help="B_rv for fve_nrm (default: from the vectors if >= 8)."),
     device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
+    max_memory: Optional[str] = MaxMemOpt,
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of text."),
 ) -> None:
     """Verbalize and reconstruct the activations of a few prompts, or vectors from a file."""
@@ -113,7 +115,7 @@ def explain(
         gs = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy,
                                 seed=seed)
         res = run_explain(dirs, prompts=prompt or None, vectors=vecs, k=k, settings=gs,
-                          opts=_opts(device, dtype, device_map), b_rv=brv, progress=sys.stderr.isatty())
+                          opts=_opts(device, dtype, device_map, max_memory), b_rv=brv, progress=sys.stderr.isatty())
     except NLALabError as e:
         _fail(e)
     if as_json:
@@ -161,7 +163,11 @@ def run(
     lexicon: Optional[str] = typer.Option(None, "--lexicon", help="Category lexicon JSON (direction control)."),
     engine: str = typer.Option("loop", "--engine", help="loop or hf."),
     batch_size: int = typer.Option(32, "--batch-size", help="Sequences per generation batch."),
+    position: str = typer.Option("last", "--position", help="Capture position: last (the seed protocol) or a "
+                                 "token index of the chat-templated prompt (negative counts from the end)."),
+    n_seeds: Optional[int] = typer.Option(None, "--n-seeds", help="Extra seeds for the noise-floor control (2)."),
     device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
+    max_memory: Optional[str] = MaxMemOpt,
     force: Optional[List[str]] = typer.Option(None, "--force", help="Redo a stage (and what follows): capture, "
                                               "verbalize, reconstruct, controls. Repeatable."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run made with other settings."),
@@ -188,7 +194,8 @@ def run(
                      k=k, temperature=temperature, top_p=top_p, greedy=greedy, max_new_tokens=max_new_tokens,
                      seed=seed, controls=ctl, n_random=n_random, n_perm=n_perm, n_boot=n_boot,
                      brv_reference=brv_reference, lexicon=lexicon, engine=engine, batch_size=batch_size,
-                     device=device, dtype=dtype, device_map=device_map, force=force or [],
+                     device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
+                     positions=position, n_seeds=n_seeds, force=force or [],
                      progress=sys.stderr.isatty())
         merged = {**defaults, **base, **{k_: v for k_, v in given.items() if v is not None}}
         cfg = RunConfig(**merged)

@@ -99,3 +99,29 @@ def test_vector_files_all_formats(tmp_path):
 
     with pytest.raises(NLALabError, match="several tensors"):
         load_vectors(tmp_path / "c.safetensors")
+
+
+def test_schema_v1_training_names_validate_and_load(fixture_pairs, tmp_path):
+    """Training-output sidecars (schema v1, actor/critic, critic.num_hidden_layers meaning K) still work."""
+    import shutil
+
+    import yaml
+
+    from nlalab.pairs.load import load_ar, load_av
+
+    p = fixture_pairs["llama"]
+    av, ar = tmp_path / "av", tmp_path / "ar"
+    shutil.copytree(p.av, av)
+    shutil.copytree(p.ar, ar)
+    for d, role in ((av, "actor"), (ar, "critic")):
+        raw = yaml.safe_load((d / "nla_meta.yaml").read_text())
+        raw.update(schema_version=1, role=role)
+        raw["prompt_templates"] = {"actor": raw["prompt_templates"]["av"], "critic": raw["prompt_templates"]["ar"]}
+        raw.pop("extraction_layer_index", None)
+        raw.pop("critic", None)
+        if role == "critic":
+            raw["critic"] = {"num_hidden_layers": p.layer}
+        (d / "nla_meta.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True))
+    rep = validate_pair(av, ar, p.target, p.layer)
+    assert rep.ok, rep.lines()
+    assert load_ar(ar).layer == p.layer and load_av(av).sidecar.role == "av"

@@ -62,6 +62,19 @@ class LoadOptions:
             raise NLALabError(f"Unknown dtype {self.dtype!r}. Use one of auto, bf16, fp16, fp32.") from None
 
 
+def parse_max_memory(spec: Optional[str]) -> Optional[dict]:
+    if not spec:
+        return None
+    out: dict = {}
+    for part in spec.split(","):
+        key, _, val = part.partition("=")
+        if not val:
+            raise NLALabError(f"--max-memory entry {part!r} is not DEVICE=SIZE (e.g. 0=70GiB).")
+        key = key.strip()
+        out[int(key) if key.isdigit() else key] = val.strip()
+    return out
+
+
 def _load_kwargs(opts: LoadOptions) -> dict[str, Any]:
     kw: dict[str, Any] = {"dtype": opts.resolved_dtype()}
     if opts.device_map is not None:

@@ -71,6 +71,7 @@ class Table:
     rows: list[list[str]]
     notes: list[str] = field(default_factory=list)
     key: str = ""
+    wrap: bool = False  # HTML: let long cells wrap instead of scrolling sideways
 
     def to_markdown(self, level: int = 3) -> str:
         def cell(s: Any) -> str:
@@ -89,7 +90,8 @@ class Table:
         head = "".join(f"<th>{e(str(h))}</th>" for h in self.header)
         body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in self.rows)
         parts = [f"<h{level}>{e(self.title)}</h{level}>"] if self.title else []
-        parts.append(f'<table class="t" data-table="{e(self.key)}"><thead><tr>{head}</tr></thead>'
+        cls = "t wrap" if self.wrap else "t"
+        parts.append(f'<table class="{cls}" data-table="{e(self.key)}"><thead><tr>{head}</tr></thead>'
                      f"<tbody>{body}</tbody></table>")
         parts += [f'<p class="note">{e(n)}</p>' for n in self.notes]
         return "\n".join(parts)

@@ -218,6 +218,10 @@ def score_samples(samples: list[dict], scorer: Union[str, Scorer], *, categories
     chance_fn = getattr(sc, "chance", None)
     chance = chance_fn(n_cand) if callable(chance_fn) else {m: None for m in metrics}
     describe = getattr(sc, "describe", None)
+    if isinstance(sc, KeywordScorer) and not callable(describe):
+        describe = lambda: {"definition": "seed §2.3 keyword recall |P ∩ E| / |P| over content words (ASCII "  # noqa: E731
+                            "alphanumeric, length >= 4, not a stopword)",
+                            "undefined": "prompts without content words (None, left out of means)"}
     labels = getattr(sc, "labels", None) or {}
     section = {
         "scorer": sc.name,

@@ -161,7 +161,10 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
         items = kept
     cats = corpus_categories(items)
     dirs = resolve_run_pair(cfg)
-    opts = LoadOptions(device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map)
+    from nlalab.pairs.load import parse_max_memory
+
+    opts = LoadOptions(device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map,
+                       max_memory=parse_max_memory(cfg.max_memory))
     gs = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                             greedy=cfg.greedy, seed=cfg.seed, batch_size=cfg.batch_size, engine=cfg.engine)
     record = {"identity": cfg.identity(), "config": cfg.model_dump(), "pair": dirs.provenance(),
@@ -183,8 +186,9 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
         if not cap_path.exists():
             from nlalab.capture import capture
 
+            pos = cfg.positions if cfg.positions == "last" else [int(cfg.positions)]
             cap = capture(tg.model, tg.tokenizer, [it.prompt for it in items], dirs.layer,
-                          ids=[it.id for it in items], positions=cfg.positions, seed=cfg.seed,
+                          ids=[it.id for it in items], positions=pos, seed=cfg.seed,
                           batch_size=cfg.capture_batch_size, progress=cfg.progress)
             if [m["item_id"] for m in cap.meta] != [it.id for it in items]:
                 raise NLALabError("Capture must give one vector per item; use positions=last for the study.")
@@ -378,21 +382,13 @@ def _blind(tg, dirs: PairDirs, items, cfg: RunConfig, gs: GenerationSettings, lo
     from nlalab.pairs.load import av_eos_ids
     from nlalab.pairs.markers import av_prompt_ids
     from nlalab.pairs.sidecar import DEFAULT_AV_TEMPLATE, read_sidecar
-    from nlalab.verbalize.plain import generate_from_ids
+    from nlalab.verbalize.plain import generate_texts
 
     template = read_sidecar(dirs.av).av_template or DEFAULT_AV_TEMPLATE
-    eos = av_eos_ids(tg.tokenizer, tg.model)
-    it = enumerate(items)
-    if cfg.progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(list(it), desc="blind", unit="item")
-    for i, item in it:
-        if all((i, s) in done for s in range(cfg.k)):
-            continue
-        ids = av_prompt_ids(tg.tokenizer, item.prompt, template)
-        recs = generate_from_ids(tg.model, tg.tokenizer, ids, eos, cfg.k, KEY_BASE["blind"] + i, gs, index=i)
-        log.append([r.to_dict() for r in recs if (i, r.sample) not in done])
+    prompts = [av_prompt_ids(tg.tokenizer, it.prompt, template) for it in items]
+    generate_texts(tg.model, tg.tokenizer, prompts, av_eos_ids(tg.tokenizer, tg.model), cfg.k,
+                   [KEY_BASE["blind"] + i for i in range(len(items))], gs, skip=done,
+                   on_batch=lambda recs: log.append([r.to_dict() for r in recs]))
 
 
 @dataclass

@@ -306,6 +306,7 @@ class _State:
     kpos_r: torch.Tensor
     graph: Any = None
     graph_key: Any = None
+    sp: Any = None  # the sampling settings (and eos tensor) the graph was captured with
 
 
 @dataclass
@@ -451,7 +452,7 @@ class FastEngine:
             out[w] = (mp, mr)
         return out
 
-    def _layer(self, i: int, x, pos, write: Callable, kr, vr, masks, fns):
+    def _layer(self, i: int, x, pos, write: Callable, masks, fns):
         L = self.layers[i]
         cos = self.cos[L.rope].index_select(0, pos)
         sin = self.sin[L.rope].index_select(0, pos)
@@ -504,7 +505,7 @@ class FastEngine:
                 return k, v
 
             for i in range(len(self.layers)):
-                x = self._layer(i, x, pos, write, None, None, masks, self._eager_fns())
+                x = self._layer(i, x, pos, write, masks, self._eager_fns())
         finally:
             self.P = saved_P
 
@@ -546,7 +547,7 @@ class FastEngine:
         x = embeds
         fns = self._eager_fns()
         for i in range(len(self.layers)):
-            x = self._layer(i, x, pos, write, None, None, masks, fns)
+            x = self._layer(i, x, pos, write, masks, fns)
         st.done.zero_()
         nxt, done = _head_sample(x[:, -1], self.norm_w, self.norm_eps, self.gemma, self.lm_w, self.lm_b,
                                  self.final_softcap, st.keys, 0, self.hv, st.done, sp["eos"], sp["pad"],
@@ -570,7 +571,7 @@ class FastEngine:
             return st.kr[i], st.vr[i]
 
         for i in range(len(self.layers)):
-            x = self._layer(i, x, pos, write, None, None, masks, fns)
+            x = self._layer(i, x, pos, write, masks, fns)
         nxt, done = fns["head"](x[:, -1], self.norm_w, self.norm_eps, self.gemma, self.lm_w, self.lm_b,
                                 self.final_softcap, st.keys, t, self.hv, st.done, sp["eos"], sp["pad"],
                                 sp["temperature"], sp["top_k"], sp["top_p"], sp["greedy"])
@@ -623,6 +624,8 @@ class FastEngine:
                 vectors = torch.cat([vectors, vectors[-1:].expand(pad_rows, -1)], 0)
                 keys = torch.cat([keys, keys[-1:].expand(pad_rows)], 0)
             st = self._state(B, S, max_new)
+            if st.graph is not None and st.graph_key == gkey:
+                sp = st.sp  # the captured graph reads this eos tensor
             if profile:
                 sync()
             t0 = time.perf_counter()
@@ -641,7 +644,7 @@ class FastEngine:
                     st.graph = None
                     try:
                         self._capture(st, sp, fns)
-                        st.graph_key = gkey
+                        st.graph_key, st.sp = gkey, sp
                     except torch.cuda.OutOfMemoryError:
                         raise
                     except Exception as e:  # pragma: no cover - depends on the GPU stack
@@ -726,9 +729,11 @@ def iter_fast(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v
         av.eos_ids[0] if av.eos_ids else 0)
     cap = int(batch_size) if batch_size else auto_batch(eng, n, settings.max_new_tokens, settings.batch_size)
     pos = 0
+    B = 0
     while pos < n:
-        remaining = n - pos
-        B = math.ceil(remaining / math.ceil(remaining / cap))
+        if not B:  # equal chunks; the last one is padded up to B, so one graph serves every chunk
+            remaining = n - pos
+            B = math.ceil(remaining / math.ceil(remaining / cap))
         chunk = todo[pos:pos + B]
         vidx = [i for i, _ in chunk]
         sidx = [s for _, s in chunk]
@@ -751,6 +756,7 @@ def iter_fast(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v
                     "--max-new-tokens, use engine 'loop', or a GPU with more memory."
                 ) from None
             cap = max(1, B // 2)
+            B = 0
             continue
         yield vidx, sidx, toks.cpu(), done.cpu()
         pos += len(chunk)

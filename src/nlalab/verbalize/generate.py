@@ -1,7 +1,10 @@
 """Batched K-sample generation from injected vectors.
 
-Two engines behind one function:
-- ``loop`` (default): our KV-cached decode loop with batch-invariant per-row sampling, so every
+Engines behind one function (``GenerationSettings.engine``):
+- ``auto`` (default): ``fast`` when the AV is on a CUDA GPU and the fast engine supports it, else ``loop``.
+- ``fast``: ``nlalab.verbalize.engine`` -- shared-prefix prefill, static KV cache, CUDA graphs, the same
+  batch-invariant sampling as ``loop`` (same tokens whenever the logits agree).
+- ``loop``: our KV-cached decode loop with batch-invariant per-row sampling, so every
   sample is fixed by (seed, vector key, sample index) whatever the batching, resume or device count.
 - ``hf``: plain ``transformers.generate`` with ``inputs_embeds`` — the reference path; sampled
   outputs then depend on batch composition (torch's global RNG, seeded per batch).
@@ -20,7 +23,7 @@ from nlalab.verbalize.extract import extract_explanation
 from nlalab.verbalize.inject import injected_embeds
 from nlalab.verbalize.sampling import row_keys, sample_next
 
-Engine = Literal["loop", "hf"]
+Engine = Literal["auto", "fast", "loop", "hf"]
 
 
 @dataclass
@@ -32,7 +35,19 @@ class GenerationSettings:
     greedy: bool = False
     seed: int = 42
     batch_size: int = 32
-    engine: Engine = "loop"
+    engine: Engine = "auto"
+    fast_batch_size: int = 0  # fast engine rows per micro-batch; 0 = as many as GPU memory allows
+
+
+def resolve_engine(engine: str, av) -> str:
+    """``auto`` -> ``fast`` on a CUDA AV the fast engine supports, else ``loop``; others unchanged."""
+    if engine != "auto":
+        return engine
+    if av.device.type != "cuda":
+        return "loop"
+    from nlalab.verbalize.engine import unsupported_reason
+
+    return "loop" if unsupported_reason(av.model) else "fast"
 
 
 @dataclass
@@ -156,6 +171,29 @@ def verbalize(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc="verbalize", unit="sample")
+    engine = resolve_engine(settings.engine, av)
+    if engine == "fast" and todo:
+        from nlalab.verbalize import engine as fast
+
+        try:
+            fast.get_engine(av)
+        except NLALabError as e:
+            if settings.engine != "auto":
+                raise
+            import warnings
+
+            warnings.warn(f"fast engine unavailable ({e}); using the loop engine.")
+            engine = "loop"
+    if engine == "fast" and todo:
+        for vidx, sidx, toks, done in fast.iter_fast(av, vectors, todo, keys_v, settings,
+                                                     batch_size=settings.fast_batch_size or None):
+            recs = _to_records(av, toks, done, vidx, sidx)
+            results.extend(recs)
+            if on_batch is not None:
+                on_batch(recs)
+            if bar is not None:
+                bar.update(len(recs))
+        todo = []
     pos = 0
     while pos < len(todo):
         chunk = todo[pos:pos + bs]
@@ -163,15 +201,15 @@ def verbalize(
         sidx = [s for _, s in chunk]
         try:
             embeds = injected_embeds(av.model, av.prompt_ids, vectors[vidx], av.marker_pos, av.injection_scale)
-            if settings.engine == "hf":
+            if engine == "hf":
                 toks, done = _decode_hf(av, embeds, settings.seed + pos, settings)
-            elif settings.engine == "loop":
+            elif engine == "loop":
                 dev = embeds.device
                 keys = row_keys(settings.seed, torch.tensor([keys_v[i] for i in vidx], device=dev),
                                 torch.tensor(sidx, device=dev))
                 toks, done = _decode_loop(av, embeds, keys, settings)
             else:
-                raise NLALabError(f"Unknown engine {settings.engine!r}; use 'loop' or 'hf'.")
+                raise NLALabError(f"Unknown engine {settings.engine!r}; use 'auto', 'fast', 'loop' or 'hf'.")
         except torch.cuda.OutOfMemoryError:
             if bs == 1:
                 raise NLALabError(

@@ -1,0 +1,580 @@
+"""``nlalab compare RUN_DIR...``: the seed's scaling table (section 3.2) for any number of runs.
+
+:func:`compare_runs` reads finished run directories (in the order given: that order is the trajectory)
+and returns a JSON-serialisable dict; :func:`to_markdown`, :func:`to_csv`, :func:`to_terminal` and
+:func:`to_json` render it.
+
+Rows (each cell: mean, 95% interval and n where the quantity is a mean):
+
+- overall ``fve_nrm`` (B_rv denominator), ``fve_nrm_seed`` (per-vector-variance denominator), ``cos``;
+- ``fve_nrm`` spread and recall spread (max − min over category means), with a 95% interval from a
+  bootstrap that resamples items inside each category (stratified cluster bootstrap);
+- overall keyword recall and hit rate;
+- permutation floors (within, cross: mean of the permutation distribution [2.5%, 97.5%]) and the gaps
+  above them (real − floor) with their permutation p-values: the uncertainty of a gap *is* its null
+  distribution, so gaps carry p, not a bootstrap interval;
+- random-Gaussian ``cos``, ``fve_nrm`` and ``fve_nrm_seed``;
+- per-category recall;
+- direction-injection alignment (self) and negation symmetry as k/n;
+- for every scorer added to *all* runs with ``nlalab score``: its overall means and gaps above its floors;
+- Δ rows: differences between consecutive runs (later − earlier) of fve_nrm, fve_nrm_seed, cos and recall.
+
+**Pairing.** Runs whose config.json carries the same corpus sha256 evaluated the same prompts, so
+consecutive runs are paired by ``item_id``: the K samples of an item are averaged to one item-level value
+per run and :func:`nlalab.stats.paired_bootstrap_diff` gives the interval and p-value of the mean
+difference over the items both runs scored. When the corpora differ (or a digest is missing) the
+difference is unpaired (items of each run resampled independently) and a warning says so, in the
+returned dict (``warnings``) and in every rendering: such a difference mixes the effect of the model with
+the effect of the prompts.
+
+**Pattern column** (values v_1..v_m of a row, in run order; ``tol`` default 0.02, step tolerance
+``eps = tol / 4``; rules tried in this order):
+
+1. ``n/a`` if a value is missing; ``single run`` if m = 1;
+2. ``flat`` if max − min ≤ tol (all runs within the tolerance);
+3. step signs: s_i = sign(v_{i+1} − v_i), or 0 when |v_{i+1} − v_i| ≤ eps;
+4. ``saturating up/down`` if m ≥ 3, all steps but the last have the same nonzero sign σ, the last step has
+   sign σ or 0, and |last step| < 1/3 × |previous step|;
+5. ``monotonic up`` if no step is negative, ``monotonic down`` if no step is positive;
+6. with one change of direction: ``peak at <run>`` (up, then down; the run with the maximum) or
+   ``dip at <run>`` (down, then up; the minimum); with more changes ``non-monotonic (max at <run>, min at <run>)``.
+
+On the seed's numbers these rules give its own column: overall fve_nrm 0.880 → 0.992 → 0.982 "peak at
+V2"; recall spread 0.490 → 0.649 → 0.654 "saturating up"; overall recall 0.336 → 0.420 → 0.474
+"monotonic up"; fve_nrm spread 0.017 → 0.005 → 0.010 "flat".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from nlalab import stats as ST
+from nlalab.report.load import Run, item_means, load_runs
+from nlalab.report.tables import FVE_DENOMINATORS, fmt_num, fmt_p
+
+__all__ = [
+    "compare_runs",
+    "classify_pattern",
+    "to_markdown",
+    "to_csv",
+    "to_terminal",
+    "to_json",
+    "DEFAULT_TOL",
+    "SATURATION_RATIO",
+    "PATTERN_RULES",
+    "DIFF_METRICS",
+]
+
+DEFAULT_TOL = 0.02
+STEP_EPS_FRACTION = 0.25
+SATURATION_RATIO = 1.0 / 3.0
+DIFF_METRICS = ("fve_nrm", "fve_nrm_seed", "cos", "recall")
+OVERALL = "OVERALL"
+
+PATTERN_RULES = [
+    "n/a when a run lacks the value; 'single run' with one run",
+    "flat: max − min ≤ tol",
+    "step signs: sign of each consecutive difference, 0 when |difference| ≤ eps = tol/4",
+    "saturating up/down: ≥ 3 runs, all steps but the last share one nonzero sign, the last step has that "
+    "sign or 0 and is smaller than 1/3 of the previous step in absolute value",
+    "monotonic up/down: no step against the direction",
+    "peak at / dip at <run>: one change of direction (the run with the max / min); more changes: non-monotonic",
+]
+
+
+# ----------------------------------------------------------------------------- patterns
+
+
+def classify_pattern(values: Sequence[Optional[float]], names: Optional[Sequence[str]] = None,
+                     tol: float = DEFAULT_TOL, eps: Optional[float] = None) -> dict:
+    """Classify a trajectory (see the module docstring for the rules). Returns
+    ``{"kind", "text", "at"}``; ``kind`` is one of ``na``, ``single``, ``flat``, ``saturating_up``,
+    ``saturating_down``, ``monotonic_up``, ``monotonic_down``, ``peak``, ``dip``, ``non_monotonic``."""
+    names = list(names) if names is not None else [f"run {i + 1}" for i in range(len(values))]
+    eps = tol * STEP_EPS_FRACTION if eps is None else float(eps)
+    if any(v is None or not math.isfinite(float(v)) for v in values):
+        miss = [names[i] for i, v in enumerate(values) if v is None or not math.isfinite(float(v))]
+        return {"kind": "na", "text": f"n/a (missing in {', '.join(miss)})", "at": None}
+    v = [float(x) for x in values]
+    m = len(v)
+    if m < 2:
+        return {"kind": "single", "text": "single run", "at": None}
+    rng = max(v) - min(v)
+    if rng <= tol:
+        return {"kind": "flat", "text": f"flat (range {rng:.3f} ≤ {tol:g})", "at": None}
+    d = [v[i + 1] - v[i] for i in range(m - 1)]
+    s = [0 if abs(x) <= eps else (1 if x > 0 else -1) for x in d]
+    if all(x == 0 for x in s):  # many small steps adding up to more than tol
+        s = [0 if x == 0 else (1 if x > 0 else -1) for x in d]
+    if m >= 3:
+        sigma = s[0]
+        if sigma != 0 and all(x == sigma for x in s[:-1]) and s[-1] in (0, sigma) \
+                and abs(d[-1]) < SATURATION_RATIO * abs(d[-2]):
+            word = "up" if sigma > 0 else "down"
+            return {"kind": f"saturating_{word}",
+                    "text": f"saturating {word} (last step {d[-1]:+.3f} < 1/3 of {d[-2]:+.3f})", "at": None}
+    if all(x >= 0 for x in s):
+        return {"kind": "monotonic_up", "text": "monotonic up", "at": None}
+    if all(x <= 0 for x in s):
+        return {"kind": "monotonic_down", "text": "monotonic down", "at": None}
+    nz = [x for x in s if x != 0]
+    changes = sum(1 for a, b in zip(nz, nz[1:]) if a != b)
+    imax, imin = int(np.argmax(v)), int(np.argmin(v))
+    if changes == 1 and nz[0] > 0:
+        return {"kind": "peak", "text": f"peak at {names[imax]}", "at": imax}
+    if changes == 1 and nz[0] < 0:
+        return {"kind": "dip", "text": f"dip at {names[imin]}", "at": imin}
+    return {"kind": "non_monotonic", "text": f"non-monotonic (max at {names[imax]}, min at {names[imin]})",
+            "at": None}
+
+
+# ----------------------------------------------------------------------------- statistics helpers
+
+
+def _subseed(seed: int, *parts: object) -> int:
+    from nlalab.study.analysis import _subseed as sub
+
+    return sub(seed, *parts)
+
+
+def _est(e: Optional[dict]) -> Optional[dict]:
+    if not e or e.get("mean") is None:
+        return None
+    return {"mean": e["mean"], "lo": e.get("lo"), "hi": e.get("hi"), "n": e.get("n")}
+
+
+def spread_ci(rows: list[dict], metric: str, categories: list[str], n_boot: int, seed: int) -> Optional[dict]:
+    """max − min of the row-weighted category means, with a 95% interval from resampling items inside
+    each category (stratified cluster bootstrap). None when fewer than one category has values."""
+    sums: dict[str, dict[str, float]] = {c: {} for c in categories}
+    cnts: dict[str, dict[str, int]] = {c: {} for c in categories}
+    for r in rows:
+        v = r.get(metric)
+        if v is None or r.get("category") not in sums:
+            continue
+        v = float(v)
+        if not math.isfinite(v):
+            continue
+        iid = str(r["item_id"])
+        sums[r["category"]][iid] = sums[r["category"]].get(iid, 0.0) + v
+        cnts[r["category"]][iid] = cnts[r["category"]].get(iid, 0) + 1
+    cats = [c for c in categories if cnts[c]]
+    if not cats:
+        return None
+    point_means = [sum(sums[c].values()) / sum(cnts[c].values()) for c in cats]
+    point = max(point_means) - min(point_means)
+    rng = np.random.default_rng(seed)
+    boot_means = np.empty((n_boot, len(cats)))
+    for k, c in enumerate(cats):
+        ids = list(sums[c])
+        s = np.array([sums[c][i] for i in ids])
+        n = np.array([cnts[c][i] for i in ids], dtype=np.float64)
+        g = len(ids)
+        draws = rng.integers(0, g, size=(n_boot, g))
+        w = np.zeros((n_boot, g))
+        np.add.at(w, (np.repeat(np.arange(n_boot), g), draws.ravel()), 1.0)
+        boot_means[:, k] = (w @ s) / (w @ n)
+    boot = boot_means.max(1) - boot_means.min(1)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    n_rows = sum(sum(cnts[c].values()) for c in cats)
+    return {"mean": float(point), "lo": float(lo), "hi": float(hi), "n": int(n_rows)}
+
+
+def unpaired_bootstrap_diff(a: Sequence[float], b: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict:
+    """mean(a) − mean(b) for independent samples (items of two corpora), percentile CI and a two-sided
+    p-value by the same shift rule as :func:`nlalab.stats.paired_bootstrap_diff`."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    obs = float(x.mean() - y.mean())
+    rng = np.random.default_rng(seed)
+    bx = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(1)
+    by = y[rng.integers(0, y.size, size=(n_boot, y.size))].mean(1)
+    boot = bx - by
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    tol = 1e-12 * max(1.0, abs(obs))
+    extreme = int(np.sum(np.abs(boot - obs) >= abs(obs) - tol)) if obs != 0 else boot.size
+    return {"mean": obs, "lo": float(lo), "hi": float(hi), "n": int(min(x.size, y.size)),
+            "p": min(1.0, (1 + extreme) / (1 + boot.size)), "n_a": int(x.size), "n_b": int(y.size)}
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def _row(key: str, label: str, section: str, cells: list, kind: str = "est", digits: int = 3,
+         signed: bool = False) -> dict:
+    return {"key": key, "label": label, "section": section, "kind": kind, "digits": digits, "signed": signed,
+            "values": cells}
+
+
+def _perm_cells(runs: list[Run], field: str) -> list:
+    out = []
+    for r in runs:
+        pm = r.results.get("permutation") or {}
+        o = pm.get("overall")
+        if not o:
+            out.append(None)
+        elif field.startswith("floor"):
+            e = o[field]
+            out.append({"mean": e["mean"], "lo": e["lo"], "hi": e["hi"], "n": pm.get("n_perm")})
+        else:
+            pk = "p_cross" if field == "gap_cross" else "p_within"
+            out.append({"mean": o[field], "p": o[pk], "n": o.get("n_items")})
+    return out
+
+
+def _scorer_rows(runs: list[Run]) -> list[dict]:
+    common = set.intersection(*[set((r.results.get("scorers") or {}).keys()) for r in runs]) if runs else set()
+    rows = []
+    for name in sorted(common):
+        secs = [r.results["scorers"][name] for r in runs]
+        metrics = [m for m in secs[0].get("metrics") or [] if all(m in (s.get("metrics") or []) for s in secs)]
+        for m in metrics:
+            label = (secs[0].get("labels") or {}).get(m, f"{name} {m}")
+            rows.append(_row(f"scorer.{name}.{m}", f"{label} (overall)", f"Scorer: {name}",
+                             [_est(((s.get("per_category") or {}).get(OVERALL) or {}).get(m)) for s in secs]))
+            for fld, lab in (("gap_cross", "gap above cross floor"), ("gap_within", "gap above within floor")):
+                cells = []
+                for s in secs:
+                    o = (((s.get("permutation") or {}).get("metrics") or {}).get(m) or {}).get("overall")
+                    pk = "p_cross" if fld == "gap_cross" else "p_within"
+                    cells.append({"mean": o[fld], "p": o[pk], "n": o.get("n_items")} if o else None)
+                rows.append(_row(f"scorer.{name}.{m}.{fld}", f"{label}: {lab}", f"Scorer: {name}", cells, kind="gap",
+                                 signed=True))
+            chance = [(s.get("chance") or {}).get(m) for s in secs]
+            if any(c is not None for c in chance):
+                rows.append(_row(f"scorer.{name}.{m}.chance", f"{label}: chance level", f"Scorer: {name}",
+                                 [None if c is None else {"mean": c, "n": s.get("n_candidates")}
+                                  for c, s in zip(chance, secs)], kind="chance"))
+    return rows
+
+
+def _direction_cells(runs: list[Run], key: str) -> list:
+    out = []
+    for r in runs:
+        d = r.results.get("directions")
+        if not d or not d.get(key) or not d[key].get("n"):
+            out.append(None)
+            continue
+        k, n = d[key]["k"], d[key]["n"]
+        out.append({"mean": k / n, "k": k, "n": n, "text": f"{k}/{n}"})
+    return out
+
+
+# ----------------------------------------------------------------------------- differences
+
+
+def _differences(runs: list[Run], pairing: list[dict], n_boot: int, seed: int) -> list[dict]:
+    out = []
+    for i, pr in enumerate(pairing):
+        a, b = runs[i], runs[i + 1]
+        entry = {"from": a.name, "to": b.name, "paired": pr["paired"], "metrics": {}}
+        for m in DIFF_METRICS:
+            ma, mb = item_means(a.samples, m), item_means(b.samples, m)
+            s = _subseed(seed, "compare_diff", i, m)
+            if not ma or not mb:
+                entry["metrics"][m] = None
+                continue
+            if pr["paired"]:
+                common = [iid for iid in ma if iid in mb]
+                if not common:
+                    entry["metrics"][m] = None
+                    continue
+                e = ST.paired_bootstrap_diff([mb[c] for c in common], [ma[c] for c in common], n_boot=n_boot,
+                                             seed=s)
+                entry["metrics"][m] = {"mean": e.mean, "lo": e.lo, "hi": e.hi, "n": e.n, "p": e.p,
+                                       "method": "paired bootstrap over items (item means of K samples)"}
+            else:
+                d = unpaired_bootstrap_diff(list(mb.values()), list(ma.values()), n_boot=n_boot, seed=s)
+                d["method"] = "UNPAIRED bootstrap (different corpora): items of each run resampled independently"
+                entry["metrics"][m] = d
+        out.append(entry)
+    return out
+
+
+# ----------------------------------------------------------------------------- public entry point
+
+
+def compare_runs(run_dirs: Iterable[Union[str, Path]], names: Optional[Sequence[str]] = None, *,
+                 n_boot: int = 2000, seed: int = 0, tol: float = DEFAULT_TOL) -> dict:
+    """The seed's table 3.2 for the given runs (in trajectory order). See the module docstring."""
+    runs = load_runs(run_dirs, list(names) if names is not None else None)
+    run_names = [r.name for r in runs]
+    warnings: list[str] = []
+
+    # ---- corpus pairing
+    pairing = []
+    for i in range(len(runs) - 1):
+        a, b = runs[i], runs[i + 1]
+        ha, hb = a.corpus_sha256, b.corpus_sha256
+        if ha is None or hb is None:
+            pr = {"from": a.name, "to": b.name, "paired": False, "reason": "corpus sha256 missing from config.json"}
+        elif ha != hb:
+            pr = {"from": a.name, "to": b.name, "paired": False,
+                  "reason": f"different corpora (sha256 {ha[:12]}… vs {hb[:12]}…)"}
+        else:
+            common = set(item_means(a.samples, "cos")) & set(item_means(b.samples, "cos"))
+            pr = {"from": a.name, "to": b.name, "paired": True, "reason": "same corpus sha256",
+                  "n_common_items": len(common)}
+        pairing.append(pr)
+    hashes = {r.corpus_sha256 for r in runs}
+    same_corpus = len(hashes) == 1 and None not in hashes
+    if len(runs) > 1 and not same_corpus:
+        groups: dict[Any, list[str]] = {}
+        for r in runs:
+            groups.setdefault(r.corpus_sha256, []).append(f"{r.name} ({r.corpus.get('ref')})")
+        desc = "; ".join(f"sha256 {str(h)[:12]}…: {', '.join(v)}" for h, v in groups.items())
+        warnings.append(
+            "CORPORA DIFFER: the runs did not evaluate the same prompts (" + desc + "). Differences between "
+            "runs on different corpora are UNPAIRED and mix the model effect with the prompt effect; "
+            "per-category and permutation numbers are not directly comparable."
+        )
+    srcs = [str(r.results.get("b_rv_source") or "") for r in runs]
+    ref_kinds = {s.startswith("reference vectors") for s in srcs}
+    if len(ref_kinds) > 1:
+        warnings.append("fve_nrm denominators differ in kind: some runs use a reference vector file for B_rv, "
+                        "others their own activations (" + "; ".join(f"{n}: {s}" for n, s in zip(run_names, srcs))
+                        + "). fve_nrm_seed does not depend on B_rv.")
+    for key in ("k", "n_perm"):
+        vals = {r.info()[key] for r in runs}
+        if len(vals) > 1:
+            warnings.append(f"runs differ in {key}: " + ", ".join(f"{r.name}={r.info()[key]}" for r in runs))
+    for r in runs:
+        from nlalab.scorers.rescore import scorer_is_stale
+
+        for name in (r.results.get("scorers") or {}):
+            if scorer_is_stale(r.dir, name):
+                warnings.append(f"{r.name}: scorer '{name}' in results.json was computed from another "
+                                f"samples.jsonl; re-run `nlalab score {r.dir} --scorer {name}`")
+
+    # ---- rows
+    rows: list[dict] = []
+
+    def overall(metric: str) -> list:
+        return [_est(((r.results.get("per_category") or {}).get(OVERALL) or {}).get(metric)) for r in runs]
+
+    rows.append(_row("fve_nrm", "Overall fve_nrm (÷ B_rv)", "Reconstruction", overall("fve_nrm")))
+    rows.append(_row("fve_nrm_seed", "Overall fve_nrm_seed (÷ per-vector variance)", "Reconstruction",
+                     overall("fve_nrm_seed")))
+    rows.append(_row("cos", "Overall cos", "Reconstruction", overall("cos"), signed=True))
+    rows.append(_row("spread.fve_nrm", "fve_nrm spread (max − min over categories)", "Reconstruction",
+                     [spread_ci(r.samples, "fve_nrm", r.categories, n_boot, _subseed(seed, "spread", i, "fve_nrm"))
+                      for i, r in enumerate(runs)]))
+    rows.append(_row("recall", "Overall recall", "Content", overall("recall")))
+    rows.append(_row("spread.recall", "Recall spread (max − min over categories)", "Content",
+                     [spread_ci(r.samples, "recall", r.categories, n_boot, _subseed(seed, "spread", i, "recall"))
+                      for i, r in enumerate(runs)]))
+    rows.append(_row("hit", "Overall recall (≥1 hit)", "Content", overall("hit")))
+    rows.append(_row("perm.floor_within", "Permuted within-category recall (floor)", "Permutation",
+                     _perm_cells(runs, "floor_within"), kind="floor"))
+    rows.append(_row("perm.floor_cross", "Permuted cross-category recall (floor)", "Permutation",
+                     _perm_cells(runs, "floor_cross"), kind="floor"))
+    rows.append(_row("perm.gap_cross", "Permutation gap above floor (cross)", "Permutation",
+                     _perm_cells(runs, "gap_cross"), kind="gap", signed=True))
+    rows.append(_row("perm.gap_within", "Permutation gap above floor (within)", "Permutation",
+                     _perm_cells(runs, "gap_within"), kind="gap", signed=True))
+    for m, lab in (("fve_nrm", "Random Gaussian fve_nrm"), ("fve_nrm_seed", "Random Gaussian fve_nrm_seed"),
+                   ("cos", "Random Gaussian cos")):
+        rows.append(_row(f"random.{m}", lab, "Random Gaussian",
+                         [_est(((r.results.get("random_gaussian") or {}).get("metrics") or {}).get(m)) for r in runs],
+                         signed=(m == "cos")))
+    cats: list[str] = []
+    for r in runs:
+        cats += [c for c in r.categories if c not in cats]
+    for c in cats:
+        rows.append(_row(f"recall.{c}", f"{c} recall", "Per-category recall",
+                         [_est(((r.results.get("per_category") or {}).get(c) or {}).get("recall")) for r in runs]))
+    rows.append(_row("directions.alignment", "Direction-injection self-category alignment", "Directions",
+                     _direction_cells(runs, "alignment"), kind="count"))
+    rows.append(_row("directions.negation", "Direction-injection negation symmetry", "Directions",
+                     _direction_cells(runs, "negation_symmetry"), kind="count"))
+    rows += _scorer_rows(runs)
+    for row in rows:
+        vals = [None if c is None else c.get("mean") for c in row["values"]]
+        row["pattern"] = classify_pattern(vals, run_names, tol=tol if row["kind"] != "count" else 0.0)
+
+    diffs = _differences(runs, pairing, int(n_boot), seed)
+    for m in DIFF_METRICS:
+        cells = [None] + [d["metrics"].get(m) for d in diffs]
+        paired_txt = "paired" if all(p["paired"] for p in pairing) else "UNPAIRED where corpora differ"
+        row = _row(f"diff.{m}", f"Δ {m} vs previous run ({paired_txt})", "Differences", cells, kind="diff",
+                   signed=True)
+        row["pattern"] = {"kind": "na", "text": "", "at": None}
+        rows.append(row)
+
+    return {
+        "kind": "nlalab.compare",
+        "version": 1,
+        "runs": [r.info() for r in runs],
+        "names": run_names,
+        "same_corpus": same_corpus,
+        "pairing": pairing,
+        "warnings": warnings,
+        "rows": rows,
+        "differences": diffs,
+        "settings": {
+            "n_boot": int(n_boot),
+            "seed": int(seed),
+            "tol": float(tol),
+            "step_eps": float(tol) * STEP_EPS_FRACTION,
+            "saturation_ratio": SATURATION_RATIO,
+            "ci": "95% percentile intervals: cluster bootstrap over items (from each run's results.json) for "
+                  "means; stratified cluster bootstrap for spreads; paired bootstrap over item means for Δ",
+        },
+        "pattern_rules": PATTERN_RULES,
+        "denominators": FVE_DENOMINATORS,
+    }
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def cell_text(cell: Optional[dict], row: dict) -> str:
+    """One table cell: ``mean [lo, hi] n=…`` (means), ``+gap p=… n=… items`` (gaps), ``k/n`` (counts)."""
+    if cell is None or cell.get("mean") is None:
+        return "n/a"
+    kind, d, signed = row.get("kind", "est"), int(row.get("digits", 3)), bool(row.get("signed"))
+    m = fmt_num(cell["mean"], d, signed)
+    if kind == "count":
+        return cell.get("text") or m
+    if kind == "gap":
+        return f"{m} p={fmt_p(cell.get('p'))} n={cell.get('n')} items"
+    if kind == "chance":
+        return f"{m} (n={cell.get('n')} candidates)"
+    ci = ""
+    if cell.get("lo") is not None and cell.get("hi") is not None:
+        ci = f" [{fmt_num(cell['lo'], d, signed)}, {fmt_num(cell['hi'], d, signed)}]"
+    if kind == "floor":
+        return f"{m}{ci} ({cell.get('n')} perms)"
+    if kind == "diff":
+        p = f" p={fmt_p(cell.get('p'))}" if cell.get("p") is not None else ""
+        return f"{m}{ci}{p} n={cell.get('n')} items"
+    return f"{m}{ci} n={cell.get('n')}"
+
+
+def _table_rows(cmp: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["Metric"] + list(cmp["names"]) + ["Pattern"]
+    body = [[row["label"]] + [cell_text(c, row) for c in row["values"]] + [row["pattern"]["text"]]
+            for row in cmp["rows"]]
+    return header, body
+
+
+def _runs_table(cmp: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["Run", "Pair", "Layer", "Corpus (sha256)", "N (items × K)", "Seed", "B_rv (source)", "Dir"]
+    body = []
+    for r in cmp["runs"]:
+        sha = (r.get("corpus_sha256") or "?")[:12]
+        body.append([r["name"], str(r["pair"]), str(r["layer"]), f"{r.get('corpus')} ({sha}…)",
+                     f"{r.get('n_samples')} ({r.get('n_items')} × {r.get('k')})", str(r.get("seed")),
+                     f"{fmt_num(r.get('b_rv'), 5)} ({r.get('b_rv_source')})", r["dir"]])
+    return header, body
+
+
+def _footer(cmp: dict) -> list[str]:
+    s = cmp["settings"]
+    pair_txt = "; ".join(f"{p['from']} → {p['to']}: {'paired by item_id' if p['paired'] else 'UNPAIRED'} "
+                         f"({p['reason']})" for p in cmp["pairing"]) or "one run"
+    return [
+        f"Cells: mean [95% interval] n=rows (per-category and overall means: cluster bootstrap over items); "
+        f"floors: permutation mean [2.5%, 97.5%]; gaps: real − floor with permutation p; Δ: later − earlier, "
+        f"{s['n_boot']} bootstrap resamples, seed {s['seed']}.",
+        f"Pairing: {pair_txt}.",
+        f"Denominators: {cmp['denominators']}",
+        f"Pattern rules (tol {s['tol']:g}, step eps {s['step_eps']:g}; k/n rows use tol 0): "
+        + " | ".join(cmp["pattern_rules"]),
+    ]
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
+    def c(x: str) -> str:
+        return str(x).replace("|", "\\|").replace("\n", " ")
+
+    return (["| " + " | ".join(c(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+            + ["| " + " | ".join(c(x) for x in r) + " |" for r in body])
+
+
+def to_markdown(cmp: dict, title: str = "Cross-run comparison (seed §3.2)") -> str:
+    lines = [f"## {title}", ""]
+    for w in cmp["warnings"]:
+        lines += [f"> **WARNING:** {w}", ""]
+    lines += _md_table(*_runs_table(cmp)) + [""]
+    lines += _md_table(*_table_rows(cmp)) + [""]
+    lines += [f"- {x}" for x in _footer(cmp)]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(cmp: dict) -> str:
+    """One line per row: section, key, metric, then mean/lo/hi/n/p per run, then the pattern. Warnings come
+    first as rows with section ``WARNING``."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    header = ["section", "key", "metric"]
+    for n in cmp["names"]:
+        header += [f"{n} mean", f"{n} lo", f"{n} hi", f"{n} n", f"{n} p", f"{n} text"]
+    header += ["pattern", "pattern_kind"]
+    w.writerow(header)
+    for msg in cmp["warnings"]:
+        w.writerow(["WARNING", "warning", msg] + [""] * (6 * len(cmp["names"]) + 2))
+    for row in cmp["rows"]:
+        out = [row["section"], row["key"], row["label"]]
+        for c in row["values"]:
+            if c is None:
+                out += ["", "", "", "", "", "n/a"]
+            else:
+                out += [c.get("mean"), c.get("lo", ""), c.get("hi", ""), c.get("n", ""), c.get("p", ""),
+                        cell_text(c, row)]
+        out += [row["pattern"]["text"], row["pattern"]["kind"]]
+        w.writerow(["" if x is None else x for x in out])
+    return buf.getvalue()
+
+
+def to_terminal(cmp: dict, rich: bool = False) -> str:
+    """Plain fixed-width text (``rich=True`` renders a rich Table to text instead)."""
+    header, body = _table_rows(cmp)
+    rh, rb = _runs_table(cmp)
+    if rich:
+        try:
+            from rich.console import Console
+            from rich.table import Table as RTable
+
+            console = Console(record=True, width=max(120, sum(max(len(x) for x in col) for col in zip(header, *body))
+                                                     + 3 * len(header)))
+            for wmsg in cmp["warnings"]:
+                console.print(f"[bold red]WARNING:[/] {wmsg}")
+            t = RTable(title="Cross-run comparison (seed §3.2)")
+            for h in header:
+                t.add_column(h)
+            for r in body:
+                t.add_row(*r)
+            with console.capture() as cap:
+                console.print(t)
+            return "\n".join(f"WARNING: {x}" for x in cmp["warnings"]) + ("\n" if cmp["warnings"] else "") \
+                + cap.get() + "\n".join(_footer(cmp)) + "\n"
+        except ImportError:  # pragma: no cover - rich is a dependency
+            pass
+
+    def fixed(h: list[str], b: list[list[str]]) -> list[str]:
+        widths = [max(len(x[i]) for x in [h] + b) for i in range(len(h))]
+        line = lambda r: "  ".join(f"{c:<{w}}" for c, w in zip(r, widths)).rstrip()  # noqa: E731
+        return [line(h), "  ".join("-" * w for w in widths)] + [line(r) for r in b]
+
+    out = [f"WARNING: {x}" for x in cmp["warnings"]]
+    out += fixed(rh[:-1], [r[:-1] for r in rb]) + [""]
+    section = None
+    sec_rows: list[list[str]] = []
+    for row, cells in zip(cmp["rows"], body):
+        if row["section"] != section:
+            section = row["section"]
+            sec_rows.append([f"[{section}]"] + [""] * (len(header) - 1))
+        sec_rows.append(cells)
+    out += fixed(header, sec_rows) + [""] + _footer(cmp)
+    return "\n".join(out) + "\n"
+
+
+def to_json(cmp: dict) -> str:
+    return json.dumps(cmp, indent=2, ensure_ascii=False, default=str) + "\n"

@@ -1,0 +1,151 @@
+"""The fast engine on CPU fixtures: same tokens as ``loop``/``hf``, prefix sharing, chunking, eos, OOM halving.
+
+On CPU the engine runs its prefix-sharing, static-cache and decode-step code eagerly (no CUDA graphs,
+no compile), so everything but the graph capture is exercised here; tests/gpu/test_gpu_engine.py
+covers graphs and compile on the device.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+
+from nlalab.pairs.load import load_av
+from nlalab.testing import torch_threads
+from nlalab.verbalize import GenerationSettings, verbalize
+from nlalab.verbalize import engine as fast
+from nlalab.verbalize.generate import resolve_engine
+from nlalab.verbalize.sampling import row_keys, sample_next, uniform
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+def _gs(**kw):
+    return GenerationSettings(**{"max_new_tokens": 16, **kw})
+
+
+def _toks(recs):
+    return [r.token_ids for r in recs]
+
+
+def test_greedy_fast_equals_loop_and_transformers_generate(fixture_pair):
+    av = load_av(fixture_pair.av)
+    torch.manual_seed(2)
+    vecs = torch.randn(3, av.d_model)
+    ours = verbalize(av, vecs, settings=_gs(greedy=True, engine="fast"))
+    assert _toks(ours) == _toks(verbalize(av, vecs, settings=_gs(greedy=True, engine="loop")))
+    assert _toks(ours) == _toks(verbalize(av, vecs, settings=_gs(greedy=True, engine="hf")))
+    st = fast.get_engine(av).stats
+    # the prefix before the marker is computed once and shared; each row computes only the suffix
+    assert st.prefix_len == av.marker_pos and st.suffix_len == len(av.prompt_ids) - av.marker_pos
+    assert st.prefix_len > 0 and fast.get_engine(av).kp[0].shape[:2] == (av.model.config.get_text_config()
+                                                                          .num_key_value_heads, av.marker_pos)
+
+
+@pytest.mark.parametrize("name", ["qwen2", "gemma3_mm"])
+def test_sampled_fast_equals_loop(fixture_pairs, name):
+    """Same (seed, vector key, sample) -> same tokens as the loop engine (logits agree exactly in fp32)."""
+    av = load_av(fixture_pairs[name].av)
+    torch.manual_seed(3)
+    vecs = torch.randn(3, av.d_model)
+    gs = dict(max_new_tokens=24, temperature=1.0, seed=7)
+    a = verbalize(av, vecs, k=3, settings=_gs(engine="fast", **gs), vector_keys=[10, 11, 12])
+    b = verbalize(av, vecs, k=3, settings=_gs(engine="loop", **gs), vector_keys=[10, 11, 12])
+    assert _toks(a) == _toks(b)
+    assert len({tuple(t) for t in _toks(a)}) > 1
+    # filtered sampling (top-k / top-p, temperature) follows the same semantics
+    gs = dict(max_new_tokens=12, temperature=0.7, top_k=20, top_p=0.9, seed=1)
+    assert _toks(verbalize(av, vecs, k=2, settings=_gs(engine="fast", **gs))) == \
+        _toks(verbalize(av, vecs, k=2, settings=_gs(engine="loop", **gs)))
+
+
+def test_batching_padding_and_resume_do_not_change_rows(fixture_pairs):
+    av = load_av(fixture_pairs["llama"].av)
+    torch.manual_seed(4)
+    vecs = torch.randn(4, av.d_model)
+    gs = dict(max_new_tokens=10, engine="fast")
+    whole = verbalize(av, vecs, k=2, settings=_gs(**gs))  # one batch of 8
+    seen = []
+    chunked = verbalize(av, vecs, k=2, settings=_gs(fast_batch_size=3, **gs),  # 3,3,2(+1 padding row)
+                        on_batch=lambda recs: seen.append(len(recs)))
+    assert _toks(whole) == _toks(chunked) and seen == [3, 3, 2]
+    assert fast.get_engine(av).stats.batch == 3  # the last chunk ran padded to the graph's batch
+    rest = verbalize(av, vecs, k=2, settings=_gs(**gs), skip={(0, 1), (3, 0)})
+    assert _toks(rest) == [r.token_ids for r in whole if (r.vector_index, r.sample) not in {(0, 1), (3, 0)}]
+
+
+def test_end_of_turn_stops_rows_like_loop(fixture_pairs):
+    av = load_av(fixture_pairs["gemma3_text"].av)
+    torch.manual_seed(5)
+    vecs = torch.randn(3, av.d_model)
+    probe = verbalize(av, vecs, settings=_gs(greedy=True, engine="loop", max_new_tokens=12))
+    stop = probe[0].token_ids[3]  # make a token the model really emits an end-of-turn id
+    av2 = dataclasses.replace(av, eos_ids=sorted(set(av.eos_ids) | {stop}))
+    for greedy in (True, False):
+        gs = dict(greedy=greedy, max_new_tokens=12, seed=3)
+        a = verbalize(av2, vecs, k=2, settings=_gs(engine="fast", **gs))
+        b = verbalize(av2, vecs, k=2, settings=_gs(engine="loop", **gs))
+        assert [r.to_dict(with_tokens=True) for r in a] == [r.to_dict(with_tokens=True) for r in b]
+        assert any(not r.truncated for r in a)
+
+
+def test_out_of_memory_halves_the_micro_batch(fixture_pairs, monkeypatch):
+    av = load_av(fixture_pairs["qwen2"].av)
+    torch.manual_seed(6)
+    vecs = torch.randn(3, av.d_model)
+    ref = verbalize(av, vecs, k=2, settings=_gs(engine="fast"))
+    real = fast.FastEngine.generate
+    tried = []
+
+    def flaky(self, vectors, keys, **kw):
+        tried.append(kw["batch"])
+        if kw["batch"] > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, vectors, keys, **kw)
+
+    monkeypatch.setattr(fast.FastEngine, "generate", flaky)
+    got = verbalize(av, vecs, k=2, settings=_gs(engine="fast", fast_batch_size=6))
+    assert _toks(got) == _toks(ref)
+    assert tried == [6, 3, 3]
+
+
+def test_final_logit_softcapping_is_applied(fixture_pairs):
+    av = load_av(fixture_pairs["gemma3_text"].av)
+    av.model.config.final_logit_softcapping = 1.5  # strong cap: changes the sampling distribution
+    fast.release_engines(av.model)
+    torch.manual_seed(7)
+    vecs = torch.randn(2, av.d_model)
+    gs = dict(max_new_tokens=16, seed=5)
+    a = verbalize(av, vecs, k=2, settings=_gs(engine="fast", **gs))
+    assert fast.get_engine(av).final_softcap == 1.5
+    assert _toks(a) == _toks(verbalize(av, vecs, k=2, settings=_gs(engine="loop", **gs)))
+    assert None in fast.get_engine(av).windows and 8 in fast.get_engine(av).windows  # sliding + global layers
+
+
+def test_tensor_step_noise_is_bitwise_the_loop_noise():
+    keys = row_keys(42, torch.tensor([0, 5, 99]), torch.tensor([0, 1, 2]))
+    hv = fast.token_hash(1000, "cpu")
+    for step in (0, 1, 17, 199):
+        want = uniform(keys, step, 1000)
+        assert torch.equal(fast.uniform_t(keys, step, hv), want)
+        assert torch.equal(fast.uniform_t(keys, torch.tensor([step]), hv), want)
+    logits = torch.randn(3, 1000)
+    for step in (0, 3):
+        assert torch.equal(fast._sample(logits, keys, torch.tensor([step]), hv, 0.8, 0, 1.0, False),
+                           sample_next(logits, keys, step, 0.8))
+
+
+def test_auto_is_loop_on_cpu_and_fast_rejects_unsupported(fixture_pairs):
+    av = load_av(fixture_pairs["qwen2"].av)
+    assert resolve_engine("auto", av) == "loop" and resolve_engine("fast", av) == "fast"
+    assert GenerationSettings().engine == "auto"
+    assert fast.unsupported_reason(av.model) is None
+    av.model.config.model_type = "gpt2"
+    try:
+        assert "gpt2" in fast.unsupported_reason(av.model)
+    finally:
+        av.model.config.model_type = "qwen2"
