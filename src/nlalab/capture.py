@@ -18,6 +18,7 @@ from torch import nn
 
 from nlalab.errors import NLALabError
 from nlalab.pairs import arch
+from nlalab.pairs.markers import chat_ids
 
 Positions = Union[Literal["last", "random", "all"], Sequence[int]]
 Format = Literal["chat", "raw"]
@@ -66,11 +67,7 @@ def run_to_block(model: nn.Module, layer: int, input_ids: torch.Tensor, attentio
 def encode(tokenizer, text: str, fmt: Format) -> list[int]:
     """Chat format: one user turn + generation prompt, templated in one step (no double BOS)."""
     if fmt == "chat":
-        out = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
-                                            add_generation_prompt=True)
-        if hasattr(out, "keys"):
-            out = out["input_ids"]
-        return [int(i) for i in out]
+        return chat_ids(tokenizer, text)
     return [int(i) for i in tokenizer(text, add_special_tokens=True)["input_ids"]]
 
 

@@ -136,8 +136,8 @@ def explain(
 
 # Smaller defaults for the offline CPU demo (no pair named, no GPU): the full seed protocol would take
 # ~10 minutes on 2 cores; these finish in a few. Any explicit flag wins.
-OFFLINE_DEMO = {"k": 2, "max_new_tokens": 48, "n_random": 10}
-SEED_PROTOCOL = {"k": 3, "max_new_tokens": 200, "n_random": 30}
+OFFLINE_DEMO = {"k": 2, "max_new_tokens": 48, "n_random": 10, "n_seeds": 1}
+SEED_PROTOCOL = {"k": 3, "max_new_tokens": 200, "n_random": 30, "n_seeds": 2}
 
 
 @app.command()

@@ -29,7 +29,7 @@ import torch
 
 from nlalab.errors import NLALabError
 from nlalab.pairs.arch import FINAL_NORM_NAMES, inner_model, text_config, truncated_text_config
-from nlalab.pairs.markers import av_prompt_ids, choose_marker, is_single_token, locate_marker
+from nlalab.pairs.markers import av_prompt_ids, chat_ids, choose_marker, is_single_token, locate_marker
 from nlalab.pairs.sidecar import (
     DEFAULT_AR_TEMPLATE,
     DEFAULT_AV_TEMPLATE,
@@ -99,25 +99,13 @@ def load_base(base_dir: str | Path, dtype: torch.dtype = torch.float32):
     return model, tokenizer
 
 
-def _chat_ids(tokenizer, content: str) -> list[int]:
-    out = tokenizer.apply_chat_template(
-        [{"role": "user", "content": content}], tokenize=True, add_generation_prompt=True
-    )
-    if isinstance(out, dict) or hasattr(out, "keys"):
-        out = out["input_ids"]
-    ids = list(out)
-    if ids and isinstance(ids[0], list):
-        ids = ids[0]
-    return [int(i) for i in ids]
-
-
 @torch.no_grad()
 def calibration_norms(model, tokenizer, layer: int, prompts: Sequence[str] = CALIBRATION_PROMPTS) -> list[float]:
     """||hidden_states[K+1]|| (output of block K) at the last token of each chat-templated prompt."""
     device = next(model.parameters()).device
     norms = []
     for p in prompts:
-        ids = torch.tensor([_chat_ids(tokenizer, p)], device=device)
+        ids = torch.tensor([chat_ids(tokenizer, p)], device=device)
         out = model(input_ids=ids, output_hidden_states=True, use_cache=False)
         norms.append(float(out.hidden_states[layer + 1][0, -1].float().norm()))
     return norms

@@ -163,8 +163,23 @@ def release(*objs: Any) -> None:
 # ----------------------------------------------------------------------------------------------- AV
 
 
+class _PairModel:
+    """What AV and AR share: width from the sidecar, device from the input embeddings."""
+
+    sidecar: Sidecar
+    model: nn.Module
+
+    @property
+    def d_model(self) -> int:
+        return self.sidecar.d_model
+
+    @property
+    def device(self) -> torch.device:
+        return arch.input_device(self.model)
+
+
 @dataclass
-class AV:
+class AV(_PairModel):
     """The activation verbalizer with everything generation needs precomputed."""
 
     model: nn.Module
@@ -176,14 +191,6 @@ class AV:
     eos_ids: list[int]
     path: Path
     revision: Optional[str] = None
-
-    @property
-    def d_model(self) -> int:
-        return self.sidecar.d_model
-
-    @property
-    def device(self) -> torch.device:
-        return arch.input_device(self.model)
 
 
 def av_eos_ids(tokenizer, model: Optional[nn.Module] = None) -> list[int]:
@@ -264,7 +271,7 @@ def load_av(path: Path, opts: LoadOptions = LoadOptions(), injection_scale: Opti
 
 
 @dataclass
-class AR:
+class AR(_PairModel):
     """The activation reconstructor: truncated backbone + value head."""
 
     model: nn.Module
@@ -277,34 +284,33 @@ class AR:
     path: Path
     revision: Optional[str] = None
 
-    @property
-    def d_model(self) -> int:
-        return self.sidecar.d_model
 
-    @property
-    def device(self) -> torch.device:
-        return arch.input_device(self.model)
-
-
-def read_value_head(path: Path, d_model: int) -> torch.Tensor:
+def check_value_head(path: Path, d_model: int) -> None:
+    """File present, one key ``weight`` of shape [d, d]; reads the header only."""
     from safetensors import safe_open
 
-    f = path / VALUE_HEAD_FILE
+    f = Path(path) / VALUE_HEAD_FILE
     if not f.is_file():
         raise ValidationProblem(
             str(path), VALUE_HEAD_FILE, "no such file", "the AR value head next to the backbone weights",
-            "download the full AR checkpoint (from_pretrained does not fetch it), or build an identity head "
-            "with nlalab.pairs.build for an untrained AR",
+            "download the complete AR checkpoint (from_pretrained does not fetch value_head.safetensors), or "
+            "build an identity head with nlalab.pairs.build for an untrained AR",
         )
     with safe_open(str(f), framework="pt") as sf:
         keys = list(sf.keys())
         if keys != ["weight"]:
-            raise ValidationProblem(str(f), "keys", keys, "['weight']", "re-export the value head with one key `weight`")
-        w = sf.get_tensor("weight")
-    if tuple(w.shape) != (d_model, d_model):
-        raise ValidationProblem(str(f), "weight.shape", list(w.shape), [d_model, d_model],
+            raise ValidationProblem(str(f), "keys", keys, "['weight']", "re-save the head with the single key `weight`")
+        shape = list(sf.get_slice("weight").get_shape())
+    if shape != [d_model, d_model]:
+        raise ValidationProblem(str(f), "weight.shape", shape, [d_model, d_model],
                                 "the value head belongs to a model of another width")
-    return w
+
+
+def read_value_head(path: Path, d_model: int) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    check_value_head(path, d_model)
+    return load_file(str(Path(path) / VALUE_HEAD_FILE))["weight"]
 
 
 def ar_layer(sc: Sidecar, config: Any, where: str, expected: Optional[int] = None) -> int:

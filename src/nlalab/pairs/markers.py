@@ -51,21 +51,29 @@ def choose_marker(tokenizer) -> tuple[str, int]:
     )
 
 
-def av_prompt_ids(tokenizer, injection_char: str, template: str = DEFAULT_AV_TEMPLATE) -> list[int]:
-    """The canonical AV prompt: one user message, chat template applied in one step (no double BOS)."""
+def chat_ids(tokenizer, content: str) -> list[int]:
+    """One user turn + generation prompt, templated and tokenized in one step (so no double BOS).
+
+    transformers 5 returns a BatchEncoding here, earlier versions a list; both are accepted.
+    """
     if getattr(tokenizer, "chat_template", None) is None:
         raise NLALabError(
-            f"Tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat_template; the AV prompt needs one. "
-            "Fix: use the instruct tokenizer, or set tokenizer.chat_template (nlalab ships Gemma-3 and Llama-3 templates)."
+            f"Tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat_template. Fix: use the instruct "
+            "tokenizer, or set tokenizer.chat_template (nlalab ships Gemma-3 and Llama-3 templates)."
         )
-    msgs = [{"role": "user", "content": template.format(injection_char=injection_char)}]
-    out = tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
-    if isinstance(out, dict) or hasattr(out, "keys"):
+    out = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=True,
+                                        add_generation_prompt=True)
+    if hasattr(out, "keys"):
         out = out["input_ids"]
     ids = list(out)
     if ids and isinstance(ids[0], list):
         ids = ids[0]
     return [int(i) for i in ids]
+
+
+def av_prompt_ids(tokenizer, injection_char: str, template: str = DEFAULT_AV_TEMPLATE) -> list[int]:
+    """The canonical AV prompt: the template with the marker as one user message (no system message)."""
+    return chat_ids(tokenizer, template.format(injection_char=injection_char))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 from nlalab.errors import NLALabError, ValidationProblem
 from nlalab.pairs import arch
-from nlalab.pairs.load import VALUE_HEAD_FILE, ar_layer, check_av_prompt, load_tokenizer
+from nlalab.pairs.load import ar_layer, check_value_head, check_av_prompt, load_tokenizer
 from nlalab.pairs.sidecar import DEFAULT_AR_TEMPLATE, SIDECAR_NAME, Sidecar, read_sidecar
 
 
@@ -66,22 +66,6 @@ def _check_scale(sc: Sidecar, key: str, where: str) -> None:
                                     " (sqrt(d_model) in the release)" if key == "mse_scale" else ""))
 
 
-def _check_value_head(path: Path, d: int) -> None:
-    from safetensors import safe_open
-
-    f = path / VALUE_HEAD_FILE
-    if not f.is_file():
-        raise ValidationProblem(str(path), VALUE_HEAD_FILE, "no such file", "Linear(d, d) weights in their own file",
-                                "download the complete AR checkpoint; from_pretrained does not fetch value_head.safetensors")
-    with safe_open(str(f), framework="pt") as sf:
-        keys = list(sf.keys())
-        if keys != ["weight"]:
-            raise ValidationProblem(str(f), "keys", keys, "['weight']", "re-save the head with the single key `weight`")
-        shape = list(sf.get_slice("weight").get_shape())
-    if shape != [d, d]:
-        raise ValidationProblem(str(f), "weight.shape", shape, [d, d], "the head belongs to a model of another width")
-
-
 def _check_ar_suffix(sc: Sidecar, path: Path, where: str) -> None:
     pinned = sc.tokens.critic_suffix_ids
     if not pinned:
@@ -123,7 +107,7 @@ def validate_pair(av: Path, ar: Path, target: Optional[Path] = None, layer: Opti
             rep.run("AR d_model matches config", lambda: _check_d_model(ar_sc, ar_cfg, ar_where))
             want = layer if layer is not None else (av_sc.layer if av_sc is not None else None)
             rep.run("AR has K+1 blocks", lambda: ar_layer(ar_sc, ar_cfg, ar_where, want))
-            rep.run("AR value head", lambda: _check_value_head(ar, arch.d_model_of(ar_cfg)))
+            rep.run("AR value head", lambda: check_value_head(ar, arch.d_model_of(ar_cfg)))
         rep.run("AR prompt suffix ids", lambda: _check_ar_suffix(ar_sc, ar, ar_where))
     if av_sc is not None and ar_sc is not None:
         def same_d():
