@@ -209,6 +209,75 @@ def run(
     typer.echo(f"\nWrote {out}/: config.json samples.jsonl vectors.safetensors results.json report.md controls/")
 
 
+@app.command()
+def score(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `nlalab run`."),
+    scorer: List[str] = typer.Option(..., "--scorer", help="keyword, embedding, retrieval, quote (repeatable)."),
+    n_perm: Optional[int] = typer.Option(None, "--n-perm", help="Default: the run's own setting."),
+    n_boot: Optional[int] = typer.Option(None, "--n-boot"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+) -> None:
+    """Add a content scorer to an existing run (no regeneration): scores/<name>.jsonl + results.json."""
+    from nlalab.scorers.rescore import score_run, summary_text
+
+    try:
+        for name in scorer:
+            typer.echo(summary_text(score_run(run_dir, name, n_perm=n_perm, n_boot=n_boot, seed=seed)))
+    except NLALabError as e:
+        _fail(e)
+
+
+@app.command()
+def compare(
+    run_dirs: List[Path] = typer.Argument(..., help="Two or more run directories, in trajectory order."),
+    name: Optional[List[str]] = typer.Option(None, "--name", help="Column name per run (repeatable)."),
+    fmt: str = typer.Option("terminal", "--format", help="terminal, markdown, csv or json."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of stdout."),
+    n_boot: int = typer.Option(2000, "--n-boot"),
+    seed: int = typer.Option(0, "--seed"),
+    tol: float = typer.Option(0.02, "--tol", help="Differences below this count as flat in the Pattern column."),
+) -> None:
+    """The seed's cross-model table for any runs; paired by item when the corpora match."""
+    from nlalab.report import compare as C
+
+    try:
+        cmp = C.compare_runs(run_dirs, names=name or None, n_boot=n_boot, seed=seed, tol=tol)
+        render = {"terminal": C.to_terminal, "markdown": C.to_markdown, "csv": C.to_csv, "json": C.to_json}
+        if fmt not in render:
+            raise NLALabError(f"Unknown --format {fmt!r}; use terminal, markdown, csv or json.")
+        text = render[fmt](cmp)
+    except NLALabError as e:
+        _fail(e)
+    for w in cmp.get("warnings", []):
+        typer.secho(f"warning: {w}", fg="yellow", err=True)
+    if out:
+        out.write_text(text)
+        typer.echo(f"Wrote {out}")
+    else:
+        typer.echo(text)
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    compare_with: Optional[List[Path]] = typer.Option(None, "--compare", help="Other runs to compare (repeatable)."),
+    name: Optional[List[str]] = typer.Option(None, "--name", help="Column name per run in the comparison."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default RUN_DIR/report.html)."),
+    no_markdown: bool = typer.Option(False, "--no-markdown", help="Leave report.md as it is."),
+    n_boot: int = typer.Option(2000, "--n-boot"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """A self-contained HTML report (plots embedded) plus plots/*.png|svg and report.md."""
+    from nlalab.report.html import write_report
+
+    try:
+        path = write_report(run_dir, compare_with or None, out=out, names=name or None, markdown=not no_markdown,
+                            n_boot=n_boot, seed=seed)
+    except NLALabError as e:
+        _fail(e)
+    typer.echo(f"Wrote {path}")
+
+
 def main() -> None:
     try:
         app()

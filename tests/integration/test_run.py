@@ -159,3 +159,22 @@ def test_untrained_baseline_and_custom_corpus(fixture_pairs, tmp_path):
                               corpus=str(corpus), untrained_baseline=True, **{**FAST, "limit_per_category": None}))
     assert set(res["per_category"]) >= {"geo", "code", "OVERALL"}
     assert (tmp_path / "u" / "untrained_pair" / "ar" / "value_head.safetensors").is_file()
+
+
+def test_cli_score_compare_report_on_runs(reference_run, fixture_pairs, tmp_path):
+    """The thin CLI over rescore/compare/html: scorer sections survive a rerun with unchanged samples."""
+    out, _ = reference_run
+    runner = CliRunner()
+    res = runner.invoke(app, ["score", str(out), "--scorer", "quote", "--n-perm", "50", "--n-boot", "50"])
+    assert res.exit_code == 0, res.output
+    assert "quote" in json.loads((out / "results.json").read_text())["scorers"]
+    run_study(cfg_for(fixture_pairs["qwen2"], out, batch_size=1))  # unchanged samples: the section is kept
+    assert "quote" in json.loads((out / "results.json").read_text())["scorers"]
+    other = tmp_path / "other"
+    run_study(cfg_for(fixture_pairs["llama"], other, controls=[]))
+    res = runner.invoke(app, ["compare", str(out), str(other), "--format", "csv", "--n-boot", "50"])
+    assert res.exit_code == 0, res.output
+    assert "fve_nrm" in res.output
+    res = runner.invoke(app, ["report", str(other), "--out", str(tmp_path / "r.html"), "--n-boot", "50"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r.html").read_text().count("data:image/png;base64") >= 1

@@ -24,6 +24,15 @@ def _one_thread():
         yield
 
 
+@pytest.fixture(params=["copy", "shared"])
+def layout(request):
+    """Both cache layouts: prefix copied into every row (sdpa attention) or kept once (two-part GEMM)."""
+    old = fast.OPTIONS.attention
+    fast.OPTIONS.attention = request.param
+    yield request.param
+    fast.OPTIONS.attention = old
+
+
 def _gs(**kw):
     return GenerationSettings(**{"max_new_tokens": 16, **kw})
 
@@ -32,7 +41,7 @@ def _toks(recs):
     return [r.token_ids for r in recs]
 
 
-def test_greedy_fast_equals_loop_and_transformers_generate(fixture_pair):
+def test_greedy_fast_equals_loop_and_transformers_generate(fixture_pair, layout):
     av = load_av(fixture_pair.av)
     torch.manual_seed(2)
     vecs = torch.randn(3, av.d_model)
@@ -40,6 +49,7 @@ def test_greedy_fast_equals_loop_and_transformers_generate(fixture_pair):
     assert _toks(ours) == _toks(verbalize(av, vecs, settings=_gs(greedy=True, engine="loop")))
     assert _toks(ours) == _toks(verbalize(av, vecs, settings=_gs(greedy=True, engine="hf")))
     st = fast.get_engine(av).stats
+    assert st.extra["attention"] == layout
     # the prefix before the marker is computed once and shared; each row computes only the suffix
     assert st.prefix_len == av.marker_pos and st.suffix_len == len(av.prompt_ids) - av.marker_pos
     assert st.prefix_len > 0 and fast.get_engine(av).kp[0].shape[:2] == (av.model.config.get_text_config()
@@ -47,7 +57,7 @@ def test_greedy_fast_equals_loop_and_transformers_generate(fixture_pair):
 
 
 @pytest.mark.parametrize("name", ["qwen2", "gemma3_mm"])
-def test_sampled_fast_equals_loop(fixture_pairs, name):
+def test_sampled_fast_equals_loop(fixture_pairs, name, layout):
     """Same (seed, vector key, sample) -> same tokens as the loop engine (logits agree exactly in fp32)."""
     av = load_av(fixture_pairs[name].av)
     torch.manual_seed(3)
@@ -63,7 +73,7 @@ def test_sampled_fast_equals_loop(fixture_pairs, name):
         _toks(verbalize(av, vecs, k=2, settings=_gs(engine="loop", **gs)))
 
 
-def test_batching_padding_and_resume_do_not_change_rows(fixture_pairs):
+def test_batching_padding_and_resume_do_not_change_rows(fixture_pairs, layout):
     av = load_av(fixture_pairs["llama"].av)
     torch.manual_seed(4)
     vecs = torch.randn(4, av.d_model)
@@ -78,7 +88,7 @@ def test_batching_padding_and_resume_do_not_change_rows(fixture_pairs):
     assert _toks(rest) == [r.token_ids for r in whole if (r.vector_index, r.sample) not in {(0, 1), (3, 0)}]
 
 
-def test_end_of_turn_stops_rows_like_loop(fixture_pairs):
+def test_end_of_turn_stops_rows_like_loop(fixture_pairs, layout):
     av = load_av(fixture_pairs["gemma3_text"].av)
     torch.manual_seed(5)
     vecs = torch.randn(3, av.d_model)

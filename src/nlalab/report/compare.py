@@ -329,6 +329,9 @@ def compare_runs(run_dirs: Iterable[Union[str, Path]], names: Optional[Sequence[
         for r in runs:
             groups.setdefault(r.corpus_sha256, []).append(f"{r.name} ({r.corpus.get('ref')})")
         desc = "; ".join(f"sha256 {str(h)[:12]}…: {', '.join(v)}" for h, v in groups.items())
+        refs = {r.corpus.get("ref") for r in runs}
+        if len(refs) == 1 and None not in hashes:
+            desc += "; same corpus name but different items, e.g. another --limit-per-category"
         warnings.append(
             "CORPORA DIFFER: the runs did not evaluate the same prompts (" + desc + "). Differences between "
             "runs on different corpora are UNPAIRED and mix the model effect with the prompt effect; "
@@ -345,12 +348,7 @@ def compare_runs(run_dirs: Iterable[Union[str, Path]], names: Optional[Sequence[
         if len(vals) > 1:
             warnings.append(f"runs differ in {key}: " + ", ".join(f"{r.name}={r.info()[key]}" for r in runs))
     for r in runs:
-        from nlalab.scorers.rescore import scorer_is_stale
-
-        for name in (r.results.get("scorers") or {}):
-            if scorer_is_stale(r.dir, name):
-                warnings.append(f"{r.name}: scorer '{name}' in results.json was computed from another "
-                                f"samples.jsonl; re-run `nlalab score {r.dir} --scorer {name}`")
+        warnings += r.score_warnings()
 
     # ---- rows
     rows: list[dict] = []

@@ -191,7 +191,8 @@ def render_html(run: Run, plots: dict[str, Path], cmp: Optional[dict] = None) ->
                       "Each key metric across the compared runs, with 95% intervals and the computed pattern."))
         sections.append(("compare", "8. Comparison across runs", body))
 
-    warnings = "".join(f'<div class="warn"><b>Warning:</b> {clean_text(w)}</div>' for w in res.get("warnings") or [])
+    warnings = "".join(f'<div class="warn"><b>Warning:</b> {clean_text(w)}</div>'
+                       for w in list(res.get("warnings") or []) + run.score_warnings())
     nav = "<nav>" + "".join(f'<a href="#{a}">{_html.escape(t.split(". ", 1)[-1])}</a>' for a, t, _ in sections) \
         + "</nav>"
     body = "\n".join(f'<section id="{a}"><h2>{_html.escape(t)}</h2>\n{b}</section>' for a, t, b in sections)

@@ -78,6 +78,23 @@ class Run:
     def layer(self) -> Any:
         return (self.config.get("pair") or {}).get("layer")
 
+    def score_warnings(self) -> list[str]:
+        """Added scorers that no longer match the run: a stale results.json section, or a scores file whose
+        section is gone (the run was re-analysed after `nlalab score`)."""
+        from nlalab.scorers.rescore import scorer_is_stale
+
+        out = []
+        secs = self.results.get("scorers") or {}
+        for name in secs:
+            if scorer_is_stale(self.dir, name):
+                out.append(f"{self.name}: scorer '{name}' in results.json was computed from another samples.jsonl; "
+                           f"re-run `nlalab score {self.dir} --scorer {name}`")
+        for name in self.scores:
+            if name not in secs:
+                out.append(f"{self.name}: scores/{name}.jsonl exists but results.json has no scorers.{name} section "
+                           f"(re-analysed since?); re-run `nlalab score {self.dir} --scorer {name}`")
+        return out
+
     def info(self) -> dict:
         cfg = self.config.get("config") or {}
         corpus = self.corpus

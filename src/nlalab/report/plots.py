@@ -132,11 +132,13 @@ def permutation_floors(results: dict, plots_dir: Path) -> Optional[Path]:
     # The cross-category floor is defined for the whole set; per category it is the block's own cross floor.
     series.append(("permuted cross-category", [b["floor_cross"] if b else None for _, b in blocks], PALETTE["cross"]))
     _bars(ax, labels, series, "keyword recall")
-    ax.set_ylim(0, max(0.05, ax.get_ylim()[1] * 1.25))
+    ax.set_ylim(0, max(0.05, ax.get_ylim()[1] * 1.3))
     for i, (_, b) in enumerate(blocks):
         if b:
-            ax.annotate(f"Δw {b['gap_within']:+.3f}\np {b['p_within']:.3f}", (i, max(b["real"], 0)),
-                        textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7, color="#555")
+            top = max([b["real"], 0.0] + [float(e["hi"]) for e in (real[i], within[i], b["floor_cross"])
+                                          if e and e.get("hi") is not None])
+            ax.annotate(f"Δw {b['gap_within']:+.3f}\np {b['p_within']:.3f}", (i, top),
+                        textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7, color="#555")
     ax.set_title(f"Recall vs permutation floors ({pm.get('n_perm')} permutations; bars: 2.5–97.5% of the null)")
     fig.tight_layout()
     return _save(fig, plots_dir, "permutation_floors")

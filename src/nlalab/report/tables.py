@@ -133,6 +133,14 @@ def per_category_table(results: dict) -> Table:
     )
 
 
+def _real(results: dict, group: str, block: dict) -> str:
+    """The real recall of a permutation block with the cluster-bootstrap CI of the same rows (per_category)."""
+    e = ((results.get("per_category") or {}).get(group) or {}).get("recall")
+    if e and e.get("mean") is not None and abs(float(e["mean"]) - float(block["real"])) < 1e-9:
+        return fmt_est(e, n=False)
+    return fmt_num(block["real"])
+
+
 def permutation_table(results: dict) -> Optional[Table]:
     pm = results.get("permutation") or {}
     o = pm.get("overall")
@@ -140,7 +148,7 @@ def permutation_table(results: dict) -> Optional[Table]:
         return None
     n_perm = pm.get("n_perm")
     rows = [
-        ["Real", fmt_num(o["real"]), f"{o.get('n_rows')} rows / {o.get('n_items')} items", ""],
+        ["Real", _real(results, OVERALL, o), f"{o.get('n_rows')} rows / {o.get('n_items')} items", ""],
         ["Permuted within-category", fmt_est(o["floor_within"], n=False), f"{n_perm} permutations", ""],
         ["Permuted cross-category", fmt_est(o["floor_cross"], n=False), f"{n_perm} permutations", ""],
         ["Real − perm-cross", fmt_num(o["gap_cross"], signed=True), f"{o.get('n_items')} items", fmt_p(o["p_cross"])],
@@ -161,7 +169,7 @@ def permutation_category_table(results: dict) -> Optional[Table]:
         if not e:
             rows.append([c, "n/a", "n/a", "n/a", "n/a", "n/a"])
             continue
-        rows.append([c, f"{e['n_rows']} / {e['n_items']}", fmt_num(e["real"]), fmt_est(e["floor_within"], n=False),
+        rows.append([c, f"{e['n_rows']} / {e['n_items']}", _real(results, c, e), fmt_est(e["floor_within"], n=False),
                      fmt_num(e["gap_within"], signed=True), fmt_p(e["p_within"])])
     return Table("Per category: gap above the within-category floor",
                  ["Category", "n rows / items", "Real recall", "Permuted-within", "Δ", "p"], rows,
@@ -237,11 +245,12 @@ def scorer_tables(results: dict) -> list[Table]:
                         + [fmt_est(((perm.get(m) or {}).get("overall") or {}).get(key), n=False) for m in metrics])
         for label, key, pk in (("Gap above cross floor", "gap_cross", "p_cross"),
                                ("Gap above within floor", "gap_within", "p_within")):
-            cells = []
+            cells, n_items = [], ""
             for m in metrics:
                 o = (perm.get(m) or {}).get("overall")
                 cells.append(f"{fmt_num(o[key], signed=True)} p={fmt_p(o[pk])}" if o else "n/a")
-            rows.append([label, ""] + cells)
+                n_items = n_items or (f"{o['n_items']} items" if o else "")
+            rows.append([label, n_items] + cells)
         chance = sec.get("chance") or {}
         if any(chance.get(m) is not None for m in metrics):
             rows.append([f"Chance (n={sec.get('n_candidates')} candidates)", ""]

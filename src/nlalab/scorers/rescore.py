@@ -51,6 +51,7 @@ __all__ = [
     "load_samples",
     "scorer_metrics",
     "scorer_is_stale",
+    "summary_text",
 ]
 
 SCORES_DIR = "scores"
@@ -110,8 +111,7 @@ def permutation_floors(S: np.ndarray, W: Optional[np.ndarray], row_item: np.ndar
     analysis' (``real``, ``n_rows``, ``n_items``, ``floor_within``, ``floor_cross``, ``gap_within``,
     ``gap_cross``, ``p_within``, ``p_cross``); a block is None when no entry of the group is defined.
     """
-    from nlalab import stats as ST
-    from nlalab.study.analysis import _collect_perms, _dist_est, _subseed
+    from nlalab.study.analysis import matrix_permutation
 
     S = np.asarray(S, dtype=np.float64)
     n = len(item_cats)
@@ -121,42 +121,7 @@ def permutation_floors(S: np.ndarray, W: Optional[np.ndarray], row_item: np.ndar
     M[np.arange(S.shape[1]), row_item] = 1.0
     Ssum = np.where(W > 0, S, 0.0) @ M  # [item (prompt), item (explanation set)]: summed defined scores
     Wsum = W @ M  # ... and how many of them are defined
-    ar = np.arange(n)
-    item_cat = np.array(item_cats)
-
-    def stat(P: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        num = (Ssum[ar[None, :], P] * mask).sum(1)
-        den = (Wsum[ar[None, :], P] * mask).sum(1)
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-
-    ident = ar[None, :]
-    P_within = _collect_perms(n, n_perm, _subseed(seed, "perm", "within"), list(item_cat))
-    P_cross = _collect_perms(n, n_perm, _subseed(seed, "perm", "cross"), None)
-    own = Wsum[ar, ar]
-
-    def block(mask: np.ndarray) -> Optional[dict]:
-        real = float(stat(ident, mask)[0])
-        if not np.isfinite(real):
-            return None
-        nw, nc = stat(P_within, mask), stat(P_cross, mask)
-        nw, nc = nw[np.isfinite(nw)], nc[np.isfinite(nc)]
-        if nw.size == 0 or nc.size == 0:
-            return None
-        fw, fc = _dist_est(nw), _dist_est(nc)
-        return {
-            "real": real,
-            "n_rows": int((own * mask).sum()),
-            "n_items": int(((own > 0) * mask).sum()),
-            "floor_within": fw,
-            "floor_cross": fc,
-            "gap_within": real - fw["mean"],
-            "gap_cross": real - fc["mean"],
-            "p_within": ST.permutation_pvalue(real, nw, alternative="greater"),
-            "p_cross": ST.permutation_pvalue(real, nc, alternative="greater"),
-        }
-
-    return {"overall": block(np.ones(n)),
-            "per_category": {c: block((item_cat == c).astype(np.float64)) for c in categories}}
+    return matrix_permutation(Ssum, Wsum, np.array(item_cats), categories, n_perm, seed, tag="perm")
 
 
 # ----------------------------------------------------------------------------- scoring a list of rows
@@ -344,3 +309,28 @@ def scorer_is_stale(run_dir: Union[str, Path], name: str) -> Optional[bool]:
         return None
     return sec.get("samples_sha256") != _sha256(run / "samples.jsonl")
 
+
+
+def summary_text(section: dict) -> str:
+    """A few terminal lines for one ``scorers.<name>`` section (what ``nlalab score`` prints)."""
+
+    def est(e: Optional[dict]) -> str:
+        if not e or e.get("mean") is None:
+            return "n/a"
+        return f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] n={e['n']}"
+
+    lines = [f"scorer {section.get('scorer')}: {section.get('n_rows')} rows, {section.get('n_items')} items "
+             f"(seed {section.get('settings', {}).get('seed')}, {section.get('settings', {}).get('n_perm')} "
+             f"permutations) -> {section.get('file')}"]
+    perm = (section.get("permutation") or {}).get("metrics") or {}
+    for m in section.get("metrics") or []:
+        o = (perm.get(m) or {}).get("overall")
+        ch = (section.get("chance") or {}).get(m)
+        line = f"  {m}: {est(((section.get('per_category') or {}).get(OVERALL) or {}).get(m))}"
+        if ch is not None:
+            line += f" (chance {ch:.3f})"
+        if o:
+            line += (f"; floor within {o['floor_within']['mean']:.3f}, cross {o['floor_cross']['mean']:.3f}; "
+                     f"gap cross {o['gap_cross']:+.3f} (p={o['p_cross']:.3g})")
+        lines.append(line)
+    return "\n".join(lines) + "\n"

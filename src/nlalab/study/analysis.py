@@ -289,43 +289,42 @@ def _collect_perms(n: int, n_perm: int, seed: int, groups) -> np.ndarray:
     return np.stack(perms)
 
 
-def matrix_permutation(S_sum: np.ndarray, kcount: np.ndarray, valid: np.ndarray, item_cat: np.ndarray,
-                       cats: list[str], n_perm: int, seed: int, tag: str = "perm",
-                       alternative: str = "greater") -> dict:
+def matrix_permutation(S_sum: np.ndarray, W_sum: np.ndarray, item_cat: np.ndarray, cats: list[str], n_perm: int,
+                       seed: int, tag: str = "perm", alternative: str = "greater") -> dict:
     """Real score vs within- and cross-category permutation floors, from one score matrix.
 
-    ``S_sum[i, j]`` is the score of item j's explanation set (its K rows, summed) against item i's
-    reference (prompt for recall, activation for reconstruction); ``kcount[j]`` the rows in set j;
-    ``valid[i]`` whether item i counts. A permutation P assigns set P[i] to item i; sets move whole,
+    ``S_sum[i, j]`` is the summed score of item j's explanation set (its K rows) against item i's
+    reference (prompt for recall and content scorers, activation for reconstruction); ``W_sum[i, j]``
+    how many of those scores are defined. A permutation P gives set P[i] to item i; sets move whole,
     within category for the within floor and over all items for the cross floor. Every content
     scorer and the reconstruction control use this one estimator.
     """
     n = S_sum.shape[0]
-    v = valid.astype(np.float64)
     ar = np.arange(n)
 
     def stat(P: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        w = v * mask
-        num = (S_sum[ar[None, :], P] * w).sum(1)
-        den = (kcount[P] * w).sum(1)
+        num = (S_sum[ar[None, :], P] * mask).sum(1)
+        den = (W_sum[ar[None, :], P] * mask).sum(1)
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
     ident = ar[None, :]
     P_within = _collect_perms(n, n_perm, _subseed(seed, tag, "within"), list(item_cat))
     P_cross = _collect_perms(n, n_perm, _subseed(seed, tag, "cross"), None)
-    masks = {c: (item_cat == c).astype(np.float64) for c in cats}
+    own = W_sum[ar, ar]
 
     def floor_block(mask) -> Optional[dict]:
         real = float(stat(ident, mask)[0])
         if not math.isfinite(real):
             return None
-        nw = stat(P_within, mask)
-        nc = stat(P_cross, mask)
+        nw, nc = stat(P_within, mask), stat(P_cross, mask)
+        nw, nc = nw[np.isfinite(nw)], nc[np.isfinite(nc)]
+        if nw.size == 0 or nc.size == 0:
+            return None
         fw, fc = _dist_est(nw), _dist_est(nc)
         return {
             "real": real,
-            "n_rows": int((kcount * v * mask).sum()),
-            "n_items": int((v * mask).sum()),
+            "n_rows": int((own * mask).sum()),
+            "n_items": int(((own > 0) * mask).sum()),
             "floor_within": fw,
             "floor_cross": fc,
             "gap_within": real - fw["mean"],
@@ -334,7 +333,8 @@ def matrix_permutation(S_sum: np.ndarray, kcount: np.ndarray, valid: np.ndarray,
             "p_cross": S.permutation_pvalue(real, nc, alternative=alternative),
         }
 
-    return {"overall": floor_block(np.ones(n)), "per_category": {c: floor_block(masks[c]) for c in cats}}
+    return {"overall": floor_block(np.ones(n)),
+            "per_category": {c: floor_block((item_cat == c).astype(np.float64)) for c in cats}}
 
 
 def _permutation(rows, cats, items, stopwords, n_perm, seed) -> tuple[dict, list[str]]:
@@ -348,7 +348,8 @@ def _permutation(rows, cats, items, stopwords, n_perm, seed) -> tuple[dict, list
     for j, r in enumerate(rows):
         M[j, pos[str(r["item_id"])]] = 1.0
     item_cat = np.array([items[i]["category"] for i in iids])
-    blocks = matrix_permutation(R @ M, M.sum(0), valid, item_cat, cats, n_perm, seed, tag="perm")
+    W = valid.astype(np.float64)[:, None] * M.sum(0)[None, :]
+    blocks = matrix_permutation(R @ M, W, item_cat, cats, n_perm, seed, tag="perm")
     warnings: list[str] = []
     overall, per_cat = blocks["overall"], blocks["per_category"]
     # Cross-check the text-level recall against the recall the run stored per row.

@@ -29,7 +29,7 @@ from nlalab.pairs.resolve import PairDirs, resolve_pair
 from nlalab.scorers.keyword import keyword_hit, keyword_recall, load_lexicon
 from nlalab.study.config import CONTROLS, RunConfig
 from nlalab.study.rundir import (JsonlLog, atomic_save_tensors, atomic_write_json, atomic_write_text, environment,
-                                 load_tensors, write_jsonl)
+                                 jsonl_text, load_tensors, write_jsonl)
 from nlalab.verbalize import GenerationSettings, verbalize
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,20 @@ def _force(out: Path, stages: list[str]) -> None:
     for s in doomed:
         for f in files.get(s, []):
             f.unlink(missing_ok=True)
+
+
+def _carry_scorers(out: Path, samples: list[dict]) -> dict:
+    """Keep `nlalab score` sections of a previous results.json whose samples are unchanged."""
+    path, sp = out / "results.json", out / "samples.jsonl"
+    if not (path.exists() and sp.exists()):
+        return {}
+    try:
+        old = json.loads(path.read_text()).get("scorers") or {}
+    except ValueError:
+        return {}
+    if jsonl_text(samples).encode() != sp.read_bytes():
+        return {}  # the explanations changed: those scores are stale, rerun `nlalab score`
+    return old
 
 
 def random_gaussian_vectors(n: int, d: int, norm: float, seed: int) -> torch.Tensor:
@@ -350,6 +364,9 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
     results["mse_scale"] = mse_scale
     results["elapsed_s_this_invocation"] = round(time.time() - t0, 2)
 
+    old_scorers = _carry_scorers(out, samples)
+    if old_scorers:
+        results["scorers"] = old_scorers
     write_jsonl(out / "samples.jsonl", samples)
     if random_rows is not None:
         write_jsonl(out / "controls" / "random_gaussian.jsonl", random_rows)

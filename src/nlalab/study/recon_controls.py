@@ -60,8 +60,8 @@ def recon_permutation(acts: torch.Tensor, recon: torch.Tensor, row_items: Sequen
     out: dict = {"unit": "item (its K reconstructions move together)", "n_perm": int(n_perm), "metrics": {}}
     for m in RECON_METRICS:
         S_sum = mats[m].T @ M  # [gold item i, explanation set j]
-        out["metrics"][m] = matrix_permutation(S_sum, M.sum(0), np.ones(n, bool), item_cat, cats, n_perm, seed,
-                                               tag=f"recon-{m}")
+        W_sum = np.broadcast_to(M.sum(0)[None, :], S_sum.shape)
+        out["metrics"][m] = matrix_permutation(S_sum, W_sum, item_cat, cats, n_perm, seed, tag=f"recon-{m}")
     out["verdicts"] = verdicts(out["metrics"]["fve_nrm"], cats)
     return out
 

@@ -52,8 +52,12 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return out, meta
 
 
+def jsonl_text(rows: Iterable[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
+
+
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+    atomic_write_text(path, jsonl_text(rows))
 
 
 class JsonlLog:
@@ -86,7 +90,7 @@ class JsonlLog:
 
     def append(self, rows: Iterable[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        payload = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
+        payload = jsonl_text(rows)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(payload)
             f.flush()

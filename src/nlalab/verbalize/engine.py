@@ -3,40 +3,53 @@
 What it does, and why each part is there:
 
 - **Prefix sharing.** Every AV prompt is the same token sequence except the injected marker row, so
-  the keys/values of the ``P = marker_pos`` tokens *before* the marker are computed once, at batch 1,
-  and kept once (``[kv_heads, P, head_dim]`` per layer). Each row only computes the suffix from the
-  marker on (``S = len(prompt) - P`` tokens) in prefill. Attention reads the shared prefix with one
-  GEMM over all rows (``M = rows x query heads``) plus the row's own cache, and merges both in one
-  softmax. The prefix is never copied per row: less prefill compute, less KV memory and traffic.
-- **Static cache.** Each row's cache holds ``S + max_new_tokens`` slots, allocated once per batch
+  the keys/values of the ``P = marker_pos`` tokens *before* the marker are computed once, at batch 1.
+  Each row only computes the suffix from the marker on (``S = len(prompt) - P`` tokens) in prefill.
+  Two cache layouts (``EngineOptions.attention``):
+  ``shared`` keeps the prefix K/V once; decode attention reads it once per KV head per step (a Triton
+  flash-decoding kernel on CUDA in bf16/fp16, reading only the filled cache slots; elsewhere a two-part
+  GEMM attention) -- no per-row prefix slots, least memory and traffic. ``copy`` broadcasts the prefix
+  K/V into slots ``[0, P)`` of every row's cache once per batch shape, and decode attention is
+  ``F.scaled_dot_product_attention`` over the whole static cache with a mask. ``auto``: ``shared``
+  when the Triton kernel is available (it passes a self-check at engine build), else ``copy`` unless
+  memory fits more rows with ``shared``.
+- **Static cache.** Each row's cache holds ``(P +) S + max_new_tokens`` slots, allocated once per batch
   shape and reused; slots beyond the current step are masked (same mask for every row, since all
-  rows advance in lockstep and share one prompt length).
-- **One decode step = one CUDA graph replay.** Embedding, all layers (optionally ``torch.compile``'d
-  per layer, so one compiled graph serves every layer), the final norm, the LM head, logit
-  soft-capping and our counter-based sampler run inside the graph; the step counter is a device
-  tensor that the graph increments itself. The host only replays, and looks at "all rows finished?"
-  every ``check_every`` steps, so there is no per-step host sync; it stops early when all are done.
+  rows advance in lockstep and share one prompt length). GQA without repeating K/V: the query heads
+  of one KV head are stacked along the query axis.
+- **One decode step = one CUDA graph replay.** Embedding, all layers (the projections, norms, RoPE and
+  MLP ``torch.compile``'d per layer part, so one compiled graph serves every layer), attention, the
+  final norm, the LM head, logit soft-capping and our counter-based sampler run inside the graph; the
+  step counter is a device tensor that the graph increments itself. The host only replays, and looks
+  at "all rows finished?" every ``check_every`` steps, so there is no per-step host sync; it stops
+  early when all rows are done.
 - **Sampling semantics are the ``loop`` engine's:** the noise for (seed, vector key, sample, step,
   token) is the same pure hash (``nlalab.verbalize.sampling``), so a row's tokens do not depend on
   batching, padding, micro-batch size or engine, whenever the logits agree (bitwise on CPU fp32).
 - **Micro-batching** in equal chunks (the last padded with throw-away rows, so one graph serves all
-  chunks), halved and retried on CUDA out-of-memory.
+  chunks), halved and retried on CUDA out-of-memory (the engine remembers the size that fitted).
 
 The math is our own re-implementation of the decoder (RMSNorm, RoPE with the model's own cos/sin
-tables, GQA attention with sliding windows, gated MLP, final logit soft-capping) over the model's
-weight tensors, for Llama, Qwen2 and Gemma-3 text (also Gemma-3 wrapper checkpoints, which nlalab loads
-as text models). Formulas follow transformers' modules operation by operation; on CPU in fp32 greedy
-and sampled outputs are token-identical to ``loop``/``hf`` (tests/unit/test_engine.py). Attention
-scores are the matmul in the model dtype, then scaled, masked and soft-maxed in fp32 (as transformers'
-eager attention, with the scale applied in fp32); on bf16 GPUs rare greedy divergences from the sdpa
-path are possible after many tokens, as between any two bf16 kernels.
+tables read off its forward, GQA attention with sliding windows, gated MLP, final logit soft-capping)
+over the model's parameters, for Llama, Qwen2 and Gemma-3 text (also Gemma-3 wrapper checkpoints,
+which nlalab loads as text models). Formulas follow transformers' modules operation by operation; on
+CPU in fp32 greedy and sampled outputs are token-identical to ``loop``/``hf`` (tests/unit/test_engine.py).
+Prefill attention is ``scaled_dot_product_attention`` (fp32 scores), decode attention keeps fp32 scores
+too (Triton kernel, sdpa); compiled parts keep eager's bf16 rounding points (inductor
+``emulate_precision_casts``). In bf16 two kernel sets still round differently, so a row can leave the
+``loop`` row at a near-tie after some tokens (tests/gpu/test_gpu_engine.py compares that rate with the
+rate at which ``loop`` disagrees with itself at another batch size).
 
-On CPU the engine runs the same prefix-sharing, static-cache and step logic eagerly (no graphs, no
-compile), so the CPU tests exercise it.
+The engine holds the model's Parameters (not copies), so ``nlalab.pairs.load.release`` frees the
+weights; per-batch buffers and graphs are freed at the end of each ``verbalize`` call unless
+``OPTIONS.keep_state``. On CPU the engine runs the same prefix-sharing, static-cache and step logic
+eagerly (no graphs, no compile), so the CPU tests exercise it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import os
 import time
@@ -64,19 +77,29 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "gemma3_text")
 class EngineOptions:
     """Knobs of the fast engine (module default ``OPTIONS``; env vars override at engine build).
 
-    - ``compile``: ``"all"`` (layers + head/sampler through ``torch.compile``), ``"sampler"`` (only the
+    - ``compile``: ``"all"`` (layer parts + head/sampler through ``torch.compile``), ``"sampler"`` (only the
       fused head + sampler), ``"none"``. Default on CUDA: ``NLALAB_FAST_COMPILE`` or ``"all"``; on CPU
-      always ``"none"``.
+      always ``"none"``. A compile failure falls back to ``"none"`` with a warning.
     - ``cuda_graphs``: capture the decode step (CUDA only). ``NLALAB_FAST_GRAPHS=0`` turns it off.
+    - ``attention``: ``"auto"``, ``"shared"`` or ``"copy"`` (see the module docstring).
+    - ``triton``: use the Triton decode-attention kernel for the shared layout (None: if it imports and
+      passes its self-check; CUDA, bf16/fp16 only).
     - ``check_every``: decode steps between "all rows finished?" checks (one host sync each).
     - ``max_batch``: upper bound on rows per micro-batch when sized automatically.
+    - ``keep_state``: keep per-batch buffers and graphs between ``verbalize`` calls (faster repeated calls,
+      holds GPU memory until ``release_engines``).
+    - ``profile``: synchronise around prefill and decode so ``Stats`` times are device times.
     """
 
     compile: Optional[str] = None
     cuda_graphs: Optional[bool] = None
+    attention: str = "auto"
+    triton: Optional[bool] = None
     check_every: int = 16
     max_batch: int = 512
     mem_fraction: float = 0.85
+    keep_state: bool = False
+    profile: bool = False
 
 
 OPTIONS = EngineOptions()
@@ -98,6 +121,15 @@ def _resolved_graphs(device: torch.device) -> bool:
     if OPTIONS.cuda_graphs is not None:
         return bool(OPTIONS.cuda_graphs)
     return os.environ.get("NLALAB_FAST_GRAPHS", "1") not in ("0", "false", "False")
+
+
+def _sdpa_backends(device: torch.device):
+    """Efficient/flash/math SDPA kernels only: cuDNN's was 5x slower on our short-query decode shapes."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
 
 
 # ----------------------------------------------------------------------------------- pure functions
@@ -143,12 +175,26 @@ def _pre_attn(x, ln_w, wq, bq, wk, bk, wv, bv, qn, kn, cos, sin, eps: float, qk_
     return _rope(q, cos, sin), _rope(k, cos, sin), v
 
 
-def _attend(q, kp, vp, kr, vr, mask_p, mask_r, scaling: float, softcap: Optional[float]):
-    """GQA attention of q [B,H,S,D] over a shared prefix (kp/vp [kvH,P,D], no batch) and per-row keys
-    (kr/vr [B,kvH,L,D]); boolean masks [S,P] and [S,L] are the same for every row and head.
+def _post_attn(x, a, wo, bo, ln_post_attn, ln_pre_ff, ln_post_ff, wg, wu, wd, act: Callable, eps: float,
+               gemma: bool):
+    """Output projection of the attention result a [B,H,S,D], residuals, MLP (Gemma-3: extra norms)."""
+    B, S, _ = x.shape
+    a = F.linear(a.transpose(1, 2).reshape(B, S, -1), wo, bo)
+    if gemma:
+        x = x + _rms(a, ln_post_attn, eps, True)
+        h = _rms(x, ln_pre_ff, eps, True)
+        m = F.linear(act(F.linear(h, wg)) * F.linear(h, wu), wd)
+        return x + _rms(m, ln_post_ff, eps, True)
+    x = x + a
+    h = _rms(x, ln_post_attn, eps, False)
+    return x + F.linear(act(F.linear(h, wg)) * F.linear(h, wu), wd)
 
-    No key/value head is repeated: query heads of one KV head are stacked along the query axis. The
-    prefix scores come from one GEMM over all rows. One softmax (fp32) spans both parts."""
+
+def _attend(q, kp, vp, kr, vr, mask_p, mask_r, scaling: float, softcap: Optional[float] = None):
+    """Two-part GQA attention of q [B,H,S,D] over a shared prefix (kp/vp [kvH,P,D], no batch) and per-row
+    keys (kr/vr [B,kvH,L,D]); boolean masks [S,P], [S,L] are the same for every row and head. The prefix
+    scores come from one GEMM over all rows; one fp32 softmax spans both parts (scores are the matmul in
+    the model dtype, as in transformers' eager attention)."""
     B, H, S, D = q.shape
     n_kv = kr.shape[1]
     G = H // n_kv
@@ -176,20 +222,16 @@ def _attend(q, kp, vp, kr, vr, mask_p, mask_r, scaling: float, softcap: Optional
     return out.reshape(B, H, S, D)
 
 
-def _post_attn(x, q, kp, vp, kr, vr, mask_p, mask_r, wo, bo, ln_post_attn, ln_pre_ff, ln_post_ff, wg, wu, wd,
-               act: Callable, eps: float, gemma: bool, scaling: float, softcap: Optional[float]):
-    """Attention, output projection, residuals, MLP (Gemma-3: with its pre/post feed-forward norms)."""
-    B, S, _ = x.shape
-    a = _attend(q, kp, vp, kr, vr, mask_p, mask_r, scaling, softcap)
-    a = F.linear(a.transpose(1, 2).reshape(B, S, -1), wo, bo)
-    if gemma:
-        x = x + _rms(a, ln_post_attn, eps, True)
-        h = _rms(x, ln_pre_ff, eps, True)
-        m = F.linear(act(F.linear(h, wg)) * F.linear(h, wu), wd)
-        return x + _rms(m, ln_post_ff, eps, True)
-    x = x + a
-    h = _rms(x, ln_post_attn, eps, False)
-    return x + F.linear(act(F.linear(h, wg)) * F.linear(h, wu), wd)
+def _attend_sdpa(q, k, v, mask, scaling: float):
+    """GQA attention through ``F.scaled_dot_product_attention`` (fp32 scores inside the kernel): query heads
+    of one KV head are stacked along the query axis, so K/V are never repeated. mask [S,L] bool."""
+    B, H, S, D = q.shape
+    n_kv = k.shape[1]
+    G = H // n_kv
+    qg = q.reshape(B, n_kv, G * S, D)
+    m = mask.repeat(G, 1)[None, None]
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=m, scale=scaling)
+    return out.reshape(B, H, S, D)
 
 
 def uniform_t(keys: torch.Tensor, step, hv: torch.Tensor) -> torch.Tensor:
@@ -231,6 +273,101 @@ def _head_sample(x, norm_w, eps: float, gemma: bool, lm_w, lm_b, final_softcap: 
     return nxt, done
 
 
+# ------------------------------------------------------------------------- Triton decode attention
+
+_TRITON: Any = None  # None: not tried; False: unavailable; else the jitted kernel
+
+
+def _triton_kernel():
+    """Flash-decoding over [shared prefix ; row cache up to the current position], one program per
+    (row, KV head), all G query heads of that KV head at once; fp32 scores and online softmax."""
+    global _TRITON
+    if _TRITON is not None:
+        return _TRITON
+    try:
+        import triton
+        import triton.language as tl
+    except Exception:  # pragma: no cover - CPU-only installs
+        _TRITON = False
+        return _TRITON
+
+    @triton.jit
+    def _decode_attn(Q, KP, VP, KR, VR, O, POS, sq_b, sq_h, skp_h, skp_n, skr_b, skr_h, skr_n, so_b, so_h,
+                     P, ROW0, WINDOW, scale, G: tl.constexpr, BG: tl.constexpr, BN: tl.constexpr,
+                     D: tl.constexpr, HAS_P: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        h = tl.program_id(1).to(tl.int64)
+        pos = tl.load(POS)
+        lo = tl.where(WINDOW > 0, pos - WINDOW, -1)  # keys at positions > lo are inside the window
+        g = tl.arange(0, BG)
+        d = tl.arange(0, D)
+        n = tl.arange(0, BN)
+        gm = g < G
+        q = tl.load(Q + b * sq_b + (h * G + g)[:, None] * sq_h + d[None, :], mask=gm[:, None], other=0.0)
+        m_i = tl.full([BG], -1.0e30, tl.float32)
+        l_i = tl.zeros([BG], tl.float32)
+        acc = tl.zeros([BG, D], tl.float32)
+        if HAS_P:
+            for start in range(0, P, BN):
+                kpos = start + n
+                valid = (kpos < P) & (kpos > lo)
+                off = h * skp_h + kpos[:, None] * skp_n + d[None, :]
+                k = tl.load(KP + off, mask=valid[:, None], other=0.0)
+                v = tl.load(VP + off, mask=valid[:, None], other=0.0)
+                s = tl.dot(q, tl.trans(k)) * scale
+                s = tl.where(valid[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                alpha = tl.exp(m_i - m_new)
+                p = tl.exp(s - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                m_i = m_new
+        n_rows = pos - ROW0 + 1
+        for start in range(0, n_rows, BN):
+            slot = start + n
+            valid = (slot < n_rows) & (ROW0 + slot > lo)
+            off = b * skr_b + h * skr_h + slot[:, None] * skr_n + d[None, :]
+            k = tl.load(KR + off, mask=valid[:, None], other=0.0)
+            v = tl.load(VR + off, mask=valid[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale
+            s = tl.where(valid[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        out = acc / l_i[:, None]
+        tl.store(O + b * so_b + (h * G + g)[:, None] * so_h + d[None, :], out.to(O.dtype.element_ty),
+                 mask=gm[:, None])
+
+    _TRITON = _decode_attn
+    return _TRITON
+
+
+def attend_decode_triton(q, kp, vp, kr, vr, pos, row0: int, window: Optional[int], scaling: float):
+    """q [B,H,1,D]; kp/vp [kvH,P,D] or None; kr/vr [B,kvH,L,D] with slot j at position row0 + j, filled up
+    to position ``pos`` (a device int64 tensor [1]); returns [B,H,1,D]."""
+    kern = _triton_kernel()
+    B, H, _, D = q.shape
+    n_kv = kr.shape[1]
+    G = H // n_kv
+    q3 = q.reshape(B, H, D)
+    if q3.stride(-1) != 1:
+        q3 = q3.contiguous()
+    out = torch.empty(B, H, D, device=q.device, dtype=q.dtype)
+    P = 0 if kp is None else int(kp.shape[1])
+    kp_ = kp if kp is not None else kr
+    vp_ = vp if vp is not None else vr
+    BG = max(16, 1 << (G - 1).bit_length())
+    kern[(B, n_kv)](q3, kp_, vp_, kr, vr, out, pos, q3.stride(0), q3.stride(1),
+                    kp_.stride(-3) if kp is not None else 0, kp_.stride(-2) if kp is not None else 0,
+                    kr.stride(0), kr.stride(1), kr.stride(2), out.stride(0), out.stride(1),
+                    P, int(row0), int(window or 0), float(scaling),
+                    G=G, BG=BG, BN=64 if D <= 128 else 32, D=D, HAS_P=P > 0, num_warps=4, num_stages=2)
+    return out.view(B, H, 1, D)
+
+
 # ------------------------------------------------------------------------------------------- model
 
 
@@ -257,10 +394,6 @@ class _Layer:
     rope: int  # index into the engine's cos/sin tables
 
 
-def _t(p: Optional[nn.Parameter]) -> Optional[torch.Tensor]:
-    return None if p is None else p.detach()
-
-
 def _eps(norm: nn.Module) -> float:
     for name in ("variance_epsilon", "eps"):
         if hasattr(norm, name):
@@ -277,6 +410,8 @@ def unsupported_reason(model: nn.Module) -> Optional[str]:
     devs = {p.device for p in model.parameters()}
     if len(devs) != 1:
         return "weights on several devices (device_map sharding)"
+    if next(iter(devs)).type == "meta":
+        return "weights released (meta device)"
     if getattr(model, "lm_head", None) is None or not hasattr(model.lm_head, "weight"):
         return "no lm_head"
     try:
@@ -304,6 +439,8 @@ class _State:
     done: torch.Tensor
     out: torch.Tensor
     kpos_r: torch.Tensor
+    shared: bool  # prefix K/V kept once (True) or copied into slots [0, P) of every row (False)
+    off: int  # cache slot of prompt position P (the marker): 0 if shared, else P
     graph: Any = None
     graph_key: Any = None
     sp: Any = None  # the sampling settings (and eos tensor) the graph was captured with
@@ -319,20 +456,33 @@ class Stats:
     steps: int = 0
     graphs: bool = False
     compile: str = "none"
+    attention: str = ""
     prefill_s: float = 0.0
     decode_s: float = 0.0
     capture_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
 
+class _EmbedOnly:
+    """What ``injected_embeds`` needs of a model, without holding the model itself."""
+
+    def __init__(self, embed: nn.Module):
+        self._embed = embed
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self._embed
+
+
 class FastEngine:
-    """One AV model + one prompt (prefix KV cached). Use ``get_engine(av)``."""
+    """One AV model + one prompt (prefix K/V cached). Use ``get_engine(av)``.
+
+    Holds the model's Parameters and a weak reference to the model, never copies of the weights."""
 
     def __init__(self, model: nn.Module, prompt_ids: Sequence[int], marker_pos: int):
         why = unsupported_reason(model)
         if why:
             raise NLALabError(f"The fast engine does not support this AV: {why}. Use engine='loop'.")
-        self.model = model
+        self._model = weakref.ref(model)
         self.cfg = arch.text_config(model.config)
         self.prompt_ids = [int(i) for i in prompt_ids]
         self.P = int(marker_pos)
@@ -351,16 +501,15 @@ class FastEngine:
         self.head_dim = int(getattr(a0, "head_dim", None) or self.cfg.hidden_size // self.n_heads)
         self.scaling = float(getattr(a0, "scaling", self.head_dim ** -0.5))
         # Gemma-3's attention modules do not pass attn_logit_softcapping to the attention function.
-        self.attn_softcap = None
         fs = getattr(self.cfg, "final_logit_softcapping", None)
         self.final_softcap = float(fs) if fs is not None else None
         self.eps = _eps(layers[0].input_layernorm)
         self.qk_eps = _eps(a0.q_norm) if getattr(a0, "q_norm", None) is not None else self.eps
         self.act = layers[0].mlp.act_fn
-        self.norm_w = _t(inner.norm.weight)
+        self.norm_w = inner.norm.weight
         self.norm_eps = _eps(inner.norm)
-        self.lm_w = _t(model.lm_head.weight)
-        self.lm_b = _t(getattr(model.lm_head, "bias", None))
+        self.lm_w = model.lm_head.weight
+        self.lm_b = getattr(model.lm_head, "bias", None)
         self.vocab = int(self.lm_w.shape[0])
         self._check_norms(layers[0])
         self.layers: list[_Layer] = []
@@ -368,14 +517,14 @@ class FastEngine:
             at, mlp = lay.self_attn, lay.mlp
             win = getattr(at, "sliding_window", None)
             self.layers.append(_Layer(
-                ln_in=_t(lay.input_layernorm.weight), ln_post_attn=_t(lay.post_attention_layernorm.weight),
-                ln_pre_ff=_t(lay.pre_feedforward_layernorm.weight) if self.gemma else None,
-                ln_post_ff=_t(lay.post_feedforward_layernorm.weight) if self.gemma else None,
-                wq=_t(at.q_proj.weight), bq=_t(at.q_proj.bias), wk=_t(at.k_proj.weight), bk=_t(at.k_proj.bias),
-                wv=_t(at.v_proj.weight), bv=_t(at.v_proj.bias), wo=_t(at.o_proj.weight), bo=_t(at.o_proj.bias),
-                qn=_t(at.q_norm.weight) if getattr(at, "q_norm", None) is not None else None,
-                kn=_t(at.k_norm.weight) if getattr(at, "k_norm", None) is not None else None,
-                wg=_t(mlp.gate_proj.weight), wu=_t(mlp.up_proj.weight), wd=_t(mlp.down_proj.weight),
+                ln_in=lay.input_layernorm.weight, ln_post_attn=lay.post_attention_layernorm.weight,
+                ln_pre_ff=lay.pre_feedforward_layernorm.weight if self.gemma else None,
+                ln_post_ff=lay.post_feedforward_layernorm.weight if self.gemma else None,
+                wq=at.q_proj.weight, bq=at.q_proj.bias, wk=at.k_proj.weight, bk=at.k_proj.bias,
+                wv=at.v_proj.weight, bv=at.v_proj.bias, wo=at.o_proj.weight, bo=at.o_proj.bias,
+                qn=at.q_norm.weight if getattr(at, "q_norm", None) is not None else None,
+                kn=at.k_norm.weight if getattr(at, "k_norm", None) is not None else None,
+                wg=mlp.gate_proj.weight, wu=mlp.up_proj.weight, wd=mlp.down_proj.weight,
                 window=int(win) if win else None, rope=0,
             ))
         self.windows = sorted({L.window for L in self.layers}, key=lambda w: -1 if w is None else w)
@@ -386,14 +535,20 @@ class FastEngine:
         self.hv = token_hash(self.vocab, self.device)
         self.compile_mode = _resolved_compile(self.device)
         self.use_graphs = _resolved_graphs(self.device)
+        self.max_rows: Optional[int] = None  # largest micro-batch known to fit (after an OOM)
         self._fns = None
         self.states: dict = {}
         self.stats = Stats()
         with torch.no_grad():
             self._rope_tables(self.T + 256)
             self._prefix()
+        self.triton = self._triton_ok()
 
     # ---------------------------------------------------------------------------------- set-up
+
+    def alive(self) -> bool:
+        m = self._model()
+        return m is not None and self.lm_w.device.type != "meta" and self.lm_w.device == self.device
 
     def _check_norms(self, layer) -> None:
         """Our RMSNorm must equal the model's module bitwise (guards against an unknown norm variant)."""
@@ -405,9 +560,47 @@ class FastEngine:
         if not torch.equal(ref, ours):
             raise NLALabError(f"fast engine: {type(layer.input_layernorm).__name__} differs from our RMSNorm.")
 
+    def _triton_ok(self) -> bool:
+        """Triton decode attention: CUDA, half precision, and it must match the torch attention here."""
+        if OPTIONS.triton is False or self.device.type != "cuda" or self.dtype not in (torch.bfloat16,
+                                                                                        torch.float16):
+            return False
+        if self.head_dim & (self.head_dim - 1) or self.head_dim < 16:
+            return False
+        if not _triton_kernel():
+            return False
+        try:
+            g = torch.Generator(device=self.device).manual_seed(0)
+            B, P, L, D = 3, max(self.P, 1), 70, self.head_dim
+            mk = lambda *s: torch.randn(*s, device=self.device, generator=g).to(self.dtype)  # noqa: E731
+            q = mk(B, self.n_heads, 1, D)
+            kp, vp = mk(self.n_kv, P, D), mk(self.n_kv, P, D)
+            kr, vr = mk(B, self.n_kv, L, D), mk(B, self.n_kv, L, D)
+            worst = 0.0
+            for pos_v, win in ((P + 5, None), (P + L - 1, None), (P + 40, 17)):
+                pos = torch.tensor([pos_v], device=self.device)
+                got = attend_decode_triton(q, kp, vp, kr, vr, pos, P, win, self.scaling).float()
+                kpos_p = torch.arange(P, device=self.device)
+                kpos_r = P + torch.arange(L, device=self.device)
+                mp, mr = kpos_p <= pos_v, kpos_r <= pos_v
+                if win:
+                    mp, mr = mp & (kpos_p > pos_v - win), mr & (kpos_r > pos_v - win)
+                ref = _attend(q.float(), kp.float(), vp.float(), kr.float(), vr.float(), mp[None], mr[None],
+                              self.scaling)
+                worst = max(worst, float((got - ref).norm() / ref.norm()))
+            if worst > 2e-2 or not math.isfinite(worst):
+                warnings.warn(f"fast engine: Triton decode attention failed its self-check (rel. err {worst:.3g}); "
+                              "using torch attention.")
+                return False
+            return True
+        except Exception as e:  # pragma: no cover - depends on the GPU stack
+            warnings.warn(f"fast engine: Triton decode attention unavailable ({e!r}); using torch attention.")
+            return False
+
     def _rope_tables(self, length: int) -> None:
         """cos/sin per layer exactly as the model computes them: read off its own forward (hooks)."""
-        layers = arch.decoder_layers(self.model)
+        model = self._model()
+        layers = arch.decoder_layers(model)
         got: dict[int, tuple] = {}
 
         def hook(i):
@@ -420,7 +613,7 @@ class FastEngine:
 
         hs = [lay.register_forward_pre_hook(hook(i), with_kwargs=True) for i, lay in enumerate(layers)]
         try:
-            inner = arch.inner_model(self.model)
+            inner = arch.inner_model(model)
             emb = torch.zeros(1, length, self.cfg.hidden_size, device=self.device, dtype=self.dtype)
             inner(inputs_embeds=emb, position_ids=torch.arange(length, device=self.device)[None], use_cache=False)
         finally:
@@ -452,19 +645,6 @@ class FastEngine:
             out[w] = (mp, mr)
         return out
 
-    def _layer(self, i: int, x, pos, write: Callable, masks, fns):
-        L = self.layers[i]
-        cos = self.cos[L.rope].index_select(0, pos)
-        sin = self.sin[L.rope].index_select(0, pos)
-        q, k, v = fns["pre"](x, L.ln_in, L.wq, L.bq, L.wk, L.bk, L.wv, L.bv, L.qn, L.kn, cos, sin, self.eps,
-                             self.qk_eps, self.gemma, self.n_heads, self.n_kv, self.head_dim)
-        kr, vr = write(i, k, v)
-        mp, mr = masks[L.window]
-        kp = self.kp[i] if self.P > 0 else None
-        vp = self.vp[i] if self.P > 0 else None
-        return fns["post"](x, q, kp, vp, kr, vr, mp, mr, L.wo, L.bo, L.ln_post_attn, L.ln_pre_ff, L.ln_post_ff,
-                           L.wg, L.wu, L.wd, self.act, self.eps, self.gemma, self.scaling, self.attn_softcap)
-
     def _eager_fns(self) -> dict:
         return {"pre": _pre_attn, "post": _post_attn, "head": _head_sample}
 
@@ -473,18 +653,31 @@ class FastEngine:
             fns = self._eager_fns()
             if self.compile_mode != "none":
                 import torch._dynamo
+                import torch._inductor.config as icfg
 
                 cfg = torch._dynamo.config
                 for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
                              "accumulated_recompile_limit"):
                     if hasattr(cfg, name):
                         setattr(cfg, name, max(int(getattr(cfg, name)), 256))
-                fns["head"] = torch.compile(_head_sample, fullgraph=True)
+                # round at every .to(bf16) as eager does, so compiled steps follow the eager numerics
+                opts = {"emulate_precision_casts": True} if hasattr(icfg, "emulate_precision_casts") else {}
+                fns["head"] = torch.compile(_head_sample, fullgraph=True, options=opts)
                 if self.compile_mode == "all":
-                    fns["pre"] = torch.compile(_pre_attn, fullgraph=True)
-                    fns["post"] = torch.compile(_post_attn, fullgraph=True)
+                    fns["pre"] = torch.compile(_pre_attn, fullgraph=True, options=opts)
+                    fns["post"] = torch.compile(_post_attn, fullgraph=True, options=opts)
             self._fns = fns
         return self._fns
+
+    def _pre(self, fns, L: _Layer, x, pos):
+        cos = self.cos[L.rope].index_select(0, pos)
+        sin = self.sin[L.rope].index_select(0, pos)
+        return fns["pre"](x, L.ln_in, L.wq, L.bq, L.wk, L.bk, L.wv, L.bv, L.qn, L.kn, cos, sin, self.eps,
+                          self.qk_eps, self.gemma, self.n_heads, self.n_kv, self.head_dim)
+
+    def _post(self, fns, L: _Layer, x, a):
+        return fns["post"](x, a, L.wo, L.bo, L.ln_post_attn, L.ln_pre_ff, L.ln_post_ff, L.wg, L.wu, L.wd, self.act,
+                           self.eps, self.gemma)
 
     def _prefix(self) -> None:
         """K/V of the prompt tokens before the marker, computed once at batch 1 and shared by all rows."""
@@ -494,26 +687,25 @@ class FastEngine:
         ids = torch.tensor(self.prompt_ids[: self.P], device=self.device)[None]
         x = self.embed(ids)
         pos = torch.arange(self.P, device=self.device)
-        kpos = torch.arange(self.P, device=self.device)
-        saved_P, self.P = self.P, 0  # the prefix attends only to itself: no shared part
-        try:
-            masks = self._masks(pos, kpos)
-
-            def write(i, k, v):
+        fns = self._eager_fns()
+        with _sdpa_backends(self.device):
+            for L in self.layers:
+                q, k, v = self._pre(fns, L, x, pos)
                 self.kp.append(k[0].contiguous())
                 self.vp.append(v[0].contiguous())
-                return k, v
+                mr = pos[None, :] <= pos[:, None]
+                if L.window is not None:
+                    mr = mr & (pos[None, :] > pos[:, None] - L.window)
+                x = self._post(fns, L, x, _attend_sdpa(q, k, v, mr, self.scaling))
 
-            for i in range(len(self.layers)):
-                x = self._layer(i, x, pos, write, masks, self._eager_fns())
-        finally:
-            self.P = saved_P
-
-    def _state(self, B: int, S: int, max_new: int) -> _State:
-        key = (B, S, max_new)
+    def _state(self, B: int, S: int, max_new: int, shared: bool) -> _State:
+        key = (B, S, max_new, shared)
         st = self.states.get(key)
         if st is None:
-            Lr = S + max_new
+            off = 0 if shared else self.P
+            Lr = off + S + max_new
+            if self.device.type == "cuda":
+                Lr = -(-Lr // 16) * 16  # aligned rows for the attention kernels; extra slots stay masked
             dev = self.device
             shape = (B, self.n_kv, Lr, self.head_dim)
             st = _State(
@@ -523,55 +715,73 @@ class FastEngine:
                 cur=torch.zeros(B, dtype=torch.long, device=dev), t=torch.zeros(1, dtype=torch.long, device=dev),
                 keys=torch.zeros(B, dtype=torch.long, device=dev), done=torch.zeros(B, dtype=torch.bool, device=dev),
                 out=torch.zeros(B, max_new, dtype=torch.long, device=dev),
-                kpos_r=self.P + torch.arange(Lr, device=dev),
+                kpos_r=(self.P - off) + torch.arange(Lr, device=dev), shared=shared, off=off,
             )
+            if not shared and self.P:  # broadcast the prefix K/V once; these slots are never written again
+                for i in range(len(self.layers)):
+                    st.kr[i][:, :, :self.P].copy_(self.kp[i][None])
+                    st.vr[i][:, :, :self.P].copy_(self.vp[i][None])
             self.states[key] = st
         return st
 
     def drop_states(self) -> None:
-        """Free every static buffer and graph (after an OOM, or to hand memory back)."""
+        """Free every per-batch buffer and graph (after an OOM, at the end of a call, or on request)."""
         self.states.clear()
 
     # -------------------------------------------------------------------------------- running
 
-    def _prefill(self, st: _State, embeds: torch.Tensor, sp: dict) -> None:
-        S = st.S
+    def _prefill(self, st: _State, embeds: torch.Tensor, sp: dict, fns: dict) -> None:
+        """The suffix rows [marker, end of prompt) of every row, over the shared prefix (sdpa, fp32 scores)."""
+        S, a, b = st.S, st.off, st.off + st.S
         pos = self.P + torch.arange(S, device=self.device)
-        masks = {w: (mp, mr[:, :S]) for w, (mp, mr) in self._masks(pos, st.kpos_r).items()}
-
-        def write(i, k, v):
-            st.kr[i][:, :, :S].copy_(k)
-            st.vr[i][:, :, :S].copy_(v)
-            return st.kr[i][:, :, :S], st.vr[i][:, :, :S]
-
+        masks = self._masks(pos, st.kpos_r[:b])
         x = embeds
-        fns = self._eager_fns()
-        for i in range(len(self.layers)):
-            x = self._layer(i, x, pos, write, masks, fns)
+        eager = self._eager_fns()
+        for i, L in enumerate(self.layers):
+            q, k, v = self._pre(eager, L, x, pos)
+            st.kr[i][:, :, a:b].copy_(k)
+            st.vr[i][:, :, a:b].copy_(v)
+            mp, mr = masks[L.window]
+            if st.shared and self.P:
+                B = x.shape[0]
+                kk = torch.cat([self.kp[i][None].expand(B, -1, -1, -1), k], dim=2)
+                vv = torch.cat([self.vp[i][None].expand(B, -1, -1, -1), v], dim=2)
+                att = _attend_sdpa(q, kk, vv, torch.cat([mp, mr], dim=-1), self.scaling)
+            else:
+                att = _attend_sdpa(q, st.kr[i][:, :, :b], st.vr[i][:, :, :b], mr, self.scaling)
+            x = self._post(eager, L, x, att)
         st.done.zero_()
-        nxt, done = _head_sample(x[:, -1], self.norm_w, self.norm_eps, self.gemma, self.lm_w, self.lm_b,
-                                 self.final_softcap, st.keys, 0, self.hv, st.done, sp["eos"], sp["pad"],
-                                 sp["temperature"], sp["top_k"], sp["top_p"], sp["greedy"])
+        st.t.zero_()
+        nxt, done = fns["head"](x[:, -1], self.norm_w, self.norm_eps, self.gemma, self.lm_w, self.lm_b,
+                                self.final_softcap, st.keys, st.t, self.hv, st.done, sp["eos"], sp["pad"],
+                                sp["temperature"], sp["top_k"], sp["top_p"], sp["greedy"])
         st.out[:, 0].copy_(nxt)
         st.cur.copy_(nxt)
         st.done.copy_(done)
         st.t.fill_(1)
 
+    def _attend_step(self, st: _State, i: int, L: _Layer, q, pos, masks):
+        if st.shared:
+            kp = self.kp[i] if self.P else None
+            vp = self.vp[i] if self.P else None
+            if self.triton:
+                return attend_decode_triton(q, kp, vp, st.kr[i], st.vr[i], pos, self.P, L.window, self.scaling)
+            mp, mr = masks[L.window]
+            return _attend(q, kp, vp, st.kr[i], st.vr[i], mp, mr, self.scaling)
+        return _attend_sdpa(q, st.kr[i], st.vr[i], masks[L.window][1], self.scaling)
+
     def _step(self, st: _State, sp: dict, fns: dict) -> None:
         """One decode step on the static buffers; the body of the CUDA graph."""
         t = st.t
         pos = (self.P + st.S - 1) + t
-        slot = (st.S - 1) + t
+        slot = (st.off + st.S - 1) + t
         x = self.embed(st.cur[:, None])
-        masks = self._masks(pos, st.kpos_r)
-
-        def write(i, k, v):
+        masks = None if (st.shared and self.triton) else self._masks(pos, st.kpos_r)
+        for i, L in enumerate(self.layers):
+            q, k, v = self._pre(fns, L, x, pos)
             st.kr[i].index_copy_(2, slot, k)
             st.vr[i].index_copy_(2, slot, v)
-            return st.kr[i], st.vr[i]
-
-        for i in range(len(self.layers)):
-            x = self._layer(i, x, pos, write, masks, fns)
+            x = self._post(fns, L, x, self._attend_step(st, i, L, q, pos, masks))
         nxt, done = fns["head"](x[:, -1], self.norm_w, self.norm_eps, self.gemma, self.lm_w, self.lm_b,
                                 self.final_softcap, st.keys, t, self.hv, st.done, sp["eos"], sp["pad"],
                                 sp["temperature"], sp["top_k"], sp["top_p"], sp["greedy"])
@@ -580,8 +790,8 @@ class FastEngine:
         st.cur.copy_(nxt)
         st.t.add_(1)
 
-    def _capture(self, st: _State, sp: dict, fns: dict) -> None:
-        """Warm up (compiles) on a side stream, restore the state, capture one step as a CUDA graph."""
+    def _warm(self, st: _State, sp: dict, fns: dict) -> None:
+        """Run the step twice on a side stream (compiles), then restore the state."""
         saved = (st.cur.clone(), st.done.clone(), st.t.clone(), st.out[:, 1].clone())
         s = torch.cuda.Stream(device=self.device)
         s.wait_stream(torch.cuda.current_stream(self.device))
@@ -590,60 +800,87 @@ class FastEngine:
                 self._step(st, sp, fns)
                 st.cur.copy_(saved[0]), st.done.copy_(saved[1]), st.t.copy_(saved[2])
         torch.cuda.current_stream(self.device).wait_stream(s)
+        st.out[:, 1].copy_(saved[3])
+
+    def _capture(self, st: _State, sp: dict, fns: dict) -> None:
+        """Warm up, then capture one decode step as a CUDA graph."""
+        self._warm(st, sp, fns)
+        saved = st.out[:, 1].clone()
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
             self._step(st, sp, fns)
-        st.out[:, 1].copy_(saved[3])
+        st.out[:, 1].copy_(saved)
         st.graph = g
 
     def generate(self, vectors: torch.Tensor, keys: torch.Tensor, *, injection_scale: float, max_new_tokens: int,
                  eos_ids: Sequence[int], pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 greedy: bool = False, batch: Optional[int] = None, profile: bool = False):
+                 greedy: bool = False, batch: Optional[int] = None, profile: bool = False,
+                 shared: Optional[bool] = None):
         """Tokens [n, <=max_new] (pad after the end) and finished flags [n] for ``n`` rows.
 
         Rows beyond ``n`` up to ``batch`` are throw-away padding (so one graph serves all chunks)."""
+        if not self.alive():
+            raise NLALabError("fast engine: the AV's weights were released; load the AV again.")
         n = vectors.shape[0]
         B = max(n, int(batch or n))
         max_new = int(max_new_tokens)
         if max_new < 1:
             raise NLALabError("max_new_tokens must be >= 1.")
         greedy = bool(greedy or temperature == 0)
+        profile = profile or OPTIONS.profile
+        if shared is None:
+            shared = self.default_shared()
         S = self.T - self.P
-        if self.P + S + max_new > self.rope_len:
+        if self.P + S + max_new + 16 > self.rope_len:
             with torch.no_grad():
                 self._rope_tables(self.P + S + max_new + 256)
         sp = dict(eos=torch.tensor(sorted(set(int(e) for e in eos_ids)), device=self.device, dtype=torch.long)
                   if len(eos_ids) else None, pad=int(pad_id), temperature=1.0 if greedy else float(temperature),
                   top_k=0 if greedy else int(top_k or 0), top_p=1.0 if greedy else float(top_p), greedy=greedy)
         gkey = (sp["greedy"], sp["temperature"], sp["top_k"], sp["top_p"], tuple(eos_ids), sp["pad"])
-        stats = Stats(prefix_len=self.P, suffix_len=S, batch=B, graphs=self.use_graphs, compile=self.compile_mode)
-        sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
-        with torch.no_grad():
+        stats = Stats(prefix_len=self.P, suffix_len=S, batch=B, graphs=self.use_graphs, compile=self.compile_mode,
+                      attention=("shared+triton" if self.triton else "shared") if shared else "copy")
+        cuda = self.device.type == "cuda"
+        sync = (lambda: torch.cuda.synchronize(self.device)) if cuda else (lambda: None)
+        with torch.no_grad(), _sdpa_backends(self.device):
             if B > n:
-                pad_rows = B - n
-                vectors = torch.cat([vectors, vectors[-1:].expand(pad_rows, -1)], 0)
-                keys = torch.cat([keys, keys[-1:].expand(pad_rows)], 0)
-            st = self._state(B, S, max_new)
+                vectors = torch.cat([vectors, vectors[-1:].expand(B - n, -1)], 0)
+                keys = torch.cat([keys, keys[-1:].expand(B - n)], 0)
+            st = self._state(B, S, max_new, bool(shared))
             if st.graph is not None and st.graph_key == gkey:
                 sp = st.sp  # the captured graph reads this eos tensor
+            fns = self._decode_fns() if cuda else self._eager_fns()
             if profile:
                 sync()
             t0 = time.perf_counter()
             st.keys.copy_(keys.to(self.device))
-            emb = injected_embeds(self.model, self.prompt_ids[self.P:], vectors, 0, injection_scale)
-            self._prefill(st, emb, sp)
+            emb = injected_embeds(_EmbedOnly(self.embed), self.prompt_ids[self.P:], vectors, 0, injection_scale)
+            try:
+                self._prefill(st, emb, sp, fns)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as e:  # pragma: no cover - compile trouble on some stacks
+                fns = self._compile_failed(e)
+                self._prefill(st, emb, sp, fns)
             del emb
             if profile:
                 sync()
             stats.prefill_s = time.perf_counter() - t0
             steps = 1
             if max_new > 1:
-                fns = self._decode_fns() if self.device.type == "cuda" else self._eager_fns()
                 if self.use_graphs and (st.graph is None or st.graph_key != gkey):
                     t1 = time.perf_counter()
                     st.graph = None
                     try:
-                        self._capture(st, sp, fns)
+                        try:
+                            self._capture(st, sp, fns)
+                        except torch.cuda.OutOfMemoryError:
+                            raise
+                        except Exception as e:
+                            if "out of memory" in str(e).lower() or self.compile_mode == "none":
+                                raise
+                            fns = self._compile_failed(e)
+                            self._capture(st, sp, fns)
                         st.graph_key, st.sp = gkey, sp
                     except torch.cuda.OutOfMemoryError:
                         raise
@@ -663,7 +900,7 @@ class FastEngine:
                     else:
                         self._step(st, sp, fns)
                     steps = step + 1
-                    if check and (step % every == 0 or self.device.type != "cuda") and bool(st.done.all()):
+                    if check and (step % every == 0 or not cuda) and bool(st.done.all()):
                         break
                 if profile:
                     sync()
@@ -671,6 +908,18 @@ class FastEngine:
             stats.steps = steps
             self.stats = stats
             return st.out[:n, :steps].clone(), st.done[:n].clone()
+
+    def _compile_failed(self, e: Exception) -> dict:
+        warnings.warn(f"fast engine: torch.compile failed ({type(e).__name__}: {str(e)[:300]}); "
+                      "running the decode step uncompiled.")
+        self.compile_mode = "none"
+        self._fns = None
+        for st in self.states.values():
+            st.graph = None
+        return self._decode_fns()
+
+    def default_shared(self) -> bool:
+        return OPTIONS.attention == "shared" or (OPTIONS.attention == "auto" and self.triton)
 
 
 # --------------------------------------------------------------------------------- engine registry
@@ -683,37 +932,48 @@ def get_engine(av) -> FastEngine:
     per_model = _ENGINES.setdefault(av.model, {})
     key = (tuple(int(i) for i in av.prompt_ids), int(av.marker_pos))
     eng = per_model.get(key)
-    if eng is None:
+    if eng is None or not eng.alive():
         eng = FastEngine(av.model, av.prompt_ids, av.marker_pos)
         per_model[key] = eng
     return eng
 
 
+def end_call(av) -> None:
+    """After a ``verbalize`` call: free the per-batch buffers and graphs unless ``OPTIONS.keep_state``."""
+    if OPTIONS.keep_state:
+        return
+    for eng in _ENGINES.get(av.model, {}).values():
+        eng.drop_states()
+
+
 def release_engines(model: Optional[nn.Module] = None) -> None:
-    """Drop cached engines (all, or one model's), freeing their static buffers and graphs."""
+    """Drop cached engines (all, or one model's), freeing their buffers, graphs and prefix K/V."""
     if model is None:
         _ENGINES.clear()
     else:
         _ENGINES.pop(model, None)
+    gc.collect()
 
 
-def auto_batch(eng: FastEngine, n_rows: int, max_new: int, fallback: int) -> int:
+def auto_batch(eng: FastEngine, n_rows: int, max_new: int, fallback: int, shared: bool = False) -> int:
     """Rows per micro-batch: all of them if memory allows (CUDA: from free memory), else as many as fit."""
+    cap = int(OPTIONS.max_batch) if eng.max_rows is None else min(int(OPTIONS.max_batch), eng.max_rows)
     if eng.device.type != "cuda":
-        return max(1, min(n_rows, fallback))
+        return max(1, min(n_rows, fallback, cap))
     free, _total = torch.cuda.mem_get_info(eng.device)
+    free += sum(sum(t.numel() * t.element_size() for t in st.kr + st.vr) for st in eng.states.values())
     el = torch.finfo(eng.dtype).bits // 8
     d = int(eng.cfg.hidden_size)
     inter = int(eng.layers[0].wg.shape[0])
     S = eng.T - eng.P
-    Lr = S + max_new
+    Lr = (0 if shared else eng.P) + S + max_new + 16
     kv = len(eng.layers) * 2 * eng.n_kv * Lr * eng.head_dim * el
     act = S * (6 * d + 3 * inter + eng.n_heads * eng.head_dim * 3) * el + eng.n_heads * S * (eng.P + Lr) * 4 * 3
-    logits = eng.vocab * (el + 4 + 8 * 4)  # eager prefill sampling keeps a few [V] fp64/int64 rows
+    act += 2 * len(eng.layers[:1]) * eng.n_kv * (eng.P + S) * eng.head_dim * el  # prefill concat of the prefix
+    logits = eng.vocab * (el + 4) * 2
     per_row = kv + act + logits
-    budget = max(0.0, free * OPTIONS.mem_fraction - 256 * 2**20)
-    cap = int(budget // max(per_row, 1))
-    return max(1, min(n_rows, cap, int(OPTIONS.max_batch)))
+    budget = max(0.0, free * OPTIONS.mem_fraction - 512 * 2**20)
+    return max(1, min(n_rows, int(budget // max(per_row, 1)), cap))
 
 
 def iter_fast(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v: Sequence[int], settings,
@@ -727,7 +987,18 @@ def iter_fast(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v
         return
     pad = av.tokenizer.pad_token_id if getattr(av.tokenizer, "pad_token_id", None) is not None else (
         av.eos_ids[0] if av.eos_ids else 0)
-    cap = int(batch_size) if batch_size else auto_batch(eng, n, settings.max_new_tokens, settings.batch_size)
+    mode = OPTIONS.attention
+    if mode not in ("auto", "copy", "shared"):
+        raise NLALabError(f"fast engine attention must be auto, copy or shared, got {mode!r}.")
+    shared = eng.default_shared()
+    if mode == "auto" and not shared:  # copy unless keeping the prefix once fits more rows in memory
+        want = min(n, int(OPTIONS.max_batch))
+        cap_copy = auto_batch(eng, n, settings.max_new_tokens, settings.batch_size, shared=False)
+        shared = cap_copy < want and auto_batch(eng, n, settings.max_new_tokens, settings.batch_size,
+                                                shared=True) > cap_copy
+    cap = int(batch_size) if batch_size else auto_batch(eng, n, settings.max_new_tokens, settings.batch_size, shared)
+    if eng.max_rows is not None:
+        cap = min(cap, eng.max_rows)
     pos = 0
     B = 0
     while pos < n:
@@ -737,6 +1008,7 @@ def iter_fast(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v
         chunk = todo[pos:pos + B]
         vidx = [i for i, _ in chunk]
         sidx = [s for _, s in chunk]
+        oom = False
         try:
             dev = eng.device
             keys = row_keys(settings.seed, torch.tensor([keys_v[i] for i in vidx], device=dev),
@@ -745,17 +1017,20 @@ def iter_fast(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v
                 vectors[vidx].to(dev), keys, injection_scale=av.injection_scale,
                 max_new_tokens=settings.max_new_tokens, eos_ids=av.eos_ids, pad_id=pad,
                 temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                greedy=settings.greedy, batch=B)
+                greedy=settings.greedy, batch=B, shared=shared)
         except torch.cuda.OutOfMemoryError:
+            oom = True
+        if oom:  # outside the except block, so the failed call's frames (and its buffers) are gone
             eng.drop_states()
+            gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if B == 1:
                 raise NLALabError(
                     "GPU out of memory at batch size 1 while verbalizing (fast engine). Fix: lower "
-                    "--max-new-tokens, use engine 'loop', or a GPU with more memory."
-                ) from None
+                    "--max-new-tokens, use engine 'loop', or a GPU with more memory.")
             cap = max(1, B // 2)
+            eng.max_rows = cap
             B = 0
             continue
         yield vidx, sidx, toks.cpu(), done.cpu()

@@ -1,0 +1,405 @@
+"""Benchmark: verbalization throughput on random-initialised replicas of the released AV shapes.
+
+A script, not a test. Run on a CUDA machine, e.g.
+
+    PYTHONPATH=src python bench/bench_verbalize.py --shape qwen2.5-7b
+    PYTHONPATH=src python bench/bench_verbalize.py --shape gemma3-27b --only ours
+
+It builds the model directly on the GPU (meta device -> ``to_empty`` -> ``normal_`` in bf16, non-persistent
+buffers such as rotary frequencies rebuilt from the config), a fixed prompt of token ids with a marker row,
+random vectors, and times in ONE process on ONE device:
+
+- ``default``: ``model.generate(inputs_embeds=...)`` with the default (dynamic) cache;
+- ``static``: the same with ``cache_implementation="static"`` (first call = compile + run, reported apart);
+- ``ours``: ``nlalab.verbalize.engine.FastEngine`` (first call = compile + capture, then timed runs), and
+  ``ours_nocompile`` (CUDA graphs with only the sampler compiled) for the profile.
+
+All sample at temperature 1 over the full vocabulary (no top-k/top-p) for a fixed number of new tokens
+(end-of-turn stopping disabled). Results go to ``bench/results/<shape>_<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from nlalab.verbalize import engine as fast  # noqa: E402
+from nlalab.verbalize.generate import GenerationSettings, _decode_loop  # noqa: E402
+from nlalab.verbalize.inject import injected_embeds  # noqa: E402
+from nlalab.verbalize.sampling import row_keys  # noqa: E402
+
+# Shapes of the released AVs' base models (public config.json of each).
+SHAPES = {
+    "qwen2.5-7b": dict(kind="qwen2", hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, intermediate_size=18944, vocab_size=152064, rms_norm_eps=1e-6,
+                       rope_theta=1_000_000.0, max_position_embeddings=32768, tie_word_embeddings=False),
+    "gemma3-12b": dict(kind="gemma3_text", hidden_size=3840, num_hidden_layers=48, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=256, intermediate_size=15360, vocab_size=262208,
+                       sliding_window=1024, query_pre_attn_scalar=256, rms_norm_eps=1e-6,
+                       max_position_embeddings=131072, rope_scaling={"rope_type": "linear", "factor": 8.0}),
+    "gemma3-27b": dict(kind="gemma3_text", hidden_size=5376, num_hidden_layers=62, num_attention_heads=32,
+                       num_key_value_heads=16, head_dim=128, intermediate_size=21504, vocab_size=262208,
+                       sliding_window=1024, query_pre_attn_scalar=168, rms_norm_eps=1e-6,
+                       max_position_embeddings=131072, rope_scaling={"rope_type": "linear", "factor": 8.0}),
+}
+
+
+def make_config(shape: str):
+    spec = dict(SHAPES[shape])
+    kind = spec.pop("kind")
+    if kind == "qwen2":
+        from transformers import Qwen2Config
+
+        theta = spec.pop("rope_theta")
+        cfg = Qwen2Config(**spec)
+        try:  # transformers 5.x keeps rope settings in rope_parameters
+            cfg.rope_parameters = {"rope_type": "default", "rope_theta": theta}
+        except Exception:
+            cfg.rope_theta = theta
+        return cfg
+    from transformers import Gemma3TextConfig
+
+    n = spec["num_hidden_layers"]
+    scaling = spec.pop("rope_scaling")
+    cfg = Gemma3TextConfig(
+        layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n)],
+        hidden_activation="gelu_pytorch_tanh", **spec)
+    rp = getattr(cfg, "rope_parameters", None)
+    if isinstance(rp, dict) and "full_attention" in rp:  # 5.x: per layer type
+        rp["full_attention"] = {"rope_type": "linear", "factor": scaling["factor"], "rope_theta": 1_000_000.0}
+        rp["sliding_attention"] = {"rope_type": "default", "rope_theta": 10_000.0}
+    return cfg
+
+
+def build_model(shape: str, device: str = "cuda", std: float = 0.02):
+    """Random bf16 replica built on the meta device and materialised on the GPU (seconds, not minutes)."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_config(shape)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    model.to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if "RMSNorm" in type(mod).__name__:
+                # Gemma's norms scale by (1 + w): w = 0; Llama/Qwen2 scale by w: w = 1
+                mod.weight.fill_(0.0 if "Gemma" in type(mod).__name__ else 1.0)
+            elif isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)):
+                mod.weight.normal_(0.0, std, generator=gen)
+                if getattr(mod, "bias", None) is not None:
+                    mod.bias.zero_()
+            if "Rotary" in type(mod).__name__:  # non-persistent buffers: rebuild from the config on the CPU
+                fresh = type(mod)(config=getattr(mod, "config", cfg))
+                for bn, b in fresh.named_buffers():
+                    mod.get_buffer(bn).copy_(b)
+            if torch.is_tensor(getattr(mod, "embed_scale", None)):
+                mod.embed_scale.fill_(getattr(mod, "scalar_embed_scale", cfg.hidden_size ** 0.5))
+    for n_, b in model.named_buffers():
+        assert torch.isfinite(b.float()).all(), n_
+    model.eval().requires_grad_(False)
+    model.generation_config.eos_token_id = None  # fixed-length timing
+    model.generation_config.pad_token_id = 0
+    return model, cfg
+
+
+def sync():
+    torch.cuda.synchronize()
+
+
+def timed(fn):
+    sync()
+    t = time.perf_counter()
+    out = fn()
+    sync()
+    return time.perf_counter() - t, out
+
+
+def peak_gb_of(fn):
+    sync()
+    torch.cuda.reset_peak_memory_stats()
+    dt, out = timed(fn)
+    return dt, torch.cuda.max_memory_allocated() / 2**30, out
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy, bytes read + written per second (the memory ceiling)."""
+    a = torch.empty(2 * 2**30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    ts = []
+    for _ in range(10):
+        dt, _ = timed(lambda: b.copy_(a))
+        ts.append(dt)
+    del a, b
+    return 2 * 2 * 2**30 / statistics.median(ts)
+
+
+def hf_generate(model, emb, new, static: bool):
+    mask = torch.ones(emb.shape[:2], dtype=torch.long, device=emb.device)
+    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+              pad_token_id=0)
+    if static:
+        kw["cache_implementation"] = "static"
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        return model.generate(inputs_embeds=emb, attention_mask=mask, **kw)
+
+
+def kernel_profile(eng, st, sp, fns, steps: int = 3) -> dict:
+    """GPU kernel time of eager (un-graphed) decode steps, grouped by kind."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        st.t.fill_(1)  # stay inside the static buffers
+        eng._step(st, sp, fns)
+        sync()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                eng._step(st, sp, fns)
+            st.t.fill_(1)
+            sync()
+    groups: dict[str, float] = {}
+    top = []
+    n_k = 0
+    for ev in prof.key_averages():
+        us = getattr(ev, "device_time_total", None)
+        if us is None:
+            us = getattr(ev, "cuda_time_total", 0.0)
+        if not us or getattr(ev, "device_type", None) is not None and "CUDA" not in str(ev.device_type):
+            continue
+        name = ev.key.lower()
+        top.append((us / 1000.0 / steps, ev.count // steps, ev.key[:90]))
+        if any(s in name for s in ("fmha", "attention", "flash")):
+            g = "attention"
+        elif any(s in name for s in ("gemm", "cutlass", "xmma", "sm90", "cublas", "gemv", "splitk")):
+            g = "gemm"
+        elif "triton" in name:
+            g = "triton_fused"
+        elif "index" in name or "copy" in name or "cat" in name:
+            g = "copy_index"
+        else:
+            g = "other_elementwise"
+        groups[g] = groups.get(g, 0.0) + us / 1000.0 / steps
+        n_k += ev.count
+    groups = {k: round(v, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
+    groups["kernels_per_step"] = n_k // steps
+    groups["top"] = [f"{ms:.3f} ms x{c}: {k}" for ms, c, k in sorted(top, reverse=True)[:10]]
+    return groups
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="qwen2.5-7b", choices=sorted(SHAPES))
+    ap.add_argument("--rows", type=int, default=150)
+    ap.add_argument("--new", type=int, default=200)
+    ap.add_argument("--prompt-len", type=int, default=118)
+    ap.add_argument("--marker", type=int, default=100)
+    ap.add_argument("--only", default="default,static,ours", help="comma list of default,static,ours")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args()
+    todo = set(args.only.split(","))
+    import transformers
+
+    dev_name = torch.cuda.get_device_name()
+    res: dict = dict(device=dev_name, torch=torch.__version__, transformers=transformers.__version__,
+                     shape=args.shape, model_shape=SHAPES[args.shape], rows=args.rows, new_tokens=args.new,
+                     prompt_len=args.prompt_len, marker_pos=args.marker, sampling="temperature 1, full vocab")
+    print(f"[bench] {args.shape} on {dev_name}, torch {torch.__version__}, transformers {transformers.__version__}",
+          flush=True)
+    bw = copy_bandwidth()
+    t0 = time.perf_counter()
+    model, cfg = build_model(args.shape)
+    sync()
+    res["build_s"] = round(time.perf_counter() - t0, 2)
+    n_params = sum(p.numel() for p in model.parameters())
+    emb_w = model.get_input_embeddings().weight
+    streamed = sum(p.numel() * p.element_size() for p in model.parameters()
+                   if p is not emb_w or model.lm_head.weight is emb_w)
+    res["params_b"] = round(n_params / 1e9, 3)
+    res["weights_gb"] = round(torch.cuda.memory_allocated() / 2**30, 2)
+    res["copy_bandwidth_tb_s"] = round(bw / 1e12, 3)
+    floor_ms = streamed / bw * 1e3
+    res["floor_weights_ms_per_step"] = round(floor_ms, 3)
+    print(f"[bench] built in {res['build_s']} s: {res['params_b']} B params, {res['weights_gb']} GiB; "
+          f"copy bw {bw / 1e12:.2f} TB/s -> weight-streaming floor {floor_ms:.2f} ms/step", flush=True)
+
+    g = torch.Generator(device="cpu").manual_seed(1)
+    prompt = torch.randint(10, cfg.vocab_size - 10, (args.prompt_len,), generator=g).tolist()
+    vecs = torch.randn(args.rows, cfg.hidden_size, generator=g).cuda()
+    scale = float(cfg.hidden_size) ** 0.5 * 4
+    tokens = args.rows * args.new
+
+    if "ours" in todo:
+        # the library path: verbalize()'s fast branch (auto micro-batch, layout choice, OOM halving)
+        fake_av = SimpleNamespace(model=model, prompt_ids=prompt, marker_pos=args.marker, injection_scale=scale,
+                                  eos_ids=[], tokenizer=SimpleNamespace(pad_token_id=0))
+        gs = GenerationSettings(max_new_tokens=args.new, temperature=1.0, seed=42, engine="fast")
+        rows = [(i, 0) for i in range(args.rows)]
+
+        def run_ours():
+            return list(fast.iter_fast(fake_av, vecs, rows, list(range(args.rows)), gs))
+
+        fast.OPTIONS.compile = "all"
+        fast.OPTIONS.profile = True  # two syncs per micro-batch, so the prefill/decode split is device time
+        first, peak, _ = peak_gb_of(run_ours)
+        eng = fast.get_engine(fake_av)
+        print(f"[ours] first call (compile + capture + run) {first:.1f} s; batch {eng.stats.batch}, "
+              f"attention {eng.stats.extra}", flush=True)
+        runs = []
+        for _ in range(args.repeats):
+            torch.cuda.reset_peak_memory_stats()
+            dt, _ = timed(run_ours)
+            runs.append((dt, eng.stats))
+            print(f"[ours] {dt:.3f} s  prefill {eng.stats.prefill_s * 1e3:.1f} ms  decode "
+                  f"{eng.stats.decode_s / max(1, eng.stats.steps - 1) * 1e3:.2f} ms/step", flush=True)
+        peak = max(peak, torch.cuda.max_memory_allocated() / 2**30)
+        wall = statistics.median(r[0] for r in runs)
+        st = min(runs, key=lambda r: r[0])[1]
+        ours = dict(wall_s=round(wall, 3), runs_s=[round(r[0], 3) for r in runs], tok_s=round(tokens / wall, 1),
+                    first_call_s=round(first, 2), compile_and_capture_s=round(first - wall, 2),
+                    peak_gb=round(peak, 2), batch=st.batch, prefix_len=st.prefix_len, suffix_len=st.suffix_len,
+                    attention=st.extra.get("attention"), micro_batches=math.ceil(args.rows / st.batch))
+        # profile: prefill, decode per step, head+sampler alone, kernel mix (prefill/decode of the last batch)
+        shared = st.extra.get("attention") == "shared"
+        keys = row_keys(42, torch.arange(args.rows, device="cuda"), torch.zeros(args.rows, dtype=torch.long,
+                                                                                device="cuda"))
+        kw = dict(injection_scale=scale, max_new_tokens=args.new, eos_ids=[], pad_id=0, temperature=1.0)
+        stt = eng.states[(st.batch, st.suffix_len, args.new, shared)]
+        sp = stt.sp
+        fns = eng._decode_fns()
+        x = torch.randn(st.batch, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)
+        tt = torch.ones(1, dtype=torch.long, device="cuda")
+
+        def head():
+            return fns["head"](x, eng.norm_w, eng.norm_eps, eng.gemma, eng.lm_w, eng.lm_b, eng.final_softcap,
+                               stt.keys, tt, eng.hv, stt.done, sp["eos"], sp["pad"], 1.0, 0, 1.0, False)
+
+        def gemm():
+            return torch.nn.functional.linear(x, eng.lm_w)
+
+        with torch.no_grad():
+            for f in (head, gemm):
+                f()
+            h_ms = statistics.median(timed(lambda: [head() for _ in range(20)])[0] for _ in range(3)) / 20 * 1e3
+            g_ms = statistics.median(timed(lambda: [gemm() for _ in range(20)])[0] for _ in range(3)) / 20 * 1e3
+        dec_ms = st.decode_s / max(1, st.steps - 1) * 1e3
+        L0 = eng.layers[0]
+        xg = torch.randn(st.batch, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)
+        with torch.no_grad():
+            up = statistics.median(timed(lambda: [torch.nn.functional.linear(xg, L0.wu) for _ in range(50)])[0]
+                                   for _ in range(3)) / 50
+        gemm_bw = L0.wu.numel() * 2 / up / 1e12
+        prof = dict(prefill_s=round(st.prefill_s, 4), decode_ms_per_step=round(dec_ms, 3),
+                    decode_s=round(st.decode_s, 3), lm_head_gemm_ms=round(g_ms, 3),
+                    sampling_ms_per_step=round(max(0.0, h_ms - g_ms), 3), head_total_ms=round(h_ms, 3),
+                    floor_weights_ms_per_step=round(floor_ms, 3),
+                    mlp_up_gemm_tb_s=round(gemm_bw, 3),
+                    decode_over_floor=round(dec_ms / floor_ms, 2))
+        try:
+            prof["kernels_ms_per_step_eager"] = kernel_profile(eng, stt, sp, fns)
+        except Exception as e:  # profiler trouble must not lose the timings
+            prof["kernels_ms_per_step_eager"] = f"profiler failed: {e!r}"
+        ours["profile"] = prof
+        print(f"[ours] profile {json.dumps(prof)}", flush=True)
+        # sanity: greedy tokens of ours vs the loop engine on a few rows (bf16: rare divergence allowed)
+        with torch.no_grad():
+            n_chk, n_tok = 4, 24
+            toks_f, _ = eng.generate(vecs[:n_chk], keys[:n_chk], injection_scale=scale, max_new_tokens=args.new,
+                                     eos_ids=[], pad_id=0, greedy=True, batch=st.batch, shared=shared)
+            toks_f = toks_f[:, :n_tok]
+            fake = SimpleNamespace(model=model, eos_ids=[-1], tokenizer=SimpleNamespace(pad_token_id=0))
+            emb = injected_embeds(model, prompt, vecs[:n_chk], args.marker, scale)
+            toks_l, _ = _decode_loop(fake, emb, keys[:n_chk], GenerationSettings(max_new_tokens=n_tok, greedy=True))
+            agree = (toks_f.cpu() == toks_l.cpu()).float().mean().item()
+        ours["greedy_token_agreement_vs_loop"] = round(agree, 3)
+        print(f"[ours] greedy agreement with loop (bf16, {n_chk}x{n_tok}): {agree:.3f}", flush=True)
+        # the other cache layout, same engine (prefix kept once vs copied into each row)
+        try:
+            eng.drop_states()
+            torch.cuda.empty_cache()
+            b2 = fast.auto_batch(eng, args.rows, args.new, args.rows, shared=not shared)
+            if b2 >= st.batch:
+                kw2 = dict(kw, batch=st.batch, shared=not shared)
+                f2, pk2, _ = peak_gb_of(lambda: eng.generate(vecs[:st.batch], keys[:st.batch], **kw2))
+                d2 = statistics.median(timed(lambda: eng.generate(vecs[:st.batch], keys[:st.batch], **kw2))[0]
+                                       for _ in range(2))
+                ours["other_layout"] = dict(attention="copy" if shared else "shared", batch=st.batch,
+                                            wall_s_one_batch=round(d2, 3), first_call_s=round(f2, 2),
+                                            peak_gb=round(pk2, 2))
+                print(f"[ours/{'copy' if shared else 'shared'} layout] {d2:.3f} s per batch of {st.batch}, "
+                      f"peak {pk2:.1f} GiB", flush=True)
+        except torch.cuda.OutOfMemoryError as e:
+            ours["other_layout"] = f"OOM: {str(e)[:120]}"
+        eng.drop_states()
+        torch.cuda.empty_cache()
+        # graphs with only the sampler compiled: what compiling the layers buys
+        fast.release_engines()
+        fast.OPTIONS.compile = "sampler"
+        first2, _ = timed(run_ours)
+        dt2 = statistics.median(timed(run_ours)[0] for _ in range(2))
+        ours["nocompile_layers"] = dict(wall_s=round(dt2, 3), first_call_s=round(first2, 2),
+                                        tok_s=round(tokens / dt2, 1))
+        print(f"[ours/graphs, layers eager] {dt2:.3f} s (first call {first2:.1f} s)", flush=True)
+        res["ours"] = ours
+        del eng
+        fast.release_engines()
+        fast.OPTIONS.compile = None
+        torch.cuda.empty_cache()
+
+    emb = None
+    if todo & {"default", "static"}:
+        emb = injected_embeds(model, prompt, vecs, args.marker, scale)
+    if "default" in todo:
+        hf_generate(model, emb[:4], 4, static=False)  # warm-up
+        dt, peak, out = peak_gb_of(lambda: hf_generate(model, emb, args.new, static=False))
+        assert out.shape == (args.rows, args.new), out.shape
+        res["default"] = dict(wall_s=round(dt, 3), tok_s=round(tokens / dt, 1), peak_gb=round(peak, 2),
+                              ms_per_step=round(dt / args.new * 1e3, 2))
+        print(f"[default generate] {dt:.2f} s ({dt / args.new * 1e3:.1f} ms/step), peak {peak:.1f} GiB", flush=True)
+        torch.cuda.empty_cache()
+    if "static" in todo:
+        first, _, out = peak_gb_of(lambda: hf_generate(model, emb, args.new, static=True))
+        dt, peak, out = peak_gb_of(lambda: hf_generate(model, emb, args.new, static=True))
+        assert out.shape == (args.rows, args.new), out.shape
+        res["static"] = dict(wall_s=round(dt, 3), tok_s=round(tokens / dt, 1), peak_gb=round(peak, 2),
+                             first_call_s=round(first, 2), compile_s=round(first - dt, 2),
+                             ms_per_step=round(dt / args.new * 1e3, 2))
+        print(f"[static generate] {dt:.2f} s ({dt / args.new * 1e3:.1f} ms/step) after a first call of "
+              f"{first:.1f} s, peak {peak:.1f} GiB", flush=True)
+    if "ours" in res:
+        if "default" in res:
+            res["speedup_vs_default"] = round(res["default"]["wall_s"] / res["ours"]["wall_s"], 2)
+        if "static" in res:
+            res["speedup_vs_static"] = round(res["static"]["wall_s"] / res["ours"]["wall_s"], 2)
+    slug = re.sub(r"[^a-z0-9]+", "-", dev_name.lower().replace("nvidia", "")).strip("-")
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{args.shape}_{slug}.json"
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], path.name).write_text(json.dumps(res, indent=2) + "\n")
+    print(f"[bench] wrote {path}")
+    summary = {k: res.get(k, {}).get("wall_s") for k in ("default", "static", "ours")}
+    print(f"[bench] SUMMARY {args.shape} {dev_name}: wall_s {summary} "
+          f"speedup_vs_default {res.get('speedup_vs_default')} speedup_vs_static {res.get('speedup_vs_static')} "
+          f"peak_gb ours {res.get('ours', {}).get('peak_gb')}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

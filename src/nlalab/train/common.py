@@ -1,0 +1,277 @@
+"""Shared training machinery: devices and autocast, LoRA, batches, optimizers, checkpoints, curves, loss."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from nlalab.errors import NLALabError
+
+
+class LoraSettings(BaseModel):
+    """LoRA on every linear layer of the decoder (peft ``all-linear``; the AV's lm_head is left out)."""
+
+    enabled: bool = False
+    r: int = 32
+    alpha: int = 64
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+
+class OptimSettings(BaseModel):
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA (fp32 master weights), nothing on CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def apply_lora(model: nn.Module, settings: LoraSettings):
+    """Inject LoRA layers into ``model`` in place; returns the peft handle (to save or merge adapters).
+
+    The caller keeps using ``model`` itself (its linears now carry the adapters): that keeps every
+    nlalab function that takes a transformers model working unchanged.
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise NLALabError("LoRA needs peft. Fix: pip install 'nlalab[train]' (or pip install peft).") from None
+    cfg = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                     target_modules=settings.target_modules, bias="none")
+    pm = get_peft_model(model, cfg)
+    return pm
+
+
+def merged_copy(model: nn.Module, peft_handle) -> nn.Module:
+    """A plain transformers model with the adapters merged (the training model is left untouched)."""
+    import copy
+
+    if peft_handle is None:
+        return model
+    pm = copy.deepcopy(peft_handle)
+    return pm.merge_and_unload()
+
+
+def trainable_named(modules: dict[str, nn.Module]) -> dict[str, nn.Parameter]:
+    out = {}
+    for prefix, mod in modules.items():
+        for n, p in mod.named_parameters():
+            if p.requires_grad:
+                out[f"{prefix}.{n}"] = p
+    return out
+
+
+def count_params(params: Iterable[nn.Parameter]) -> int:
+    return sum(p.numel() for p in params)
+
+
+def make_optimizer(params: list[nn.Parameter], s: OptimSettings) -> torch.optim.Optimizer:
+    if not params:
+        raise NLALabError("No trainable parameters.")
+    return torch.optim.AdamW(params, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
+
+
+def set_lr(opt: torch.optim.Optimizer, s: OptimSettings, step: int) -> float:
+    """Linear warmup then constant (kitft forces a constant LR)."""
+    lr = s.lr * min(1.0, (step + 1) / s.warmup_steps) if s.warmup_steps > 0 else s.lr
+    for g in opt.param_groups:
+        g["lr"] = lr
+    return lr
+
+
+def clip_and_step(opt: torch.optim.Optimizer, params: list[nn.Parameter], clip: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip and clip > 0 else float("inf"))
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
+    """Rows of batch ``step`` from an endless stream of seeded per-epoch permutations.
+
+    A pure function of (n, batch, step, seed), so a resumed run sees exactly the batches it would
+    have seen without the interruption.
+    """
+    if n <= 0:
+        raise NLALabError("batch_indices: no rows to sample from.")
+    out: list[int] = []
+    start = step * batch
+    while len(out) < batch:
+        epoch, off = divmod(start + len(out), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        take = min(batch - len(out), n - off)
+        out.extend(int(i) for i in perm[off:off + take])
+    return out
+
+
+def mse_nrm_per_sample(pred: torch.Tensor, gold: torch.Tensor, scale: float) -> torch.Tensor:
+    """kitft's AR loss / reward: ``mean_d (n(pred) - n(gold))^2`` with ``n(x) = x * s / ||x||`` (fp32)."""
+    p = pred.float()
+    g = gold.float().to(p.device)
+    np_ = p * (scale / p.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    ng = g * (scale / g.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    return (np_ - ng).pow(2).mean(-1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+class Checkpointer:
+    """``{dir}/ckpt.pt``: trainable tensors, optimizer states, step, curves length; written atomically."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+        self.path = self.dir / "ckpt.pt"
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def save(self, step: int, params: dict[str, nn.Parameter], optimizers: dict[str, torch.optim.Optimizer],
+             extra: Optional[dict] = None) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "step": step,
+            "params": {k: v.detach().cpu().clone() for k, v in params.items()},
+            "optim": {k: o.state_dict() for k, o in optimizers.items()},
+            "extra": extra or {},
+            "saved_at": time.time(),
+        }
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self, params: dict[str, nn.Parameter], optimizers: dict[str, torch.optim.Optimizer]) -> tuple[int, dict]:
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        missing = set(params) - set(state["params"])
+        if missing:
+            raise NLALabError(f"{self.path}: checkpoint lacks {sorted(missing)[:3]}; it belongs to another setup. "
+                              "Fix: delete it or use another output dir.")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(state["params"][k].to(p.device, p.dtype))
+        for k, o in optimizers.items():
+            if k in state["optim"]:
+                o.load_state_dict(state["optim"][k])
+        return int(state["step"]), state.get("extra", {})
+
+
+# ---------------------------------------------------------------------------------------- curves
+
+
+class CurveLog:
+    """One JSON object per logged step in ``{dir}/curves.jsonl``; resuming drops rows past the resume step."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def rows(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate(self, step: int) -> None:
+        """Keep the rows of steps 1..``step`` (what the checkpoint at ``step`` has done) and step-0 evals."""
+        keep = [r for r in self.rows() if r.get("step", -1) <= step] if step > 0 else []
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+    def log(self, row: dict) -> None:
+        clean = {k: (float(v) if isinstance(v, (np.floating, torch.Tensor)) else v) for k, v in row.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean) + "\n")
+
+
+def plot_curves(out_dir: Path, stages: dict[str, Path], png: Optional[Path] = None) -> Optional[Path]:
+    """All stage curves in one PNG (matplotlib, Agg) plus ``curves.json``; None if matplotlib is missing."""
+    data = {name: CurveLog(p).rows() for name, p in stages.items() if Path(p).is_file()}
+    out_dir = Path(out_dir)
+    (out_dir / "curves.json").write_text(json.dumps(data, indent=1))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    panels = [
+        ("ar_sft", ["loss", "eval_mse_nrm"], "AR SFT: mse_nrm (train, held-out)"),
+        ("ar_sft", ["fve_nrm", "eval_fve_nrm"], "AR SFT: fve_nrm"),
+        ("av_sft", ["loss", "eval_ce_real", "eval_ce_shuffled"], "AV SFT: cross-entropy"),
+        ("av_sft", ["eval_gap"], "AV SFT: shuffled - real CE gap"),
+        ("rl", ["reward", "reward_valid"], "RL: reward"),
+        ("rl", ["fve_nrm", "fve_nrm_valid", "eval_fve_nrm", "eval_fve_nrm_chat"], "RL: fve_nrm"),
+        ("rl", ["response_len", "fail_frac"], "RL: response length / failures"),
+        ("rl", ["kl_ref", "ar_loss", "clipfrac"], "RL: KL to SFT, AR loss, clip fraction"),
+    ]
+    panels = [p for p in panels if p[0] in data and data[p[0]]]
+    if not panels:
+        return None
+    cols = 2
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(11, 3.2 * rows), squeeze=False)
+    for ax, (stage, keys, title) in zip(axes.flat, panels):
+        for k in keys:
+            pts = [(r["step"], r[k]) for r in data[stage] if r.get(k) is not None and isinstance(r.get(k), (int, float))]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="." if len(pts) < 30 else None, label=k)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    png = png or out_dir / "curves.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+@contextlib.contextmanager
+def timer(store: dict, key: str) -> Iterator[None]:
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        store[key] = store.get(key, 0.0) + time.perf_counter() - t
+
+
+@dataclass
+class StageResult:
+    """What a stage hands on: its output dir, final step and last logged metrics."""
+
+    out_dir: Path
+    steps: int
+    metrics: dict[str, Any]

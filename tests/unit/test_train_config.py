@@ -1,0 +1,25 @@
+"""TrainConfig: the CLI's config file + flags + --set overrides, and the saved record."""
+
+import pytest
+import yaml
+
+from nlalab.errors import NLALabError
+from nlalab.train import TrainConfig, apply_overrides, build_config
+
+
+def test_file_then_flags_then_sets(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"out": "from-file", "layer": 3, "rl": {"steps": 5, "group_size": 2}}))
+    c = build_config(f, {"out": "runs/x", "lora.enabled": True, "rl.steps": None}, ["rl.group_size=8", "seed=7"])
+    assert c.out == "runs/x" and c.layer == 3 and c.lora.enabled and c.rl.steps == 5 and c.rl.group_size == 8
+    assert c.seed == 7 and c.rl.kl_coef == 0.01 and c.rl.eps_clip == 0.2 and c.rl.failure_reward == -2.0
+    assert TrainConfig.model_validate(c.model_dump()) == c  # the saved record round-trips
+    assert "out" not in c.identity() and "device" not in c.identity()
+
+
+def test_bad_overrides_are_one_line_errors():
+    with pytest.raises(NLALabError, match="KEY=VALUE"):
+        build_config(None, {"out": "x"}, ["rl.steps"])
+    with pytest.raises(NLALabError, match="group_size"):
+        build_config(None, {"out": "x"}, ["rl.group_size=many"])
+    assert apply_overrides({"a": {"b": 1}}, {"a.c": "2"}) == {"a": {"b": 1, "c": 2}}
