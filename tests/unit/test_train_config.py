@@ -23,3 +23,13 @@ def test_bad_overrides_are_one_line_errors():
     with pytest.raises(NLALabError, match="group_size"):
         build_config(None, {"out": "x"}, ["rl.group_size=many"])
     assert apply_overrides({"a": {"b": 1}}, {"a.c": "2"}) == {"a": {"b": 1, "c": 2}}
+
+
+def test_presets_layer_under_file_and_flags(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"rl": {"steps": 3}}))
+    c = build_config(f, {"out": "o"}, ["av_sft.optim.lr=1e-4"], preset="smollm2-lora")
+    assert c.layer == 20 and c.lora.enabled and c.lora.r == 16 and c.rl.steps == 3 and c.rl.group_size == 8
+    assert c.av_sft.optim.lr == 1e-4 and c.ar_sft.optim.lr == 2e-4
+    with pytest.raises(NLALabError, match="preset"):
+        build_config(None, {"out": "o"}, preset="nope")

@@ -87,7 +87,7 @@ def _load_kwargs(opts: LoadOptions) -> dict[str, Any]:
 
 
 @contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Missing/unexpected-key reports are expected for truncated or text-only loads; keep them at debug."""
     from transformers.utils import logging as hf_logging
 
@@ -121,10 +121,10 @@ def load_text_causal_lm(path: Path, opts: LoadOptions, n_layers: Optional[int] =
             cls = AutoModelForCausalLM._model_mapping[type(tc)]
         except KeyError:
             raise NLALabError(f"No causal-LM class for text config {type(tc).__name__} at {path}.") from None
-        with _quiet_transformers():
+        with quiet_transformers():
             model = cls.from_pretrained(path, config=tc, **kwargs)
     else:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if opts.device_map is None:
         model.to(opts.resolved_device())

@@ -186,7 +186,17 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
               "environment": environment(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_json(out / "config.json", record)
     stages = out / "stages"
-    note = on_stage or (lambda s: None)
+    timings: dict[str, float] = {}
+    last = [time.time(), None]
+
+    def note(stage: str) -> None:
+        """Record how long the previous stage took (results.json: timings_s) and announce the next."""
+        now = time.time()
+        if last[1] is not None:
+            timings[last[1]] = round(timings.get(last[1], 0.0) + now - last[0], 2)
+        last[0], last[1] = now, stage
+        if on_stage is not None:
+            on_stage(stage)
 
     # ---- capture (and the blind control, which needs the full target for generation) -------------
     cap_path = stages / "capture.safetensors"
@@ -362,6 +372,8 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
                                    mse_scale, b_rv, center))
     results["provenance"] = {k: record[k] for k in ("config", "pair", "corpus", "environment")}
     results["mse_scale"] = mse_scale
+    note("done")
+    results["timings_s_this_invocation"] = timings
     results["elapsed_s_this_invocation"] = round(time.time() - t0, 2)
 
     old_scorers = _carry_scorers(out, samples)

@@ -35,7 +35,7 @@ def _summary(pred: torch.Tensor, gold: torch.Tensor, scale: float, b_rv: Optiona
 
 def round_trip(av: AV, ar: AR, vectors: torch.Tensor, *, max_new_tokens: int = 150, greedy: bool = True,
                temperature: float = 1.0, b_rv: Optional[float] = None, mean_dir: Optional[torch.Tensor] = None,
-               batch_size: int = 64, seed: int = 42, n_samples: int = 4) -> dict:
+               batch_size: int = 256, seed: int = 42, n_samples: int = 4) -> dict:
     """AV explains each vector (greedy by default), the AR reconstructs it from the explanation."""
     was_av, was_ar = av.model.training, ar.model.training
     av.model.eval()

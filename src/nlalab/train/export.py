@@ -113,7 +113,7 @@ def export_adapter_pack(out_dir: str | Path, *, av_adapters: list[Path], ar_adap
     for role, adapters in (("av", av_adapters), ("ar", ar_adapters)):
         for i, a in enumerate(adapters):
             dst = out / f"{role}_adapter_{i}"
-            shutil.copytree(a, dst)
+            shutil.copytree(a, dst, ignore=shutil.ignore_patterns("README.md"))
             if adapter_dtype != "fp32":
                 _recast_safetensors(dst / "adapter_model.safetensors", _dtype(adapter_dtype))
             manifest[f"{role}_adapters"].append(dst.name)
@@ -156,7 +156,10 @@ def materialize_adapter_pack(pack_dir: str | Path, base_dir: str | Path, out_dir
     shutil.copy2(pack / "av_nla_meta.yaml", av_dir / "nla_meta.yaml")
     # AR: truncated base (K+1 blocks) + AR adapters in order + value head.
     cfg = arch.truncated_text_config(AutoConfig.from_pretrained(base), layer + 1)
-    ar_model = AutoModelForCausalLM.from_pretrained(base, config=cfg, dtype=torch.float32)
+    from nlalab.pairs.load import quiet_transformers
+
+    with quiet_transformers():  # blocks after K are "unexpected" by design
+        ar_model = AutoModelForCausalLM.from_pretrained(base, config=cfg, dtype=torch.float32)
     arch.strip_head_and_norm(ar_model)
     for name in man["ar_adapters"]:
         ar_model = PeftModel.from_pretrained(ar_model, pack / name).merge_and_unload()

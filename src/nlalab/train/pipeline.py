@@ -133,18 +133,46 @@ def apply_overrides(cfg: dict, overrides: dict[str, Any]) -> dict:
     return out
 
 
+# Named starting points (a preset, then a config file, then flags, then --set).
+PRESETS: dict[str, dict[str, Any]] = {
+    # The default pair: SmolLM2-135M-Instruct, layer 20 of 30, LoRA r=16 (a ~18 MB pack that ships in a
+    # package), context explanations, ~8-10 min on one H100 (see docs/training.md).
+    "smollm2-lora": {
+        "layer": 20, "seed": 42,
+        "lora": {"enabled": True, "r": 16, "alpha": 32}, "pack_dtype": "bf16",
+        "corpus": {"source": "packages", "n_docs": 6000, "n_prompts": 1500},
+        "data": {"positions_per_doc": 8, "max_length": 256, "capture_batch_size": 64},
+        "explainer": {"kind": "context"},
+        "ar_sft": {"steps": 600, "batch_size": 64, "micro_batch_size": 64,
+                   "optim": {"lr": 2e-4, "warmup_steps": 20}, "eval_every": 100, "eval_size": 256, "ckpt_every": 200},
+        "av_sft": {"steps": 1000, "batch_size": 32, "micro_batch_size": 32, "max_response_tokens": 160,
+                   "optim": {"lr": 2e-4, "warmup_steps": 30}, "eval_every": 100, "eval_size": 128, "ckpt_every": 250},
+        "rl": {"steps": 40, "prompts_per_step": 64, "group_size": 8, "max_response_tokens": 128, "temperature": 1.0,
+               "av_optim": {"lr": 5e-5}, "ar_optim": {"lr": 5e-5}, "kl_coef": 0.01, "eps_clip": 0.2,
+               "micro_batch_size": 64, "ar_micro_batch_size": 256, "rollout_batch_size": 512,
+               "eval_every": 10, "ckpt_every": 10, "samples_every": 10},
+        "eval": {"size": 128, "max_new_tokens": 150, "rl_size": 64},
+    },
+}
+
+
 def build_config(config_file: Optional[str | Path] = None, flags: Optional[dict[str, Any]] = None,
-                 sets: Optional[list[str]] = None) -> TrainConfig:
-    """The CLI's config: a YAML/JSON file of TrainConfig fields, then flags (dotted keys, None = not given),
-    then ``--set KEY=VALUE`` strings (values parsed as YAML: ``rl.steps=40``, ``lora.enabled=true``)."""
+                 sets: Optional[list[str]] = None, preset: Optional[str] = None) -> TrainConfig:
+    """The CLI's config: a preset (``PRESETS``), a YAML/JSON file of TrainConfig fields, then flags (dotted
+    keys, None = not given), then ``--set KEY=VALUE`` strings (values parsed as YAML: ``rl.steps=40``)."""
     base: dict = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise NLALabError(f"Unknown preset {preset!r}; known: {sorted(PRESETS)}.")
+        base = json.loads(json.dumps(PRESETS[preset]))
     if config_file is not None:
         p = Path(config_file)
         if not p.is_file():
             raise NLALabError(f"{p}: no such config file.")
-        base = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(base, dict):
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
             raise NLALabError(f"{p}: expected a mapping of TrainConfig fields.")
+        base = _deep_merge(base, loaded)
     merged = apply_overrides(base, {k: v for k, v in (flags or {}).items() if v is not None})
     pairs = {}
     for s in sets or []:
@@ -157,6 +185,13 @@ def build_config(config_file: Optional[str | Path] = None, flags: Optional[dict[
         return TrainConfig.model_validate(merged)
     except Exception as e:  # pydantic ValidationError -> one readable line per problem
         raise NLALabError(f"Invalid training config: {e}") from None
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _done(d: Path) -> Optional[dict]:
@@ -365,13 +400,12 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
     if not (cfg.resume and _done(data_dir)):
         say("data: capturing activations")
         tg = load_target(base, layer, LoadOptions(device=str(device), dtype="auto"))  # bf16 on GPU, as kitft
-        if True:
-            rec = tdata.build_dataset(tg.model, tg.tokenizer, layer, rows, data_dir,
-                                      positions_per_doc=cfg.data.positions_per_doc, seed=cfg.seed,
-                                      fractions=cfg.data.fractions, max_length=cfg.data.max_length,
-                                      batch_size=cfg.data.capture_batch_size,
-                                      continuation_tokens=cfg.data.continuation_tokens, model_id=base_id,
-                                      corpus=corpus_record)
+        rec = tdata.build_dataset(tg.model, tg.tokenizer, layer, rows, data_dir,
+                                  positions_per_doc=cfg.data.positions_per_doc, seed=cfg.seed,
+                                  fractions=cfg.data.fractions, max_length=cfg.data.max_length,
+                                  batch_size=cfg.data.capture_batch_size,
+                                  continuation_tokens=cfg.data.continuation_tokens, model_id=base_id,
+                                  corpus=corpus_record)
         release(tg)
         _mark(data_dir, {"n_vectors": rec["n_vectors"], "b_rv": rec["b_rv"]})
     manifest = tdata.read_manifest(data_dir)
