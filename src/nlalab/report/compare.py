@@ -228,6 +228,32 @@ def _perm_cells(runs: list[Run], field: str) -> list:
     return out
 
 
+def _recon_rows(runs: list[Run]) -> list[dict]:
+    """Reconstruction-side controls: item specificity of fve_nrm and the baseline ladder."""
+    rows = []
+
+    def recon_cell(r: Run, field: str) -> Optional[dict]:
+        o = ((((r.results.get("recon_permutation") or {}).get("metrics") or {}).get("fve_nrm") or {})
+             .get("overall"))
+        if not o:
+            return None
+        if field == "floor_within":
+            e = o[field]
+            return {"mean": e["mean"], "lo": e["lo"], "hi": e["hi"], "n": e.get("n")}
+        return {"mean": o[field], "p": o["p_within" if field == "gap_within" else "p_cross"], "n": o.get("n_items")}
+
+    rows.append(_row("recon.floor_within", "fve_nrm from other items' explanations (within-category floor)",
+                     "Reconstruction controls", [recon_cell(r, "floor_within") for r in runs], kind="floor"))
+    rows.append(_row("recon.gap_within", "fve_nrm item-specific gap above the within-category floor",
+                     "Reconstruction controls", [recon_cell(r, "gap_within") for r in runs], kind="gap", signed=True))
+    for rung, label in (("mean_direction", "predict the mean direction"), ("empty_explanation", "empty explanation"),
+                        ("source_text", "source text as explanation"),
+                        ("blind_explanation", "blind explanation (no activation)")):
+        rows.append(_row(f"baseline.{rung}", f"fve_nrm, baseline: {label}", "Reconstruction controls",
+                         [_est(((r.results.get("baselines") or {}).get(rung) or {}).get("fve_nrm")) for r in runs]))
+    return rows
+
+
 def _scorer_rows(runs: list[Run]) -> list[dict]:
     common = set.intersection(*[set((r.results.get("scorers") or {}).keys()) for r in runs]) if runs else set()
     rows = []
@@ -391,6 +417,7 @@ def compare_runs(run_dirs: Iterable[Union[str, Path]], names: Optional[Sequence[
                      _direction_cells(runs, "alignment"), kind="count"))
     rows.append(_row("directions.negation", "Direction-injection negation symmetry", "Directions",
                      _direction_cells(runs, "negation_symmetry"), kind="count"))
+    rows += _recon_rows(runs)
     rows += _scorer_rows(runs)
     for row in rows:
         vals = [None if c is None else c.get("mean") for c in row["values"]]
