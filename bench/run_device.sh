@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, then the benchmark shapes. Logs and JSON land in $OUT (and bench/results).
-# usage: bash bench/run_device.sh [tests] [shape:only ...]   e.g. bash bench/run_device.sh tests qwen2.5-7b:all
+# usage: bash bench/run_device.sh [tests] [shape:only[:timeout_s] ...]   e.g. bash bench/run_device.sh tests qwen2.5-7b:all
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -8,10 +8,10 @@ if [ -d .whl ]; then python3 -m pip install -q --no-index --find-links .whl pyda
 nvidia-smi -L; python3 -c "import torch,transformers;print(torch.__version__,transformers.__version__)"
 for job in "$@"; do
   case "$job" in
-    tests) timeout 170 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu -rA -W ignore 2>&1 \
+    tests) timeout 170 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu -rA -W ignore -k "${TESTS_K:-gpu}" 2>&1 \
              | tee "$OUT/gpu_tests.log" | grep -E "passed|failed|PASSED|FAILED|^E " | head -40 ;;
-    *) shape=${job%%:*}; only=${job#*:}; [ "$only" = all ] && only=default,static,ours
-       timeout ${BENCH_TIMEOUT:-220} python3 bench/bench_verbalize.py --shape "$shape" --only "$only" 2>&1 \
+    *) IFS=: read -r shape only tmo <<< "$job"; [ "$only" = all ] && only=default,static,ours
+       timeout ${tmo:-${BENCH_TIMEOUT:-220}} python3 bench/bench_verbalize.py --shape "$shape" --only "$only" 2>&1 \
          | tee "$OUT/bench_$shape.log" | grep -E "^\[" ;;
   esac
 done

@@ -48,12 +48,14 @@ def test_greedy_fast_equals_loop_and_transformers_generate(fixture_pair, layout)
     ours = verbalize(av, vecs, settings=_gs(greedy=True, engine="fast"))
     assert _toks(ours) == _toks(verbalize(av, vecs, settings=_gs(greedy=True, engine="loop")))
     assert _toks(ours) == _toks(verbalize(av, vecs, settings=_gs(greedy=True, engine="hf")))
-    st = fast.get_engine(av).stats
-    assert st.extra["attention"] == layout
+    st = fast.last_stats()
+    assert st.attention == layout
     # the prefix before the marker is computed once and shared; each row computes only the suffix
     assert st.prefix_len == av.marker_pos and st.suffix_len == len(av.prompt_ids) - av.marker_pos
-    assert st.prefix_len > 0 and fast.get_engine(av).kp[0].shape[:2] == (av.model.config.get_text_config()
-                                                                          .num_key_value_heads, av.marker_pos)
+    eng = fast.FastEngine(av.model, av.prompt_ids, av.marker_pos)
+    assert st.prefix_len > 0 and eng.kp[0].shape[:2] == (eng.n_kv, av.marker_pos)
+    # after the call the engine (buffers, prefix, references to the weights) is gone
+    assert av.model not in fast._ENGINES
 
 
 @pytest.mark.parametrize("name", ["qwen2", "gemma3_mm"])
@@ -83,7 +85,7 @@ def test_batching_padding_and_resume_do_not_change_rows(fixture_pairs, layout):
     chunked = verbalize(av, vecs, k=2, settings=_gs(fast_batch_size=3, **gs),  # 3,3,2(+1 padding row)
                         on_batch=lambda recs: seen.append(len(recs)))
     assert _toks(whole) == _toks(chunked) and seen == [3, 3, 2]
-    assert fast.get_engine(av).stats.batch == 3  # the last chunk ran padded to the graph's batch
+    assert fast.last_stats().batch == 3  # the last chunk ran padded to the graph's batch
     rest = verbalize(av, vecs, k=2, settings=_gs(**gs), skip={(0, 1), (3, 0)})
     assert _toks(rest) == [r.token_ids for r in whole if (r.vector_index, r.sample) not in {(0, 1), (3, 0)}]
 
@@ -118,7 +120,8 @@ def test_out_of_memory_halves_the_micro_batch(fixture_pairs, monkeypatch):
         return real(self, vectors, keys, **kw)
 
     monkeypatch.setattr(fast.FastEngine, "generate", flaky)
-    got = verbalize(av, vecs, k=2, settings=_gs(engine="fast", fast_batch_size=6))
+    with pytest.warns(UserWarning, match="out of memory at 6 rows"):
+        got = verbalize(av, vecs, k=2, settings=_gs(engine="fast", fast_batch_size=6))
     assert _toks(got) == _toks(ref)
     assert tried == [6, 3, 3]
 
@@ -131,9 +134,10 @@ def test_final_logit_softcapping_is_applied(fixture_pairs):
     vecs = torch.randn(2, av.d_model)
     gs = dict(max_new_tokens=16, seed=5)
     a = verbalize(av, vecs, k=2, settings=_gs(engine="fast", **gs))
-    assert fast.get_engine(av).final_softcap == 1.5
     assert _toks(a) == _toks(verbalize(av, vecs, k=2, settings=_gs(engine="loop", **gs)))
-    assert None in fast.get_engine(av).windows and 8 in fast.get_engine(av).windows  # sliding + global layers
+    eng = fast.get_engine(av)
+    assert eng.final_softcap == 1.5
+    assert None in eng.windows and 8 in eng.windows  # sliding and global layers
 
 
 def test_tensor_step_noise_is_bitwise_the_loop_noise():
@@ -159,3 +163,23 @@ def test_auto_is_loop_on_cpu_and_fast_rejects_unsupported(fixture_pairs):
         assert "gpt2" in fast.unsupported_reason(av.model)
     finally:
         av.model.config.model_type = "qwen2"
+
+
+def test_fused_weights_give_the_same_tokens_and_are_restored(fixture_pairs, monkeypatch):
+    """On CUDA q/k/v and gate/up become one GEMM each while the engine lives; the model gets its own
+    separate, unchanged weights back when the call ends."""
+    monkeypatch.setattr(fast.OPTIONS, "fuse_weights", True)
+    av = load_av(fixture_pairs["qwen2"].av)  # q/k/v biases fused too
+    before = {n: p.detach().clone() for n, p in av.model.named_parameters()}
+    torch.manual_seed(8)
+    vecs = torch.randn(3, av.d_model)
+    gs = dict(max_new_tokens=12, seed=2)
+    ours = verbalize(av, vecs, k=2, settings=_gs(engine="fast", **gs))
+    assert _toks(ours) == _toks(verbalize(av, vecs, k=2, settings=_gs(engine="loop", **gs)))
+    eng = fast.get_engine(av)
+    lay = av.model.model.layers[0]
+    ptr = eng.layers[0].wqkv.untyped_storage().data_ptr()
+    assert lay.self_attn.k_proj.weight.untyped_storage().data_ptr() == ptr  # a view of the fused buffer
+    fast.end_call(av)
+    for n, p in av.model.named_parameters():
+        assert torch.equal(p, before[n]) and p.untyped_storage().nbytes() == p.numel() * p.element_size(), n

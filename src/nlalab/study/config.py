@@ -35,7 +35,8 @@ class RunConfig(BaseModel):
     greedy: bool = False
     max_new_tokens: int = 200
     seed: int = 42
-    engine: str = Field("loop", description="loop (batch-invariant sampling) or hf (transformers.generate).")
+    engine: str = Field("auto", description="auto (fast on CUDA, loop on CPU), fast, loop or hf "
+                                            "(transformers.generate, the reference).")
     controls: list[str] = Field(default_factory=lambda: list(CONTROLS))
     n_random: int = Field(30, description="Random-Gaussian vectors.")
     n_seeds: int = Field(2, description="Extra verbalization seeds for the noise-floor control.")

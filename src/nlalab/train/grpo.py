@@ -37,7 +37,7 @@ from nlalab.train.common import (
     set_lr, trainable_named,
 )
 from nlalab.train.models import TrainAR, TrainAV, ar_lengths, ar_loss, ar_scores, av_sequences, response_logprobs
-from nlalab.verbalize.generate import GenerationSettings, Verbalization, _decode_loop, _to_records
+from nlalab.verbalize.generate import GenerationSettings, Verbalization, decode_loop, to_records
 from nlalab.verbalize.inject import injected_embeds
 from nlalab.verbalize.sampling import row_keys
 
@@ -101,9 +101,9 @@ def rollout(av: AV, vectors: torch.Tensor, group_size: int, settings: GRPOSettin
                 embeds = injected_embeds(gen_av.model, av.prompt_ids, vectors[vidx], av.marker_pos, av.injection_scale)
                 keys = row_keys(seed, torch.tensor([int(vector_keys[i]) for i in vidx], device=embeds.device),
                                 torch.tensor(sidx, device=embeds.device))
-                toks, done = _decode_loop(gen_av, embeds, keys, gs)
+                toks, done = decode_loop(gen_av, embeds, keys, gs)
             toks, done = toks.cpu(), done.cpu()
-            recs = _to_records(gen_av, toks, done, vidx, sidx)
+            recs = to_records(gen_av, toks, done, vidx, sidx)
             for r, rec in enumerate(recs):
                 row = toks[r].tolist()
                 cut = next((j for j, t in enumerate(row) if t in eos), None)

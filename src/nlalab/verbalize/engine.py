@@ -89,6 +89,9 @@ class EngineOptions:
     - ``keep_state``: keep per-batch buffers and graphs between ``verbalize`` calls (faster repeated calls,
       holds GPU memory until ``release_engines``).
     - ``profile``: synchronise around prefill and decode so ``Stats`` times are device times.
+    - ``fuse_weights``: while an engine lives, re-lay each layer's q/k/v and gate/up weights into one
+      buffer each (the Parameters become row views of it, values unchanged), so each is one GEMM; restored
+      to separate tensors when the engine is dropped (end of the ``verbalize`` call). None: on CUDA.
     """
 
     compile: Optional[str] = None
@@ -100,6 +103,7 @@ class EngineOptions:
     mem_fraction: float = 0.85
     keep_state: bool = False
     profile: bool = False
+    fuse_weights: Optional[bool] = None
 
 
 OPTIONS = EngineOptions()
@@ -166,9 +170,13 @@ def _pre_attn(x, ln_w, wq, bq, wk, bk, wv, bv, qn, kn, cos, sin, eps: float, qk_
     """Input norm, q/k/v projections, q/k norms (Gemma-3), RoPE. Returns q [B,H,S,D], k, v [B,kvH,S,D]."""
     B, S, _ = x.shape
     h = _rms(x, ln_w, eps, gemma)
-    q = F.linear(h, wq, bq).view(B, S, n_heads, head_dim).transpose(1, 2)
-    k = F.linear(h, wk, bk).view(B, S, n_kv, head_dim).transpose(1, 2)
-    v = F.linear(h, wv, bv).view(B, S, n_kv, head_dim).transpose(1, 2)
+    if wk is None:  # fused q/k/v weights (one GEMM)
+        q, k, v = F.linear(h, wq, bq).split([n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1)
+    else:
+        q, k, v = F.linear(h, wq, bq), F.linear(h, wk, bk), F.linear(h, wv, bv)
+    q = q.reshape(B, S, n_heads, head_dim).transpose(1, 2)
+    k = k.reshape(B, S, n_kv, head_dim).transpose(1, 2)
+    v = v.reshape(B, S, n_kv, head_dim).transpose(1, 2)
     if qn is not None:
         q = _rms(q, qn, qk_eps, gemma)
         k = _rms(k, kn, qk_eps, gemma)
@@ -183,11 +191,17 @@ def _post_attn(x, a, wo, bo, ln_post_attn, ln_pre_ff, ln_post_ff, wg, wu, wd, ac
     if gemma:
         x = x + _rms(a, ln_post_attn, eps, True)
         h = _rms(x, ln_pre_ff, eps, True)
-        m = F.linear(act(F.linear(h, wg)) * F.linear(h, wu), wd)
-        return x + _rms(m, ln_post_ff, eps, True)
+        return x + _rms(_mlp(h, wg, wu, wd, act), ln_post_ff, eps, True)
     x = x + a
     h = _rms(x, ln_post_attn, eps, False)
-    return x + F.linear(act(F.linear(h, wg)) * F.linear(h, wu), wd)
+    return x + _mlp(h, wg, wu, wd, act)
+
+
+def _mlp(h, wg, wu, wd, act):
+    if wu is None:  # fused gate/up weights (one GEMM)
+        g, u = F.linear(h, wg).chunk(2, dim=-1)
+        return F.linear(act(g) * u, wd)
+    return F.linear(act(F.linear(h, wg)) * F.linear(h, wu), wd)
 
 
 def _attend(q, kp, vp, kr, vr, mask_p, mask_r, scaling: float, softcap: Optional[float] = None):
@@ -273,6 +287,35 @@ def _head_sample(x, norm_w, eps: float, gemma: bool, lm_w, lm_b, final_softcap: 
     return nxt, done
 
 
+_COMPILED: dict = {}
+
+
+def _compiled_fns(mode: str) -> dict:
+    """The decode-step functions for a compile mode; one set per process, so engines rebuilt for a new
+    call reuse dynamo's compiled code instead of compiling again."""
+    fns = _COMPILED.get(mode)
+    if fns is not None:
+        return fns
+    fns = {"pre": _pre_attn, "post": _post_attn, "head": _head_sample}
+    if mode != "none":
+        import torch._dynamo
+        import torch._inductor.config as icfg
+
+        cfg = torch._dynamo.config
+        for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                     "accumulated_recompile_limit"):
+            if hasattr(cfg, name):
+                setattr(cfg, name, max(int(getattr(cfg, name)), 256))
+        # round at every .to(bf16) as eager does, so compiled steps follow the eager numerics
+        opts = {"emulate_precision_casts": True} if hasattr(icfg, "emulate_precision_casts") else {}
+        fns["head"] = torch.compile(_head_sample, fullgraph=True, options=opts)
+        if mode == "all":
+            fns["pre"] = torch.compile(_pre_attn, fullgraph=True, options=opts)
+            fns["post"] = torch.compile(_post_attn, fullgraph=True, options=opts)
+    _COMPILED[mode] = fns
+    return fns
+
+
 # ------------------------------------------------------------------------- Triton decode attention
 
 _TRITON: Any = None  # None: not tried; False: unavailable; else the jitted kernel
@@ -292,9 +335,9 @@ def _triton_kernel():
         return _TRITON
 
     @triton.jit
-    def _decode_attn(Q, KP, VP, KR, VR, O, POS, sq_b, sq_h, skp_h, skp_n, skr_b, skr_h, skr_n, so_b, so_h,
-                     P, ROW0, WINDOW, scale, G: tl.constexpr, BG: tl.constexpr, BN: tl.constexpr,
-                     D: tl.constexpr, HAS_P: tl.constexpr):
+    def _decode_attn(Q, KP, VP, KR, VR, O, POS, KN, VN, sq_b, sq_h, skp_h, skp_n, skr_b, skr_h, skr_n, so_b, so_h,
+                     skn_b, skn_h, svn_b, svn_h, P, ROW0, WINDOW, scale, G: tl.constexpr, BG: tl.constexpr,
+                     BN: tl.constexpr, D: tl.constexpr, HAS_P: tl.constexpr, HAS_NEW: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         h = tl.program_id(1).to(tl.int64)
         pos = tl.load(POS)
@@ -322,7 +365,8 @@ def _triton_kernel():
                 l_i = l_i * alpha + tl.sum(p, 1)
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
                 m_i = m_new
-        n_rows = pos - ROW0 + 1
+        cur = pos - ROW0  # cache slot of the current token
+        n_rows = cur if HAS_NEW else cur + 1  # with HAS_NEW its K/V come in KN/VN and are written below
         for start in range(0, n_rows, BN):
             slot = start + n
             valid = (slot < n_rows) & (ROW0 + slot > lo)
@@ -337,6 +381,17 @@ def _triton_kernel():
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
+        if HAS_NEW:  # the current token: attend to it from registers and write it into the cache
+            kn = tl.load(KN + b * skn_b + h * skn_h + d)
+            vn = tl.load(VN + b * svn_b + h * svn_h + d)
+            tl.store(KR + b * skr_b + h * skr_h + cur * skr_n + d, kn)
+            tl.store(VR + b * skr_b + h * skr_h + cur * skr_n + d, vn)
+            s_n = tl.sum(q.to(tl.float32) * kn.to(tl.float32)[None, :], 1) * scale
+            m_new = tl.maximum(m_i, s_n)
+            alpha = tl.exp(m_i - m_new)
+            p_n = tl.exp(s_n - m_new)
+            l_i = l_i * alpha + p_n
+            acc = acc * alpha[:, None] + p_n[:, None] * vn.to(tl.float32)[None, :]
         out = acc / l_i[:, None]
         tl.store(O + b * so_b + (h * G + g)[:, None] * so_h + d[None, :], out.to(O.dtype.element_ty),
                  mask=gm[:, None])
@@ -345,9 +400,11 @@ def _triton_kernel():
     return _TRITON
 
 
-def attend_decode_triton(q, kp, vp, kr, vr, pos, row0: int, window: Optional[int], scaling: float):
+def attend_decode_triton(q, kp, vp, kr, vr, pos, row0: int, window: Optional[int], scaling: float,
+                         k_new=None, v_new=None):
     """q [B,H,1,D]; kp/vp [kvH,P,D] or None; kr/vr [B,kvH,L,D] with slot j at position row0 + j, filled up
-    to position ``pos`` (a device int64 tensor [1]); returns [B,H,1,D]."""
+    to position ``pos`` (a device int64 tensor [1]); returns [B,H,1,D]. With ``k_new``/``v_new``
+    ([B,kvH,1,D], the current token's) the kernel also writes them into slot ``pos - row0``."""
     kern = _triton_kernel()
     B, H, _, D = q.shape
     n_kv = kr.shape[1]
@@ -360,11 +417,19 @@ def attend_decode_triton(q, kp, vp, kr, vr, pos, row0: int, window: Optional[int
     kp_ = kp if kp is not None else kr
     vp_ = vp if vp is not None else vr
     BG = max(16, 1 << (G - 1).bit_length())
-    kern[(B, n_kv)](q3, kp_, vp_, kr, vr, out, pos, q3.stride(0), q3.stride(1),
+    has_new = k_new is not None
+    if has_new:
+        kn = k_new if k_new.stride(-1) == 1 else k_new.contiguous()
+        vn = v_new if v_new.stride(-1) == 1 else v_new.contiguous()
+    else:
+        kn, vn = q3, q3
+    kern[(B, n_kv)](q3, kp_, vp_, kr, vr, out, pos, kn, vn, q3.stride(0), q3.stride(1),
                     kp_.stride(-3) if kp is not None else 0, kp_.stride(-2) if kp is not None else 0,
                     kr.stride(0), kr.stride(1), kr.stride(2), out.stride(0), out.stride(1),
+                    kn.stride(0), kn.stride(1), vn.stride(0), vn.stride(1),
                     P, int(row0), int(window or 0), float(scaling),
-                    G=G, BG=BG, BN=64 if D <= 128 else 32, D=D, HAS_P=P > 0, num_warps=4, num_stages=2)
+                    G=G, BG=BG, BN=64 if D <= 128 else 32, D=D, HAS_P=P > 0, HAS_NEW=has_new,
+                    num_warps=4, num_stages=2)
     return out.view(B, H, 1, D)
 
 
@@ -392,6 +457,9 @@ class _Layer:
     wd: torch.Tensor
     window: Optional[int]
     rope: int  # index into the engine's cos/sin tables
+    wqkv: Optional[torch.Tensor] = None  # fused weights (fuse_weights), views of which the Parameters are
+    bqkv: Optional[torch.Tensor] = None
+    wgu: Optional[torch.Tensor] = None
 
 
 def _eps(norm: nn.Module) -> float:
@@ -463,6 +531,14 @@ class Stats:
     extra: dict = field(default_factory=dict)
 
 
+_LAST: list = [Stats()]
+
+
+def last_stats() -> Stats:
+    """Stats of the most recent ``FastEngine.generate`` in this process (engines may be gone by now)."""
+    return _LAST[0]
+
+
 class _EmbedOnly:
     """What ``injected_embeds`` needs of a model, without holding the model itself."""
 
@@ -528,6 +604,10 @@ class FastEngine:
                 window=int(win) if win else None, rope=0,
             ))
         self.windows = sorted({L.window for L in self.layers}, key=lambda w: -1 if w is None else w)
+        self._fused: list = []
+        fuse = OPTIONS.fuse_weights if OPTIONS.fuse_weights is not None else self.device.type == "cuda"
+        if fuse:
+            self._fuse(layers)
         self.cos: list[torch.Tensor] = []
         self.sin: list[torch.Tensor] = []
         self.kp: list[torch.Tensor] = []
@@ -545,6 +625,55 @@ class FastEngine:
         self.triton = self._triton_ok()
 
     # ---------------------------------------------------------------------------------- set-up
+
+    def _fuse(self, layers) -> None:
+        """q/k/v and gate/up of each layer into one buffer each; the Parameters become views of it."""
+        with torch.no_grad():
+            for lay, L in zip(layers, self.layers):
+                at, mlp = lay.self_attn, lay.mlp
+                groups = [[at.q_proj.weight, at.k_proj.weight, at.v_proj.weight],
+                          [mlp.gate_proj.weight, mlp.up_proj.weight]]
+                bs = [at.q_proj.bias, at.k_proj.bias, at.v_proj.bias]
+                if all(b is not None for b in bs):
+                    groups.append(bs)
+                elif any(b is not None for b in bs):
+                    continue
+                fused = []
+                for ps in groups:
+                    buf = torch.cat([p.data for p in ps], 0)
+                    o = 0
+                    for p in ps:
+                        p.data = buf[o:o + p.shape[0]]
+                        o += p.shape[0]
+                    fused.append(buf)
+                    self._fused.extend(ps)
+                L.wqkv, L.wgu = fused[0], fused[1]
+                L.bqkv = fused[2] if len(fused) > 2 else None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # the old per-matrix blocks would otherwise stay reserved and fragment
+
+    def unfuse(self) -> None:
+        """Give every fused Parameter its own storage again (values unchanged). Needs one fused buffer of
+        free memory at a time; if even that is missing, the Parameters stay views (same values)."""
+        for L in self.layers:
+            L.wqkv = L.bqkv = L.wgu = None
+        with torch.no_grad():
+            for p in self._fused:
+                if p.device.type == "meta":
+                    continue
+                try:
+                    p.data = p.data.clone()
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    try:
+                        p.data = p.data.clone()
+                    except torch.cuda.OutOfMemoryError:
+                        warnings.warn("fast engine: no memory to un-fuse the AV's q/k/v and gate/up weights; "
+                                      "they stay views of one buffer per layer (same values).")
+                        break
+        self._fused = []
+        for L in self.layers:
+            L.wqkv = L.bqkv = L.wgu = None
 
     def alive(self) -> bool:
         m = self._model()
@@ -650,33 +779,22 @@ class FastEngine:
 
     def _decode_fns(self) -> dict:
         if self._fns is None:
-            fns = self._eager_fns()
-            if self.compile_mode != "none":
-                import torch._dynamo
-                import torch._inductor.config as icfg
-
-                cfg = torch._dynamo.config
-                for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
-                             "accumulated_recompile_limit"):
-                    if hasattr(cfg, name):
-                        setattr(cfg, name, max(int(getattr(cfg, name)), 256))
-                # round at every .to(bf16) as eager does, so compiled steps follow the eager numerics
-                opts = {"emulate_precision_casts": True} if hasattr(icfg, "emulate_precision_casts") else {}
-                fns["head"] = torch.compile(_head_sample, fullgraph=True, options=opts)
-                if self.compile_mode == "all":
-                    fns["pre"] = torch.compile(_pre_attn, fullgraph=True, options=opts)
-                    fns["post"] = torch.compile(_post_attn, fullgraph=True, options=opts)
-            self._fns = fns
+            self._fns = _compiled_fns(self.compile_mode)
         return self._fns
 
     def _pre(self, fns, L: _Layer, x, pos):
         cos = self.cos[L.rope].index_select(0, pos)
         sin = self.sin[L.rope].index_select(0, pos)
-        return fns["pre"](x, L.ln_in, L.wq, L.bq, L.wk, L.bk, L.wv, L.bv, L.qn, L.kn, cos, sin, self.eps,
-                          self.qk_eps, self.gemma, self.n_heads, self.n_kv, self.head_dim)
+        if L.wqkv is not None:
+            w = (L.wqkv, L.bqkv if L.bqkv is not None else None, None, None, None, None)
+        else:
+            w = (L.wq, L.bq, L.wk, L.bk, L.wv, L.bv)
+        return fns["pre"](x, L.ln_in, *w, L.qn, L.kn, cos, sin, self.eps, self.qk_eps, self.gemma, self.n_heads,
+                          self.n_kv, self.head_dim)
 
     def _post(self, fns, L: _Layer, x, a):
-        return fns["post"](x, a, L.wo, L.bo, L.ln_post_attn, L.ln_pre_ff, L.ln_post_ff, L.wg, L.wu, L.wd, self.act,
+        wg, wu = (L.wgu, None) if L.wgu is not None else (L.wg, L.wu)
+        return fns["post"](x, a, L.wo, L.bo, L.ln_post_attn, L.ln_pre_ff, L.ln_post_ff, wg, wu, L.wd, self.act,
                            self.eps, self.gemma)
 
     def _prefix(self) -> None:
@@ -760,12 +878,16 @@ class FastEngine:
         st.done.copy_(done)
         st.t.fill_(1)
 
-    def _attend_step(self, st: _State, i: int, L: _Layer, q, pos, masks):
+    def _attend_step(self, st: _State, i: int, L: _Layer, q, k, v, pos, slot, masks):
+        if st.shared and self.triton:  # the kernel also writes k/v into the cache
+            kp = self.kp[i] if self.P else None
+            vp = self.vp[i] if self.P else None
+            return attend_decode_triton(q, kp, vp, st.kr[i], st.vr[i], pos, self.P, L.window, self.scaling, k, v)
+        st.kr[i].index_copy_(2, slot, k)
+        st.vr[i].index_copy_(2, slot, v)
         if st.shared:
             kp = self.kp[i] if self.P else None
             vp = self.vp[i] if self.P else None
-            if self.triton:
-                return attend_decode_triton(q, kp, vp, st.kr[i], st.vr[i], pos, self.P, L.window, self.scaling)
             mp, mr = masks[L.window]
             return _attend(q, kp, vp, st.kr[i], st.vr[i], mp, mr, self.scaling)
         return _attend_sdpa(q, st.kr[i], st.vr[i], masks[L.window][1], self.scaling)
@@ -779,9 +901,7 @@ class FastEngine:
         masks = None if (st.shared and self.triton) else self._masks(pos, st.kpos_r)
         for i, L in enumerate(self.layers):
             q, k, v = self._pre(fns, L, x, pos)
-            st.kr[i].index_copy_(2, slot, k)
-            st.vr[i].index_copy_(2, slot, v)
-            x = self._post(fns, L, x, self._attend_step(st, i, L, q, pos, masks))
+            x = self._post(fns, L, x, self._attend_step(st, i, L, q, k, v, pos, slot, masks))
         nxt, done = fns["head"](x[:, -1], self.norm_w, self.norm_eps, self.gemma, self.lm_w, self.lm_b,
                                 self.final_softcap, st.keys, t, self.hv, st.done, sp["eos"], sp["pad"],
                                 sp["temperature"], sp["top_k"], sp["top_p"], sp["greedy"])
@@ -905,8 +1025,11 @@ class FastEngine:
                 if profile:
                     sync()
                 stats.decode_s = time.perf_counter() - t2
+            if profile and cuda:
+                stats.extra["peak_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
             stats.steps = steps
             self.stats = stats
+            _LAST[0] = stats
             return st.out[:n, :steps].clone(), st.done[:n].clone()
 
     def _compile_failed(self, e: Exception) -> dict:
@@ -929,30 +1052,35 @@ _ENGINES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictiona
 
 def get_engine(av) -> FastEngine:
     """The (cached) engine of an AV: its prefix K/V, rotary tables, compiled functions and graphs."""
-    per_model = _ENGINES.setdefault(av.model, {})
     key = (tuple(int(i) for i in av.prompt_ids), int(av.marker_pos))
-    eng = per_model.get(key)
+    eng = _ENGINES.get(av.model, {}).get(key)
     if eng is None or not eng.alive():
+        release_engines(av.model)  # one engine per model: it may have re-laid the model's weights
         eng = FastEngine(av.model, av.prompt_ids, av.marker_pos)
-        per_model[key] = eng
+        _ENGINES[av.model] = {key: eng}
     return eng
 
 
 def end_call(av) -> None:
-    """After a ``verbalize`` call: free the per-batch buffers and graphs unless ``OPTIONS.keep_state``."""
+    """After a ``verbalize`` call: drop the AV's engines (buffers, graphs, prefix K/V and the references to
+    its Parameters) unless ``OPTIONS.keep_state``, so releasing the AV frees all of its GPU memory. The
+    compiled step functions stay (process-wide), so the next call only re-captures its graph."""
     if OPTIONS.keep_state:
         return
-    for eng in _ENGINES.get(av.model, {}).values():
-        eng.drop_states()
+    release_engines(av.model)
 
 
 def release_engines(model: Optional[nn.Module] = None) -> None:
     """Drop cached engines (all, or one model's), freeing their buffers, graphs and prefix K/V."""
+    per = list(_ENGINES.values()) if model is None else [_ENGINES.get(model, {})]
+    for engines in per:
+        for eng in engines.values():
+            eng.drop_states()
+            eng.unfuse()
     if model is None:
         _ENGINES.clear()
     else:
         _ENGINES.pop(model, None)
-    gc.collect()
 
 
 def auto_batch(eng: FastEngine, n_rows: int, max_new: int, fallback: int, shared: bool = False) -> int:
@@ -961,6 +1089,7 @@ def auto_batch(eng: FastEngine, n_rows: int, max_new: int, fallback: int, shared
     if eng.device.type != "cuda":
         return max(1, min(n_rows, fallback, cap))
     free, _total = torch.cuda.mem_get_info(eng.device)
+    free += torch.cuda.memory_reserved(eng.device) - torch.cuda.memory_allocated(eng.device)  # allocator cache
     free += sum(sum(t.numel() * t.element_size() for t in st.kr + st.vr) for st in eng.states.values())
     el = torch.finfo(eng.dtype).bits // 8
     d = int(eng.cfg.hidden_size)
@@ -1031,6 +1160,7 @@ def iter_fast(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v
                     "--max-new-tokens, use engine 'loop', or a GPU with more memory.")
             cap = max(1, B // 2)
             eng.max_rows = cap
+            warnings.warn(f"fast engine: CUDA out of memory at {B} rows per batch; retrying with {cap}.")
             B = 0
             continue
         yield vidx, sidx, toks.cpu(), done.cpu()

@@ -71,19 +71,19 @@ class Verbalization:
         return d
 
 
-def _cache_arg(model) -> str:
+def cache_arg_name(model) -> str:
     """transformers >= 5.2x calls the KV cache ``cache``; earlier 5.x ``past_key_values``."""
     import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _cache_of(out):
+def cache_of(out):
     c = getattr(out, "cache", None)
     return c if c is not None else out.past_key_values
 
 
-def _decode_loop(av, embeds: torch.Tensor, keys: torch.Tensor, gs: GenerationSettings) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_loop(av, embeds: torch.Tensor, keys: torch.Tensor, gs: GenerationSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns new tokens [B, <=max_new] (eos included, pad after) and a finished flag [B]."""
     model = av.model
     B = embeds.shape[0]
@@ -93,9 +93,9 @@ def _decode_loop(av, embeds: torch.Tensor, keys: torch.Tensor, gs: GenerationSet
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens = []
     with torch.inference_mode():
-        cache_arg = _cache_arg(model)
+        cache_arg = cache_arg_name(model)
         out = model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
-        past = _cache_of(out)
+        past = cache_of(out)
         for step in range(gs.max_new_tokens):
             nxt = sample_next(out.logits[:, -1, :], keys, step, gs.temperature, gs.top_k, gs.top_p, gs.greedy)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
@@ -104,7 +104,7 @@ def _decode_loop(av, embeds: torch.Tensor, keys: torch.Tensor, gs: GenerationSet
             if bool(done.all()) or step == gs.max_new_tokens - 1:
                 break
             out = model(input_ids=nxt.unsqueeze(1), use_cache=True, **{cache_arg: past})
-            past = _cache_of(out)
+            past = cache_of(out)
     return torch.stack(tokens, 1), done
 
 
@@ -125,7 +125,7 @@ def _decode_hf(av, embeds: torch.Tensor, batch_seed: int, gs: GenerationSettings
     return seq, done
 
 
-def _to_records(av, toks: torch.Tensor, done: torch.Tensor, vidx: Sequence[int], sidx: Sequence[int]) -> list[Verbalization]:
+def to_records(av, toks: torch.Tensor, done: torch.Tensor, vidx: Sequence[int], sidx: Sequence[int]) -> list[Verbalization]:
     eos = set(av.eos_ids)
     marker = av.sidecar.tokens.injection_char
     out = []
@@ -185,14 +185,17 @@ def verbalize(
             warnings.warn(f"fast engine unavailable ({e}); using the loop engine.")
             engine = "loop"
     if engine == "fast" and todo:
-        for vidx, sidx, toks, done in fast.iter_fast(av, vectors, todo, keys_v, settings,
-                                                     batch_size=settings.fast_batch_size or None):
-            recs = _to_records(av, toks, done, vidx, sidx)
-            results.extend(recs)
-            if on_batch is not None:
-                on_batch(recs)
-            if bar is not None:
-                bar.update(len(recs))
+        try:
+            for vidx, sidx, toks, done in fast.iter_fast(av, vectors, todo, keys_v, settings,
+                                                         batch_size=settings.fast_batch_size or None):
+                recs = to_records(av, toks, done, vidx, sidx)
+                results.extend(recs)
+                if on_batch is not None:
+                    on_batch(recs)
+                if bar is not None:
+                    bar.update(len(recs))
+        finally:
+            fast.end_call(av)  # drop the engine: buffers, graphs, prefix K/V; fused weights restored
         todo = []
     pos = 0
     while pos < len(todo):
@@ -207,7 +210,7 @@ def verbalize(
                 dev = embeds.device
                 keys = row_keys(settings.seed, torch.tensor([keys_v[i] for i in vidx], device=dev),
                                 torch.tensor(sidx, device=dev))
-                toks, done = _decode_loop(av, embeds, keys, settings)
+                toks, done = decode_loop(av, embeds, keys, settings)
             else:
                 raise NLALabError(f"Unknown engine {settings.engine!r}; use 'auto', 'fast', 'loop' or 'hf'.")
         except torch.cuda.OutOfMemoryError:
@@ -219,7 +222,7 @@ def verbalize(
             bs = max(1, bs // 2)
             torch.cuda.empty_cache()
             continue
-        recs = _to_records(av, toks.cpu(), done.cpu(), vidx, sidx)
+        recs = to_records(av, toks.cpu(), done.cpu(), vidx, sidx)
         results.extend(recs)
         if on_batch is not None:
             on_batch(recs)

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from nlalab.verbalize.generate import GenerationSettings, Verbalization, _cache_arg, _cache_of, _to_records
+from nlalab.verbalize.generate import GenerationSettings, Verbalization, cache_arg_name, cache_of, to_records
 from nlalab.verbalize.sampling import row_keys, sample_next
 
 
@@ -32,7 +32,7 @@ def generate_batch(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids: 
     done = torch.zeros(B, dtype=torch.bool, device=device)
     keys = keys.to(device)
     toks = []
-    cache_arg = _cache_arg(model)
+    cache_arg = cache_arg_name(model)
     with torch.inference_mode():
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         last = pos[:, -1:]
@@ -47,7 +47,7 @@ def generate_batch(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids: 
             mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], 1)
             last = last + 1
             out = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=last, use_cache=True,
-                        **{cache_arg: _cache_of(out)})
+                        **{cache_arg: cache_of(out)})
     return torch.stack(toks, 1), done
 
 
@@ -66,7 +66,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids: 
         keys = row_keys(settings.seed, torch.tensor([vector_keys[i] for i, _ in chunk]),
                         torch.tensor([s for _, s in chunk]))
         toks, done = generate_batch(model, tokenizer, [prompts[i] for i, _ in chunk], eos_ids, keys, settings)
-        recs = _to_records(shim, toks.cpu(), done.cpu(), [i for i, _ in chunk], [s for _, s in chunk])
+        recs = to_records(shim, toks.cpu(), done.cpu(), [i for i, _ in chunk], [s for _, s in chunk])
         out.extend(recs)
         if on_batch is not None:
             on_batch(recs)
