@@ -148,8 +148,13 @@ def release(*objs: Any) -> None:
     Moving parameters to the meta device drops their storage; the object is unusable afterwards.
     (The seed needed kernel restarts for Gemma-27B because ``del`` alone left memory held.)
     """
+    import sys
+
+    engine = sys.modules.get("nlalab.verbalize.engine")  # only if the fast engine was ever used
     for o in objs:
         for m in (getattr(o, "model", o), getattr(o, "value_head", None)):
+            if isinstance(m, nn.Module) and engine is not None:
+                engine.release_engines(m)
             if isinstance(m, nn.Module):
                 try:
                     m.to("meta")
