@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nlalab.batching import length_buckets, right_padded
 from nlalab.errors import NLALabError
 from nlalab.pairs import arch
 from nlalab.pairs.markers import chat_ids
@@ -147,25 +148,13 @@ def capture(
     picks = [select_positions(e, positions, d, seed, n_random, special) for e, d in zip(encoded, ids)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = arch.input_device(model)
-    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))  # length bucketing
     rows: dict[int, torch.Tensor] = {}
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    it = batches
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(batches, desc=f"capture {hook_name(layer)}", unit="batch")
-    for batch in it:
+    for batch in length_buckets(encoded, batch_size, f"capture {hook_name(layer)}" if progress else None):
         batch = [i for i in batch if picks[i]]
         if not batch:
             continue
-        T = max(len(encoded[i]) for i in batch)
-        input_ids = torch.full((len(batch), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), T), dtype=torch.long)
-        for r, i in enumerate(batch):
-            input_ids[r, : len(encoded[i])] = torch.tensor(encoded[i])
-            mask[r, : len(encoded[i])] = 1
-        h = run_to_block(model, layer, input_ids.to(device), mask.to(device))
+        input_ids, mask = right_padded([encoded[i] for i in batch], pad, device)
+        h = run_to_block(model, layer, input_ids, mask)
         for r, i in enumerate(batch):
             rows[i] = h[r, picks[i]].float().cpu()
     vecs, meta = [], []

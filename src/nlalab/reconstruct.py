@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from nlalab.batching import length_buckets, right_padded
 from nlalab.errors import NLALabError
 from nlalab.pairs import arch
 
@@ -39,21 +40,9 @@ def reconstruct(ar, explanations: Sequence[str], batch_size: int = 16, max_lengt
     pad = ar.tokenizer.pad_token_id if ar.tokenizer.pad_token_id is not None else 0
     device = arch.input_device(ar.model)
     inner = arch.inner_model(ar.model)
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # length bucketing
     out = torch.empty(len(ids), ar.d_model, dtype=torch.float32)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="reconstruct", unit="batch")
-    for batch in batches:
-        T = max(len(ids[i]) for i in batch)
-        input_ids = torch.full((len(batch), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), T), dtype=torch.long)
-        for r, i in enumerate(batch):
-            input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
-            mask[r, : len(ids[i])] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
+    for batch in length_buckets(ids, batch_size, "reconstruct" if progress else None):
+        input_ids, mask = right_padded([ids[i] for i in batch], pad, device)
         with torch.inference_mode():
             h = inner(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
             last = last_real_index(mask)

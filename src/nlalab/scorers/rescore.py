@@ -223,15 +223,9 @@ def load_samples(run_dir: Union[str, Path]) -> list[dict]:
     path = Path(run_dir) / "samples.jsonl"
     if not path.is_file():
         raise NLALabError(f"{path}: not found. Fix: point at a finished `nlalab run` directory (it has samples.jsonl).")
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise NLALabError(f"{path} line {lineno}: malformed JSON ({e.msg}). Fix: re-run `nlalab run`.") from None
-    return rows
+    from nlalab.report.load import read_jsonl
+
+    return read_jsonl(path)
 
 
 def _sha256(path: Path) -> str:
