@@ -398,8 +398,23 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
     meta = {"pair": dirs.provenance().get("name") or str(dirs.av), "layer": dirs.layer, "corpus": cfg.corpus,
             "config": cfg.model_dump()}
     atomic_write_text(out / "report.md", render_report(results, meta))
-    results["_summary"] = print_summary(results)
+    results["_summary"] = print_summary(results) + _recon_summary(results)
     return results
+
+
+def _recon_summary(results: dict) -> str:
+    """Terminal lines for the reconstruction-side controls (the rest is print_summary's)."""
+    lines = []
+    rp = results.get("recon_permutation")
+    if rp:
+        o = rp["metrics"]["fve_nrm"]["overall"]
+        lines.append(f"Item-specific fve_nrm: real {o['real']:.3f} vs within-category floor "
+                     f"{o['floor_within']['mean']:.3f} (gap {o['gap_within']:+.3f}, p={o['p_within']:.3g})")
+    bl = results.get("baselines")
+    if bl:
+        rungs = [f"{k} {v['fve_nrm']['mean']:.3f}" for k, v in bl.items() if isinstance(v.get("fve_nrm"), dict)]
+        lines.append("fve_nrm ladder: " + ", ".join(rungs))
+    return ("\n" + "\n".join(lines)) if lines else ""
 
 
 # ------------------------------------------------------------------------------------------------
