@@ -69,12 +69,25 @@ def validate(
     from nlalab.pairs.resolve import resolve_pair
     from nlalab.pairs.validate import validate_pair
 
+    from nlalab.pairs.hub import LIGHT_PATTERNS, resolve_dir
+
+    target_error = None
     try:
         spec = spec_from_args(pair, av, ar, target, layer, revision)
-        dirs = resolve_pair(spec, light=True)
+        dirs = resolve_pair(spec, light=True, need_target=False)
+        if spec.target:
+            try:
+                dirs.target = resolve_dir(spec.target, spec.target_revision, LIGHT_PATTERNS, what="target")
+            except NLALabError as e:  # e.g. a gated target without HF_TOKEN: the pair itself can still be checked
+                target_error = e
     except NLALabError as e:
         _fail(e)
     rep = validate_pair(dirs.av, dirs.ar, dirs.target, spec.layer)
+    if target_error is not None:
+        from nlalab.errors import ValidationProblem
+
+        rep.problems.append(ValidationProblem(str(spec.target), "target", str(target_error), "a readable target",
+                                              "see the message; --target DIR skips the download"))
     for line in rep.lines():
         typer.echo(line)
     typer.echo(f"{len(rep.passed)} checks passed, {len(rep.problems)} failed")

@@ -66,3 +66,22 @@ def test_bad_refs(tmp_path):
         hub.resolve_dir(str(tmp_path / "missing" / "dir"))
     with pytest.raises(NLALabError, match="Unknown pair"):
         spec_from_args(pair="qwen-nope")
+
+
+def test_validate_reports_an_unreachable_target_as_one_failed_check(fixture_pairs, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import errors
+    from typer.testing import CliRunner
+
+    from nlalab.cli import app
+
+    def gated(**kw):
+        e = errors.GatedRepoError.__new__(errors.GatedRepoError)
+        Exception.__init__(e, "gated")
+        raise e
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
+    p = fixture_pairs["qwen2"]
+    res = CliRunner().invoke(app, ["validate", "--av", str(p.av), "--ar", str(p.ar), "--target", "google/gemma-3-12b-it"])
+    assert res.exit_code == 1
+    assert "is gated" in res.output and res.output.count("FAIL") == 1 and "ok    AV marker" in res.output
