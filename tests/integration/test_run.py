@@ -178,3 +178,14 @@ def test_cli_score_compare_report_on_runs(reference_run, fixture_pairs, tmp_path
     res = runner.invoke(app, ["report", str(other), "--out", str(tmp_path / "r.html"), "--n-boot", "50"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r.html").read_text().count("data:image/png;base64") >= 1
+
+
+def test_fast_engine_gives_the_same_run(fixture_pairs, tmp_path):
+    """engine=fast (the GPU default) writes the same samples as the loop engine (CPU fp32, same sampling keys)."""
+    p = fixture_pairs["gemma3_text"]
+    a = run_study(cfg_for(p, tmp_path / "loop", engine="loop", controls=["random_gaussian"]))
+    b = run_study(cfg_for(p, tmp_path / "fast", engine="fast", controls=["random_gaussian"]))
+    rows = lambda d: [{k: r[k] for k in ("item_id", "sample", "raw_output")}  # noqa: E731
+                      for r in map(json.loads, (d / "samples.jsonl").read_text().splitlines())]
+    assert rows(tmp_path / "loop") == rows(tmp_path / "fast")
+    assert a["per_category"]["OVERALL"]["cos"]["mean"] == pytest.approx(b["per_category"]["OVERALL"]["cos"]["mean"])
