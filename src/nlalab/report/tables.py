@@ -11,6 +11,8 @@ import html as _html
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from nlalab.study.report import direction_verdict, fmt_num
+
 __all__ = [
     "Table",
     "fmt_num",
@@ -35,12 +37,6 @@ FVE_DENOMINATORS = (
     "fve_nrm_seed = 1 − mse_nrm / var_d(gold), the per-vector variance of the single normalised gold vector "
     "(seed §2.3). The two are not interchangeable."
 )
-
-
-def fmt_num(x: Optional[float], digits: int = 3, signed: bool = False) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
 def fmt_p(p: Optional[float]) -> str:
@@ -196,13 +192,8 @@ def directions_table(results: dict) -> Optional[Table]:
     lc = list(d.get("lexicon_categories") or [])
     rows = []
     for e in d.get("rows") or []:
-        top = e.get("top") or "none"
-        if e["kind"] == "neg":
-            verdict = f"{top} (away from {e['category']}) ✓" if e["ok"] else f"{top} ✗ (not away from {e['category']})"
-        else:
-            verdict = f"{top} ✓" if e["ok"] else f"{top} ✗ (should be {e['category']})"
         rows.append([e["direction"], e["kind"], str(e.get("n"))] + [fmt_num(e["mean_hits"].get(c), 2) for c in lc]
-                    + [verdict])
+                    + [direction_verdict(e)])
     return Table("Direction-injection control (seed §4.3)", ["Direction", "kind", "n"] + lc + ["top"], rows,
                  [f"Mean lexicon hits per explanation. Alignment (self) {d['alignment']['text']}, negation symmetry "
                   f"{d['negation_symmetry']['text']}, cross-axis {d['cross']['text']}. Rule: {d.get('rule')}."],

@@ -205,6 +205,14 @@ def _random(results: dict) -> list[str]:
     return lines + ["", "; ".join(shares) + ".", ""]
 
 
+def direction_verdict(e: dict) -> str:
+    """The top category of a direction and whether it is the expected one (away from c for a negation)."""
+    top = e.get("top") or "none"
+    if e["kind"] == "neg":
+        return f"{top} (away from {e['category']}) ✓" if e["ok"] else f"{top} ✗ (not away from {e['category']})"
+    return f"{top} ✓" if e["ok"] else f"{top} ✗ (should be {e['category']})"
+
+
 def _directions(results: dict) -> list[str]:
     d = results.get("directions")
     lines = ["## 5. Direction-injection control (seed §4.3)", ""]
@@ -213,12 +221,7 @@ def _directions(results: dict) -> list[str]:
     lc = list(d.get("lexicon_categories") or [])
     rows = []
     for e in d.get("rows") or []:
-        top = e.get("top") or "none"
-        if e["kind"] == "neg":
-            verdict = f"{top} (away from {e['category']})" if e["ok"] else f"{top} ✗ (not away from {e['category']})"
-        else:
-            verdict = f"{top} ✓" if e["ok"] else f"{top} ✗ (should be {e['category']})"
-        rows.append([e["direction"]] + [fmt_num(e["mean_hits"].get(c), 2) for c in lc] + [verdict])
+        rows.append([e["direction"]] + [fmt_num(e["mean_hits"].get(c), 2) for c in lc] + [direction_verdict(e)])
     lines += [f"Mean lexicon hits per explanation (K samples per direction). Rule: {d.get('rule')}.", ""]
     lines += _table(["Direction"] + lc + ["top"], rows)
     lines += [
