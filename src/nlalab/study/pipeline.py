@@ -123,11 +123,9 @@ def _force(out: Path, stages: list[str]) -> None:
     files = {
         "capture": [out / "stages" / "capture.safetensors"],
         "verbalize": [out / "stages" / "verbalize.jsonl"],
-        "reconstruct": [out / "stages" / "reconstruct.safetensors"],
+        "reconstruct": [out / "stages" / "reconstruct.safetensors", out / "stages" / "reconstruct_extras.safetensors"],
         "controls": list((out / "stages").glob("control_*")),
     }
-    if "controls" in doomed or "capture" in doomed:
-        files["controls"] = list((out / "stages").glob("control_*"))
     for s in doomed:
         for f in files.get(s, []):
             f.unlink(missing_ok=True)
