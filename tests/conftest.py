@@ -9,6 +9,9 @@ import pytest
 # CPU tests must behave the same on a GPU machine: default loads go to the CPU in fp32.
 # GPU tests pass LoadOptions(device="cuda") explicitly.
 os.environ.setdefault("NLALAB_DEVICE", "cpu")
+# ... and verbalize on one device unless a test asks for several (GenerationSettings.devices), so the suite
+# behaves the same on a machine with several GPUs; tests/unit/test_parallel.py and the GPU tests set it.
+os.environ.setdefault("NLALAB_VERBALIZE_DEVICES", "none")
 
 from nlalab.testing import ARCHES, build_fixture_pair
 

@@ -149,7 +149,7 @@ def explain(
 
 # Smaller defaults for the offline CPU demo (no pair named, no GPU): the full seed protocol would take
 # ~10 minutes on 2 cores; these finish in a few. Any explicit flag wins.
-OFFLINE_DEMO = {"k": 2, "max_new_tokens": 48, "n_random": 10, "n_seeds": 1}
+OFFLINE_DEMO = {"k": 2, "max_new_tokens": 128, "n_random": 10, "n_seeds": 1}
 SEED_PROTOCOL = {"k": 3, "max_new_tokens": 200, "n_random": 30, "n_seeds": 2}
 
 
@@ -166,7 +166,7 @@ def run(
     temperature: float = typer.Option(1.0, "--temperature"),
     top_p: float = typer.Option(1.0, "--top-p"),
     greedy: bool = typer.Option(False, "--greedy"),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="200 (offline demo 48)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="200 (offline demo 128: the shipped pair writes ~80-token explanations)."),
     seed: int = typer.Option(42, "--seed"),
     controls: str = typer.Option("all", "--controls", help="all, none, or a comma list: random_gaussian,directions."),
     n_random: Optional[int] = typer.Option(None, "--n-random", help="Random-Gaussian vectors (30; demo 10)."),
@@ -181,6 +181,10 @@ def run(
     n_seeds: Optional[int] = typer.Option(None, "--n-seeds", help="Extra seeds for the noise-floor control (2)."),
     device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
     max_memory: Optional[str] = MaxMemOpt,
+    verbalize_devices: Optional[str] = typer.Option(None, "--verbalize-devices",
+                                          help="Spread verbalization over GPUs (data parallel): auto (every "
+                                          "visible GPU when the AV is on one), all, none, a count, or "
+                                          "cuda:0,cuda:1."),
     force: Optional[List[str]] = typer.Option(None, "--force", help="Redo a stage (and what follows): capture, "
                                               "verbalize, reconstruct, controls. Repeatable."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run made with other settings."),
@@ -208,13 +212,15 @@ def run(
                      seed=seed, controls=ctl, n_random=n_random, n_perm=n_perm, n_boot=n_boot,
                      brv_reference=brv_reference, lexicon=lexicon, engine=engine, batch_size=batch_size,
                      device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
-                     positions=position, n_seeds=n_seeds, force=force or [],
+                     verbalize_devices=verbalize_devices, positions=position, n_seeds=n_seeds, force=force or [],
                      progress=sys.stderr.isatty())
         merged = {**defaults, **base, **{k_: v for k_, v in given.items() if v is not None}}
         cfg = RunConfig(**merged)
         if demo:
-            typer.echo("No pair given: running the offline default (SmolLM2-135M-Instruct and its untrained NLA, "
-                       f"layer 20; k={cfg.k}, max_new_tokens={cfg.max_new_tokens}).", err=True)
+            which = ("its untrained NLA (the control)" if cfg.untrained_baseline else
+                     "nlalab's trained NLA" if cfg.layer in (None, 20) else "its untrained NLA")
+            typer.echo(f"No pair given: running the offline default (SmolLM2-135M-Instruct and {which}, "
+                       f"layer {cfg.layer or 20}; k={cfg.k}, max_new_tokens={cfg.max_new_tokens}).", err=True)
         res = run_study(cfg, overwrite=overwrite, on_stage=lambda s: typer.echo(f"[nlalab] {s}", err=True))
     except NLALabError as e:
         _fail(e)

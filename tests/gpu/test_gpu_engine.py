@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():  # pragma: no cover - CI has no GPU
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
-from nlalab.pairs.load import LoadOptions, load_av  # noqa: E402
+from nlalab.pairs.load import LoadOptions, load_av, release  # noqa: E402
 from nlalab.verbalize import GenerationSettings, verbalize  # noqa: E402
 from nlalab.verbalize import engine as fast  # noqa: E402
 from nlalab.verbalize.generate import resolve_engine  # noqa: E402
@@ -139,3 +139,86 @@ def test_triton_decode_attention_matches_fp32_reference():
             ref = fast._attend(q.double(), None if kp is None else kp.double(), None if vp is None else vp.double(),
                                kr.double(), vr.double(), mp[None], mr[None], D ** -0.5)
             assert float((got.double() - ref).norm() / ref.norm()) < 1e-2
+
+
+# ------------------------------------------------------------------------------ data parallel (2 GPUs)
+
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+
+
+@two_gpus
+def test_data_parallel_two_gpus_equal_one(fixture_pairs, no_tf32, compile_mode, attention):
+    """1 GPU vs 2 GPUs (a replica on cuda:1, one thread per GPU), fast engine, the same micro-batch shape
+    on both: fp32 + graphs identical row for row; bf16 + compile + graphs + Triton too (same kernels on the
+    same shapes), allowing a stray row. Timings printed (tiny fixtures: overhead, not a speed-up figure;
+    bench/bench_verbalize.py --devices 2 measures that)."""
+    import time
+
+    from nlalab.verbalize import parallel
+
+    cuda0, cuda1 = torch.device("cuda", 0), torch.device("cuda", 1)
+    compile_mode("none")
+    av = load_av(fixture_pairs["qwen2"].av, FP32)
+    gpus = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    assert parallel.resolve_devices("auto", av, "fast") == gpus and gpus[:2] == [cuda0, cuda1]
+    assert parallel.resolve_devices("all", av, "fast") == gpus
+    assert parallel.resolve_devices("auto", av, "hf") == [cuda0]
+    torch.manual_seed(0)
+    vecs = torch.randn(8, av.d_model) * 30
+    for gs in (dict(temperature=1.0, seed=11), dict(greedy=True)):
+        kw = dict(engine="fast", max_new_tokens=24, fast_batch_size=4, **gs)
+        seen1, seen2 = [], []
+        one = verbalize(av, vecs, k=2, settings=GenerationSettings(devices=None, **kw), on_batch=seen1.extend)
+        two = verbalize(av, vecs, k=2, settings=GenerationSettings(devices=2, **kw), on_batch=seen2.extend)
+        info = parallel.last_info()
+        assert info["devices"] == ["cuda:0", "cuda:1"] and info["rows"] == [8, 8], info
+        assert fast.last_stats().graphs
+        assert [r.to_dict(with_tokens=True) for r in two] == [r.to_dict(with_tokens=True) for r in one]
+        assert [(r.vector_index, r.sample) for r in seen2] == [(r.vector_index, r.sample) for r in seen1]
+    # loop engine, "auto" (both GPUs from 2 x AUTO_MIN_ROWS_PER_DEVICE rows on), fp32: the same rows
+    assert parallel.resolve_devices("auto", av, "loop", n_rows=parallel.AUTO_MIN_ROWS_PER_DEVICE) == [cuda0]
+    kw = dict(engine="loop", max_new_tokens=16, temperature=1.0, seed=2, batch_size=64)
+    vecs = torch.randn(parallel.AUTO_MIN_ROWS_PER_DEVICE, av.d_model) * 30
+    parallel._LAST[0] = None
+    a = verbalize(av, vecs, k=2, settings=GenerationSettings(devices="none", **kw))
+    b = verbalize(av, vecs, k=2, settings=GenerationSettings(devices="auto", **kw))
+    assert parallel.last_info()["devices"] == ["cuda:0", "cuda:1"]
+    assert sum(x.token_ids == y.token_ids for x, y in zip(a, b)) >= len(a) - 1
+    assert not list(parallel._LIVE.keys())  # the replicas were freed
+    release(av)
+
+    # bf16, graphs + Triton decode attention: eager layer kernels (the same on both GPUs, same shapes), then
+    # torch.compile'd layers (compiled once per device; a device may get another variant, e.g. dynamic
+    # shapes, so there the bar is the one-GPU run's own agreement at another micro-batch size)
+    attention("auto")
+    av = load_av(fixture_pairs["gemma3_text"].av, BF16)
+    torch.manual_seed(1)
+    vecs = torch.randn(16, av.d_model) * 30
+    kw = dict(engine="fast", max_new_tokens=32, temperature=1.0, seed=3, fast_batch_size=8)
+    for mode in ("none", "all"):
+        compile_mode(mode)
+        verbalize(av, vecs, k=1, settings=GenerationSettings(devices=2, **kw))  # compile: 8 rows on each GPU
+        times = {}
+        for name, devs in (("1 GPU", None), ("2 GPUs", 2)):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = verbalize(av, vecs, k=4, settings=GenerationSettings(devices=devs, **kw))
+            torch.cuda.synchronize()
+            times[name] = (time.perf_counter() - t0, out)
+        st = fast.last_stats()
+        assert st.graphs and st.compile == mode and st.attention == "shared+triton"
+        one, two = times["1 GPU"][1], times["2 GPUs"][1]
+        assert [(r.vector_index, r.sample) for r in two] == [(r.vector_index, r.sample) for r in one]
+        same = sum(x.token_ids == y.token_ids for x, y in zip(one, two))
+        got = _prefix_agreement(_toks(two), _toks(one))
+        other = verbalize(av, vecs, k=4, settings=GenerationSettings(devices=None, **{**kw, "fast_batch_size": 16}))
+        floor = _prefix_agreement(_toks(other), _toks(one))
+        print(f"\n[data parallel] gemma3_text fixture bf16, compile {mode}, 64 rows x 32 tokens, micro-batch 8: "
+              f"1 GPU {times['1 GPU'][0]:.3f} s, 2 GPUs {times['2 GPUs'][0]:.3f} s; identical rows "
+              f"{same}/{len(one)}, prefix agreement {got:.3f} (1 GPU at micro-batch 16: {floor:.3f}); "
+              f"{parallel.last_info()}")
+        if mode == "none":
+            assert same >= len(one) - 1, same
+        else:
+            assert got >= min(0.7, floor) - 0.2, (got, floor)
+    release(av)

@@ -189,3 +189,19 @@ def test_fast_engine_gives_the_same_run(fixture_pairs, tmp_path):
                       for r in map(json.loads, (d / "samples.jsonl").read_text().splitlines())]
     assert rows(tmp_path / "loop") == rows(tmp_path / "fast")
     assert a["per_category"]["OVERALL"]["cos"]["mean"] == pytest.approx(b["per_category"]["OVERALL"]["cos"]["mean"])
+
+
+def test_two_verbalization_devices_write_the_same_logs(reference_run, fixture_pairs, tmp_path):
+    """--verbalize-devices cpu,cpu (two worker threads with a replica each, as on two GPUs) writes the
+    verbalization logs byte for byte as one device does: same rows, same order of incremental writes."""
+    ref_out, _ = reference_run
+    out = tmp_path / "two"
+    run_study(cfg_for(fixture_pairs["qwen2"], out, batch_size=1, controls=["random_gaussian"],
+                      verbalize_devices="cpu,cpu"))
+    for name in ("verbalize.jsonl", "control_random_gaussian.jsonl"):
+        assert (out / "stages" / name).read_bytes() == (ref_out / "stages" / name).read_bytes(), name
+    from nlalab.verbalize.parallel import last_info
+
+    assert last_info()["devices"] == ["cpu", "cpu"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["config"]["verbalize_devices"] == "cpu,cpu" and "verbalize_devices" not in cfg["identity"]

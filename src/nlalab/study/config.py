@@ -12,7 +12,7 @@ CONTROLS = ("random_gaussian", "directions", "recon_permutation", "baselines", "
 
 # Values that change results: a rerun into an existing run dir must match them (or pass --overwrite).
 NON_IDENTITY = {"out", "batch_size", "capture_batch_size", "ar_batch_size", "device", "dtype", "device_map",
-                "max_memory", "progress", "force"}
+                "max_memory", "progress", "force", "verbalize_devices"}
 
 
 class RunConfig(BaseModel):
@@ -53,6 +53,8 @@ class RunConfig(BaseModel):
     dtype: str = "auto"
     device_map: Optional[str] = None
     max_memory: Optional[str] = Field(None, description="Per-device caps with device_map, e.g. '0=70GiB,1=70GiB'.")
+    verbalize_devices: str = Field("auto", description="Data-parallel verbalization: auto (every visible GPU when "
+                                   "the AV fits on one), all, none, a GPU count, or a list such as cuda:0,cuda:1.")
     progress: bool = True
     force: list[str] = Field(default_factory=list, description="Stages to redo: capture, verbalize, reconstruct, controls.")
 

@@ -52,6 +52,7 @@ import contextlib
 import gc
 import math
 import os
+import threading
 import time
 import warnings
 import weakref
@@ -68,6 +69,27 @@ from nlalab.verbalize.inject import injected_embeds
 from nlalab.verbalize.sampling import MASK32, filter_logits, hash32, row_keys
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "gemma3_text")
+
+# Process-wide device-state lock (data-parallel verbalization runs one engine per GPU, one thread each).
+# CUDA allows one graph capture at a time per process, and ``torch.cuda.graph`` as well as our OOM paths
+# call ``torch.cuda.empty_cache()``, which touches every device's allocator: so engine builds (weight
+# fusion empties the cache, the Triton self-check compiles), graph captures (with their compile warm-up),
+# engine teardown and cache emptying hold this lock. Replays, prefill and decode run unlocked.
+DEVICE_LOCK = threading.RLock()
+
+
+def on_device(device: torch.device):
+    """Make ``device`` the current CUDA device (Triton launches and ``torch.cuda.graph`` use the current
+    device, and a worker thread starts on cuda:0); a no-op off CUDA."""
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def empty_cache() -> None:
+    """``torch.cuda.empty_cache()`` under ``DEVICE_LOCK`` (never while another thread captures a graph)."""
+    if torch.cuda.is_available():
+        with DEVICE_LOCK:
+            torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -293,7 +315,8 @@ _COMPILED: dict = {}
 def _compiled_fns(mode: str) -> dict:
     """The decode-step functions for a compile mode; one set per process, so engines rebuilt for a new
     call reuse dynamo's compiled code instead of compiling again."""
-    fns = _COMPILED.get(mode)
+    autotune = os.environ.get("NLALAB_FAST_AUTOTUNE", "0") not in ("0", "", "false", "False")
+    fns = _COMPILED.get((mode, autotune))
     if fns is not None:
         return fns
     fns = {"pre": _pre_attn, "post": _post_attn, "head": _head_sample}
@@ -308,11 +331,13 @@ def _compiled_fns(mode: str) -> dict:
                 setattr(cfg, name, max(int(getattr(cfg, name)), 256))
         # round at every .to(bf16) as eager does, so compiled steps follow the eager numerics
         opts = {"emulate_precision_casts": True} if hasattr(icfg, "emulate_precision_casts") else {}
+        if autotune:  # NLALAB_FAST_AUTOTUNE=1: inductor benchmarks Triton GEMM templates against cuBLAS
+            opts.update({"max_autotune": True, "max_autotune_gemm_backends": "ATEN,TRITON"})
         fns["head"] = torch.compile(_head_sample, fullgraph=True, options=opts)
         if mode == "all":
             fns["pre"] = torch.compile(_pre_attn, fullgraph=True, options=opts)
             fns["post"] = torch.compile(_post_attn, fullgraph=True, options=opts)
-    _COMPILED[mode] = fns
+    _COMPILED[(mode, autotune)] = fns
     return fns
 
 
@@ -617,6 +642,7 @@ class FastEngine:
         self.use_graphs = _resolved_graphs(self.device)
         self.max_rows: Optional[int] = None  # largest micro-batch known to fit (after an OOM)
         self._fns = None
+        self._cap_stream = None  # this engine's CUDA graph capture stream (made at the first capture)
         self.states: dict = {}
         self.stats = Stats()
         with torch.no_grad():
@@ -650,7 +676,7 @@ class FastEngine:
                 L.wqkv, L.wgu = fused[0], fused[1]
                 L.bqkv = fused[2] if len(fused) > 2 else None
         if self.device.type == "cuda":
-            torch.cuda.empty_cache()  # the old per-matrix blocks would otherwise stay reserved and fragment
+            empty_cache()  # the old per-matrix blocks would otherwise stay reserved and fragment
 
     def unfuse(self) -> None:
         """Give every fused Parameter its own storage again (values unchanged). Needs one fused buffer of
@@ -664,7 +690,7 @@ class FastEngine:
                 try:
                     p.data = p.data.clone()
                 except torch.cuda.OutOfMemoryError:
-                    torch.cuda.empty_cache()
+                    empty_cache()
                     try:
                         p.data = p.data.clone()
                     except torch.cuda.OutOfMemoryError:
@@ -779,7 +805,8 @@ class FastEngine:
 
     def _decode_fns(self) -> dict:
         if self._fns is None:
-            self._fns = _compiled_fns(self.compile_mode)
+            with DEVICE_LOCK:
+                self._fns = _compiled_fns(self.compile_mode)
         return self._fns
 
     def _pre(self, fns, L: _Layer, x, pos):
@@ -923,14 +950,22 @@ class FastEngine:
         st.out[:, 1].copy_(saved[3])
 
     def _capture(self, st: _State, sp: dict, fns: dict) -> None:
-        """Warm up, then capture one decode step as a CUDA graph."""
-        self._warm(st, sp, fns)
-        saved = st.out[:, 1].clone()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            self._step(st, sp, fns)
-        st.out[:, 1].copy_(saved)
-        st.graph = g
+        """Warm up, then capture one decode step as a CUDA graph.
+
+        Thread-safe for one engine per device: one capture at a time in the process (``DEVICE_LOCK``), on
+        this engine's own capture stream (``torch.cuda.graph``'s default stream is one per process, made on
+        whichever device was current), in ``thread_local`` mode so other threads' work on other GPUs (syncs,
+        allocations) does not invalidate the capture."""
+        with DEVICE_LOCK, on_device(self.device):
+            self._warm(st, sp, fns)
+            saved = st.out[:, 1].clone()
+            g = torch.cuda.CUDAGraph()
+            if self._cap_stream is None:
+                self._cap_stream = torch.cuda.Stream(device=self.device)
+            with torch.cuda.graph(g, stream=self._cap_stream, capture_error_mode="thread_local"):
+                self._step(st, sp, fns)
+            st.out[:, 1].copy_(saved)
+            st.graph = g
 
     def generate(self, vectors: torch.Tensor, keys: torch.Tensor, *, injection_scale: float, max_new_tokens: int,
                  eos_ids: Sequence[int], pad_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -962,7 +997,7 @@ class FastEngine:
                       attention=("shared+triton" if self.triton else "shared") if shared else "copy")
         cuda = self.device.type == "cuda"
         sync = (lambda: torch.cuda.synchronize(self.device)) if cuda else (lambda: None)
-        with torch.no_grad(), _sdpa_backends(self.device):
+        with torch.no_grad(), _sdpa_backends(self.device), on_device(self.device):
             if B > n:
                 vectors = torch.cat([vectors, vectors[-1:].expand(B - n, -1)], 0)
                 keys = torch.cat([keys, keys[-1:].expand(B - n)], 0)
@@ -975,8 +1010,12 @@ class FastEngine:
             t0 = time.perf_counter()
             st.keys.copy_(keys.to(self.device))
             emb = injected_embeds(_EmbedOnly(self.embed), self.prompt_ids[self.P:], vectors, 0, injection_scale)
+            # torch.compile is not thread safe: every call of compiled code that may (re)compile runs under
+            # DEVICE_LOCK (prefill's head here, the warm-up in _capture; graph replays run no Python code)
+            compiled = DEVICE_LOCK if cuda and self.compile_mode != "none" else contextlib.nullcontext()
             try:
-                self._prefill(st, emb, sp, fns)
+                with compiled:
+                    self._prefill(st, emb, sp, fns)
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as e:  # pragma: no cover - compile trouble on some stacks
@@ -1014,11 +1053,13 @@ class FastEngine:
                 t2 = time.perf_counter()
                 every = max(1, int(OPTIONS.check_every))
                 check = sp["eos"] is not None
+                compiled = DEVICE_LOCK if cuda and self.compile_mode != "none" else contextlib.nullcontext()
                 for step in range(1, max_new):
                     if st.graph is not None and self.use_graphs:
                         st.graph.replay()
                     else:
-                        self._step(st, sp, fns)
+                        with compiled:  # no graphs (capture failed or off): compiled step, see prefill
+                            self._step(st, sp, fns)
                     steps = step + 1
                     if check and (step % every == 0 or not cuda) and bool(st.done.all()):
                         break
@@ -1055,9 +1096,12 @@ def get_engine(av) -> FastEngine:
     key = (tuple(int(i) for i in av.prompt_ids), int(av.marker_pos))
     eng = _ENGINES.get(av.model, {}).get(key)
     if eng is None or not eng.alive():
-        release_engines(av.model)  # one engine per model: it may have re-laid the model's weights
-        eng = FastEngine(av.model, av.prompt_ids, av.marker_pos)
-        _ENGINES[av.model] = {key: eng}
+        # built under DEVICE_LOCK (weight fusion empties the CUDA cache; the Triton self-check launches on
+        # the current device), with the model's device current
+        with DEVICE_LOCK, on_device(arch.input_device(av.model)):
+            release_engines(av.model)  # one engine per model: it may have re-laid the model's weights
+            eng = FastEngine(av.model, av.prompt_ids, av.marker_pos)
+            _ENGINES[av.model] = {key: eng}
     return eng
 
 
@@ -1072,15 +1116,16 @@ def end_call(av) -> None:
 
 def release_engines(model: Optional[nn.Module] = None) -> None:
     """Drop cached engines (all, or one model's), freeing their buffers, graphs and prefix K/V."""
-    per = list(_ENGINES.values()) if model is None else [_ENGINES.get(model, {})]
-    for engines in per:
-        for eng in engines.values():
-            eng.drop_states()
-            eng.unfuse()
-    if model is None:
-        _ENGINES.clear()
-    else:
-        _ENGINES.pop(model, None)
+    with DEVICE_LOCK:
+        per = list(_ENGINES.values()) if model is None else [_ENGINES.get(model, {})]
+        for engines in per:
+            for eng in list(engines.values()):
+                eng.drop_states()
+                eng.unfuse()
+        if model is None:
+            _ENGINES.clear()
+        else:
+            _ENGINES.pop(model, None)
 
 
 def auto_batch(eng: FastEngine, n_rows: int, max_new: int, fallback: int, shared: bool = False) -> int:
@@ -1150,10 +1195,10 @@ def iter_fast(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v
         except torch.cuda.OutOfMemoryError:
             oom = True
         if oom:  # outside the except block, so the failed call's frames (and its buffers) are gone
-            eng.drop_states()
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            with DEVICE_LOCK:
+                eng.drop_states()
+                gc.collect()
+                empty_cache()
             if B == 1:
                 raise NLALabError(
                     "GPU out of memory at batch size 1 while verbalizing (fast engine). Fix: lower "

@@ -9,12 +9,22 @@ Engines behind one function (``GenerationSettings.engine``):
 - ``hf``: plain ``transformers.generate`` with ``inputs_embeds`` — the reference path; sampled
   outputs then depend on batch composition (torch's global RNG, seeded per batch).
 Greedy outputs of both engines are token-identical (tested).
+
+Several GPUs (``GenerationSettings.devices``, default ``"auto"``): when the AV sits on one CUDA device and
+more are visible, the (vector, sample) rows are split into contiguous shards, one per GPU, each run by the
+engine above on a replica of the AV in its own thread, and merged back in order
+(``nlalab.verbalize.parallel``). Every row keeps its own noise stream, so the records are the same as on
+one GPU whenever the logits agree (bitwise on CPU; in bf16 on the GPU a row can differ at a near-tie,
+as with another micro-batch size).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Literal, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Optional, Sequence, Union
 
 import torch
 
@@ -37,6 +47,13 @@ class GenerationSettings:
     batch_size: int = 32
     engine: Engine = "auto"
     fast_batch_size: int = 0  # fast engine rows per micro-batch; 0 = as many as GPU memory allows
+    # Data parallel over GPUs (nlalab.verbalize.parallel.resolve_devices): "auto" = every visible GPU when
+    # the AV is on cuda:0 alone (inference-loaded, not sharded, engine not hf), else the AV's device;
+    # "all" = the same but an error where it cannot apply; None/"none" = the AV's device only; a count
+    # ("2" / 2) = that many GPUs starting with the AV's; or devices ("cuda:0,cuda:1" or a list).
+    # Default: $NLALAB_VERBALIZE_DEVICES, else "auto".
+    devices: Union[None, str, int, Sequence[str]] = field(
+        default_factory=lambda: os.environ.get("NLALAB_VERBALIZE_DEVICES", "auto"))
 
 
 def resolve_engine(engine: str, av) -> str:
@@ -141,6 +158,74 @@ def to_records(av, toks: torch.Tensor, done: torch.Tensor, vidx: Sequence[int], 
     return out
 
 
+def iter_rows(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v: Sequence[int],
+              settings: GenerationSettings, engine: str, stop=None
+              ) -> Iterator[tuple[list[int], list[int], torch.Tensor, torch.Tensor]]:
+    """The single-device path: run the ``todo`` (vector, sample) rows on ``av`` with ``engine`` (resolved:
+    fast, loop or hf), yielding (vidx, sidx, tokens, done) per micro-batch, on the CPU, in ``todo`` order.
+
+    ``stop`` (a ``threading.Event``) ends it after the current micro-batch. A CUDA out-of-memory halves the
+    micro-batch and retries (per engine, so per device). Close the generator when stopping early (the
+    fast engine's per-call state is dropped in its ``finally``)."""
+    if not todo:
+        return
+    if engine == "fast":
+        from nlalab.verbalize import engine as fast
+
+        try:
+            fast.get_engine(av)
+        except NLALabError as e:
+            if settings.engine != "auto":
+                raise
+            warnings.warn(f"fast engine unavailable ({e}); using the loop engine.")
+            engine = "loop"
+    if engine == "fast":
+        try:
+            for batch in fast.iter_fast(av, vectors, todo, keys_v, settings,
+                                        batch_size=settings.fast_batch_size or None):
+                yield batch
+                if stop is not None and stop.is_set():
+                    return
+        finally:
+            fast.end_call(av)  # drop the engine: buffers, graphs, prefix K/V; fused weights restored
+        return
+    if engine not in ("loop", "hf"):
+        raise NLALabError(f"Unknown engine {settings.engine!r}; use 'auto', 'fast', 'loop' or 'hf'.")
+    bs = max(1, int(settings.batch_size))
+    pos = 0
+    while pos < len(todo):
+        chunk = todo[pos:pos + bs]
+        vidx = [i for i, _ in chunk]
+        sidx = [s for _, s in chunk]
+        oom = False
+        try:
+            embeds = injected_embeds(av.model, av.prompt_ids, vectors[vidx], av.marker_pos, av.injection_scale)
+            if engine == "hf":
+                toks, done = _decode_hf(av, embeds, settings.seed + pos, settings)
+            else:
+                dev = embeds.device
+                keys = row_keys(settings.seed, torch.tensor([keys_v[i] for i in vidx], device=dev),
+                                torch.tensor(sidx, device=dev))
+                toks, done = decode_loop(av, embeds, keys, settings)
+        except torch.cuda.OutOfMemoryError:
+            oom = True
+        if oom:  # outside the except block, so the failed call's frames (and its buffers) are gone
+            if bs == 1:
+                raise NLALabError(
+                    "GPU out of memory at batch size 1 while verbalizing. Fix: lower --max-new-tokens, "
+                    "use a GPU with more memory, or shard the AV with --device-map auto."
+                )
+            bs = max(1, bs // 2)
+            from nlalab.verbalize.engine import empty_cache
+
+            empty_cache()
+            continue
+        yield vidx, sidx, toks.cpu(), done.cpu()
+        pos += len(chunk)
+        if stop is not None and stop.is_set():
+            return
+
+
 def verbalize(
     av,
     vectors: torch.Tensor,
@@ -155,7 +240,13 @@ def verbalize(
 
     ``vector_keys`` name each vector's noise stream (default: its index); ``skip`` lists (vector, sample)
     pairs already done (resume); ``on_batch`` receives each finished batch (incremental writes).
-    A CUDA out-of-memory halves the micro-batch and retries.
+    A CUDA out-of-memory halves the micro-batch and retries (per device).
+
+    With several devices (``settings.devices``, see ``GenerationSettings``) the rows are split into one
+    contiguous shard per device and run in parallel on replicas of the AV (``nlalab.verbalize.parallel``);
+    ``on_batch`` is still called from this thread only, with the batches in (vector, sample) order, so
+    the records and the order of incremental writes are those of a one-device run (a later shard's
+    finished batches wait until the shards before it are written).
     """
     if vectors.ndim != 2 or vectors.shape[0] == 0:
         raise NLALabError(f"verbalize needs a non-empty [n, d] tensor, got shape {tuple(vectors.shape)}.")
@@ -165,70 +256,29 @@ def verbalize(
     keys_v = list(range(n)) if vector_keys is None else [int(x) for x in vector_keys]
     todo = [(i, s) for i in range(n) for s in range(k) if not (skip and (i, s) in skip)]
     results: list[Verbalization] = []
-    bs = max(1, int(settings.batch_size))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc="verbalize", unit="sample")
     engine = resolve_engine(settings.engine, av)
-    if engine == "fast" and todo:
-        from nlalab.verbalize import engine as fast
+    from nlalab.verbalize.parallel import iter_parallel, resolve_devices
 
-        try:
-            fast.get_engine(av)
-        except NLALabError as e:
-            if settings.engine != "auto":
-                raise
-            import warnings
-
-            warnings.warn(f"fast engine unavailable ({e}); using the loop engine.")
-            engine = "loop"
-    if engine == "fast" and todo:
-        try:
-            for vidx, sidx, toks, done in fast.iter_fast(av, vectors, todo, keys_v, settings,
-                                                         batch_size=settings.fast_batch_size or None):
-                recs = to_records(av, toks, done, vidx, sidx)
-                results.extend(recs)
-                if on_batch is not None:
-                    on_batch(recs)
-                if bar is not None:
-                    bar.update(len(recs))
-        finally:
-            fast.end_call(av)  # drop the engine: buffers, graphs, prefix K/V; fused weights restored
-        todo = []
-    pos = 0
-    while pos < len(todo):
-        chunk = todo[pos:pos + bs]
-        vidx = [i for i, _ in chunk]
-        sidx = [s for _, s in chunk]
-        try:
-            embeds = injected_embeds(av.model, av.prompt_ids, vectors[vidx], av.marker_pos, av.injection_scale)
-            if engine == "hf":
-                toks, done = _decode_hf(av, embeds, settings.seed + pos, settings)
-            elif engine == "loop":
-                dev = embeds.device
-                keys = row_keys(settings.seed, torch.tensor([keys_v[i] for i in vidx], device=dev),
-                                torch.tensor(sidx, device=dev))
-                toks, done = decode_loop(av, embeds, keys, settings)
-            else:
-                raise NLALabError(f"Unknown engine {settings.engine!r}; use 'auto', 'fast', 'loop' or 'hf'.")
-        except torch.cuda.OutOfMemoryError:
-            if bs == 1:
-                raise NLALabError(
-                    "GPU out of memory at batch size 1 while verbalizing. Fix: lower --max-new-tokens, "
-                    "use a GPU with more memory, or shard the AV with --device-map auto."
-                ) from None
-            bs = max(1, bs // 2)
-            torch.cuda.empty_cache()
-            continue
-        recs = to_records(av, toks.cpu(), done.cpu(), vidx, sidx)
-        results.extend(recs)
-        if on_batch is not None:
-            on_batch(recs)
-        if bar is not None:
-            bar.update(len(chunk))
-        pos += len(chunk)
+    devices = resolve_devices(settings.devices, av, engine, n_rows=len(todo))
+    parallel = devices != resolve_devices(None, av, engine)  # several devices, or another one than the AV's
+    if parallel:  # the bar counts rows as workers finish them; records come in order below
+        rows = iter_parallel(av, vectors, todo, keys_v, settings, engine, devices,
+                             on_rows=bar.update if bar is not None else None)
+    else:
+        rows = iter_rows(av, vectors, todo, keys_v, settings, engine)
+    with contextlib.closing(rows):
+        for vidx, sidx, toks, done in rows:
+            recs = to_records(av, toks, done, vidx, sidx)
+            results.extend(recs)
+            if on_batch is not None:
+                on_batch(recs)
+            if bar is not None and not parallel:
+                bar.update(len(recs))
     if bar is not None:
         bar.close()
     results.sort(key=lambda r: (r.vector_index, r.sample))
