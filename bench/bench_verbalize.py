@@ -16,6 +16,13 @@ random vectors, and times in ONE process on ONE device:
 
 All sample at temperature 1 over the full vocabulary (no top-k/top-p) for a fixed number of new tokens
 (end-of-turn stopping disabled). Results go to ``bench/results/<shape>_<device>.json``.
+
+With ``--devices N`` (N >= 2 GPUs; or ``--only dp --devices N``) section ``dp`` times ours on 1 GPU vs
+N GPUs data parallel (``nlalab.verbalize.parallel``) in the same process, for each ``--dp-rows`` count
+(150 and 600), and records ``speedup_vs_1gpu`` (at ``--rows``) and ``data_parallel`` in the JSON
+(``<shape>_<device>_dp<N>.json`` when dp runs alone), e.g.
+
+    PYTHONPATH=src python bench/bench_verbalize.py --shape qwen2.5-7b --only dp --devices 2
 """
 
 from __future__ import annotations
@@ -37,7 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from nlalab.verbalize import engine as fast  # noqa: E402
-from nlalab.verbalize.generate import GenerationSettings, _decode_loop  # noqa: E402
+from nlalab.verbalize.generate import GenerationSettings  # noqa: E402
+
+try:  # the public name since the fast-engine commit; older trees had the private one
+    from nlalab.verbalize.generate import decode_loop as decode_loop  # noqa: E402
+except ImportError:  # pragma: no cover
+    from nlalab.verbalize.generate import decode_loop  # noqa: E402
 from nlalab.verbalize.inject import injected_embeds  # noqa: E402
 from nlalab.verbalize.sampling import row_keys  # noqa: E402
 
@@ -56,21 +68,35 @@ SHAPES = {
                        sliding_window=1024, query_pre_attn_scalar=168, rms_norm_eps=1e-6,
                        max_position_embeddings=131072, rope_scaling={"rope_type": "linear", "factor": 8.0},
                        tie_word_embeddings=True),
+    # Llama-3.3-70B-Instruct: 141 GB in bf16, so several GPUs (bench/bench_study.py --devices N)
+    "llama3.3-70b": dict(kind="llama", hidden_size=8192, num_hidden_layers=80, num_attention_heads=64,
+                         num_key_value_heads=8, intermediate_size=28672, vocab_size=128256, rms_norm_eps=1e-5,
+                         rope_theta=500_000.0, max_position_embeddings=131072,
+                         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+                         tie_word_embeddings=False),
 }
 
 
-def make_config(shape: str):
-    spec = dict(SHAPES[shape])
+def config_from_spec(spec: dict):
+    """A transformers config from one SHAPES-style entry (``kind`` = qwen2, llama or gemma3_text)."""
+    spec = dict(spec)
     kind = spec.pop("kind")
-    if kind == "qwen2":
-        from transformers import Qwen2Config
+    if kind in ("qwen2", "llama"):
+        from transformers import LlamaConfig, Qwen2Config
 
         theta = spec.pop("rope_theta")
-        cfg = Qwen2Config(**spec)
+        scaling = spec.pop("rope_scaling", None)
+        cfg = (Qwen2Config if kind == "qwen2" else LlamaConfig)(**spec)
+        rope = {"rope_type": "default", "rope_theta": theta}
+        if scaling:
+            rope.update(scaling, rope_theta=theta)
         try:  # transformers 5.x keeps rope settings in rope_parameters
-            cfg.rope_parameters = {"rope_type": "default", "rope_theta": theta}
+            cfg.rope_parameters = rope
         except Exception:
             cfg.rope_theta = theta
+            if scaling:
+                cfg.rope_scaling = dict(scaling)
         return cfg
     from transformers import Gemma3TextConfig
 
@@ -86,40 +112,70 @@ def make_config(shape: str):
     return cfg
 
 
-def build_model(shape: str, device: str = "cuda", std: float = 0.02):
-    """Random bf16 replica built on the meta device and materialised on the GPU (seconds, not minutes)."""
-    from transformers import AutoModelForCausalLM
+def make_config(shape: str):
+    return config_from_spec(SHAPES[shape])
 
-    cfg = make_config(shape)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
-    model.to_empty(device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
+
+def init_random_(model, cfg, std: float = 0.02, seed: int = 0) -> None:
+    """Fill a model materialised with ``to_empty`` (on one or several devices): normal(0, std) linear and
+    embedding weights, zero biases, unit norms, rotary buffers rebuilt from the config. One generator per
+    device, seeded alike; every parameter must be covered (``to_empty`` leaves garbage)."""
+    gens: dict = {}
+
+    def gen_for(t):
+        if t.device not in gens:
+            gens[t.device] = torch.Generator(device=t.device).manual_seed(seed)
+        return gens[t.device]
+
+    done = set()
     with torch.no_grad():
         for name, mod in model.named_modules():
             if "RMSNorm" in type(mod).__name__:
                 # Gemma's norms scale by (1 + w): w = 0; Llama/Qwen2 scale by w: w = 1
                 mod.weight.fill_(0.0 if "Gemma" in type(mod).__name__ else 1.0)
+                done.add(id(mod.weight))
             elif isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)):
-                mod.weight.normal_(0.0, std, generator=gen)
+                mod.weight.normal_(0.0, std, generator=gen_for(mod.weight))
+                done.add(id(mod.weight))
                 if getattr(mod, "bias", None) is not None:
                     mod.bias.zero_()
+                    done.add(id(mod.bias))
             if "Rotary" in type(mod).__name__:  # non-persistent buffers: rebuild from the config on the CPU
                 fresh = type(mod)(config=getattr(mod, "config", cfg))
                 for bn, b in fresh.named_buffers():
                     mod.get_buffer(bn).copy_(b)
             if torch.is_tensor(getattr(mod, "embed_scale", None)):
                 mod.embed_scale.fill_(getattr(mod, "scalar_embed_scale", cfg.hidden_size ** 0.5))
+    missed = [n for n, p in model.named_parameters() if id(p) not in done]
+    if missed:
+        raise RuntimeError(f"init_random_: parameters left uninitialised: {missed[:5]}")
+
+
+def finish_random_(model) -> None:
+    """Tie embeddings (``to_empty`` allocates tied parameters separately), check buffers, inference mode."""
     if getattr(model.config, "tie_word_embeddings", False):
         try:
-            model.tie_weights()  # to_empty allocates tied parameters separately
+            model.tie_weights()
         except TypeError:
             model.lm_head.weight = model.get_input_embeddings().weight
     for n_, b in model.named_buffers():
-        assert torch.isfinite(b.float()).all(), n_
+        assert b.device.type != "meta" and torch.isfinite(b.float()).all(), n_
     model.eval().requires_grad_(False)
     model.generation_config.eos_token_id = None  # fixed-length timing
     model.generation_config.pad_token_id = 0
+
+
+def build_model(shape: str, device: str = "cuda", std: float = 0.02, cfg=None, dtype=torch.bfloat16):
+    """Random bf16 replica built on the meta device and materialised on the GPU (seconds, not minutes).
+    ``cfg`` (a transformers config) replaces the named shape, e.g. a tiny one for a CPU check."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = cfg if cfg is not None else make_config(shape)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    model.to_empty(device=device)
+    init_random_(model, cfg, std)
+    finish_random_(model)
     return model, cfg
 
 
@@ -216,11 +272,18 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=200)
     ap.add_argument("--prompt-len", type=int, default=118)
     ap.add_argument("--marker", type=int, default=100)
-    ap.add_argument("--only", default="default,static,ours", help="comma list of default,static,ours")
+    ap.add_argument("--only", default="default,static,ours", help="comma list of default,static,ours,autotune")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--devices", type=int, default=1,
+                    help="N > 1: also time ours on 1 GPU vs N GPUs data parallel (section dp)")
+    ap.add_argument("--dp-rows", default="150,600", help="comma list of row counts for the dp section")
     args = ap.parse_args()
     todo = set(args.only.split(","))
+    if args.devices > 1:
+        todo.add("dp")
+    if "dp" in todo and not 2 <= args.devices <= torch.cuda.device_count():
+        raise SystemExit(f"--only dp needs --devices N with 2 <= N <= {torch.cuda.device_count()} (visible GPUs)")
     import transformers
 
     dev_name = torch.cuda.get_device_name()
@@ -256,6 +319,8 @@ def main() -> None:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{args.shape}_{slug}.json"
+    if todo <= {"dp"}:  # a data-parallel run alone keeps the one-GPU results file as it is
+        path = out_dir / f"{args.shape}_{slug}_dp{args.devices}.json"
 
     def save():
         if "ours" in res:
@@ -263,6 +328,11 @@ def main() -> None:
                 res["speedup_vs_default"] = round(res["default"]["wall_s"] / res["ours"]["wall_s"], 2)
             if "static" in res:
                 res["speedup_vs_static"] = round(res["static"]["wall_s"] / res["ours"]["wall_s"], 2)
+        at = res.get("ours_autotune")
+        if isinstance(at, dict):
+            for base in ("default", "static"):
+                if base in res:
+                    res[f"autotune_speedup_vs_{base}"] = round(res[base]["wall_s"] / at["wall_s"], 2)
         text = json.dumps(res, indent=2) + "\n"
         path.write_text(text)
         if os.environ.get("OUT"):
@@ -359,7 +429,7 @@ def main() -> None:
             toks_f = toks_f[:, :n_tok]
             fake = SimpleNamespace(model=model, eos_ids=[-1], tokenizer=SimpleNamespace(pad_token_id=0))
             emb = injected_embeds(model, prompt, vecs[:n_chk], args.marker, scale)
-            toks_l, _ = _decode_loop(fake, emb, keys[:n_chk], GenerationSettings(max_new_tokens=n_tok, greedy=True))
+            toks_l, _ = decode_loop(fake, emb, keys[:n_chk], GenerationSettings(max_new_tokens=n_tok, greedy=True))
             agree = (toks_f.cpu() == toks_l.cpu()).float().mean().item()
         ours["greedy_token_agreement_vs_loop"] = round(agree, 3)
         print(f"[ours] greedy agreement with loop (bf16, {n_chk}x{n_tok}): {agree:.3f}", flush=True)
@@ -397,6 +467,122 @@ def main() -> None:
         fast.OPTIONS.compile = None
         torch.cuda.empty_cache()
 
+    if "autotune" in todo:
+        # the same library path with NLALAB_FAST_AUTOTUNE=1: inductor max-autotune picks, per decode-step
+        # GEMM shape, the faster of cuBLAS and its Triton templates (longer first call)
+        fake_av = SimpleNamespace(model=model, prompt_ids=prompt, marker_pos=args.marker, injection_scale=scale,
+                                  eos_ids=[], tokenizer=SimpleNamespace(pad_token_id=0))
+        gs = GenerationSettings(max_new_tokens=args.new, temperature=1.0, seed=42, engine="fast")
+        rows = [(i, 0) for i in range(args.rows)]
+
+        def run_at():
+            return list(fast.iter_fast(fake_av, vecs, rows, list(range(args.rows)), gs))
+
+        os.environ["NLALAB_FAST_AUTOTUNE"] = "1"
+        fast.release_engines()
+        fast.OPTIONS.compile, fast.OPTIONS.keep_state, fast.OPTIONS.profile = "all", True, True
+        try:
+            first, peak, _ = peak_gb_of(run_at)
+            runs_at = [timed(run_at)[0] for _ in range(args.repeats)]
+            eng = fast.get_engine(fake_av)
+            dec_ms = eng.stats.decode_s / max(1, eng.stats.steps - 1) * 1e3
+            wall = statistics.median(runs_at)
+            res["ours_autotune"] = dict(wall_s=round(wall, 3), runs_s=[round(r, 3) for r in runs_at],
+                                        tok_s=round(tokens / wall, 1), first_call_s=round(first, 2),
+                                        decode_ms_per_step=round(dec_ms, 3), peak_gb=round(peak, 2))
+            print(f"[ours/autotune] {wall:.3f} s, decode {dec_ms:.2f} ms/step (first call {first:.1f} s)", flush=True)
+        except Exception as e:  # autotune trouble must not lose the other timings
+            res["ours_autotune"] = f"failed: {type(e).__name__}: {str(e)[:300]}"
+            print(f"[ours/autotune] failed: {e!r}"[:400], flush=True)
+        eng = None
+        fast.release_engines()
+        fast.OPTIONS.compile, fast.OPTIONS.keep_state, fast.OPTIONS.profile = None, False, False
+        os.environ.pop("NLALAB_FAST_AUTOTUNE", None)
+        torch.cuda.empty_cache()
+        save()
+
+    if "dp" in todo:
+        # ours on 1 GPU vs N GPUs data parallel, the library path (nlalab.verbalize.parallel.iter_parallel:
+        # one replica of the weights per extra GPU, one thread per GPU, contiguous shards), per-call default
+        # state (fresh engines each call; the N-GPU call also copies the weights to the other GPUs)
+        from nlalab.verbalize import parallel
+
+        fake_av = SimpleNamespace(model=model, prompt_ids=prompt, marker_pos=args.marker, injection_scale=scale,
+                                  eos_ids=[], tokenizer=SimpleNamespace(pad_token_id=0))
+        fast.release_engines()
+        fast.OPTIONS.compile, fast.OPTIONS.keep_state, fast.OPTIONS.profile = "all", False, False
+        devs1 = [torch.device("cuda", 0)]
+        devsN = [torch.device("cuda", i) for i in range(args.devices)]
+        dp: dict = dict(devices=args.devices, gpus=[torch.cuda.get_device_name(i) for i in range(args.devices)],
+                        note="per-call default: fresh engine per call on every GPU; N GPUs include copying the "
+                             "weights to the other GPUs (replicate_s) in every call", runs={})
+        gdp = torch.Generator(device="cpu").manual_seed(2)
+
+        def toks_of(out):
+            by = {}
+            for vidx, sidx, t, _d in out:
+                for r, i in enumerate(vidx):
+                    by[i] = t[r].tolist()
+            return [by[i] for i in sorted(by)]
+
+        try:
+            for n_rows in [int(x) for x in args.dp_rows.split(",") if x.strip()]:
+                vv = vecs if n_rows == args.rows else torch.randn(n_rows, cfg.hidden_size, generator=gdp).cuda()
+                rows = [(i, 0) for i in range(n_rows)]
+                keys = list(range(n_rows))
+
+                def run(devs, fbs=0):
+                    gs = GenerationSettings(max_new_tokens=args.new, temperature=1.0, seed=42, engine="fast",
+                                            fast_batch_size=fbs)
+                    return list(parallel.iter_parallel(fake_av, vv, rows, keys, gs, "fast", devs))
+
+                first1, out1 = timed(lambda: run(devs1))
+                firstN, outN = timed(lambda: run(devsN))
+                t1 = [timed(lambda: run(devs1))[0] for _ in range(args.repeats)]
+                tN, infos = [], []
+                for _ in range(args.repeats):
+                    tN.append(timed(lambda: run(devsN))[0])
+                    infos.append(parallel.last_info())
+                w1, wN = statistics.median(t1), statistics.median(tN)
+                rep_s = statistics.median(i["replicate_s"] for i in infos)
+                a, b = toks_of(out1), toks_of(outN)
+                entry = dict(rows=n_rows, wall_s_1gpu=round(w1, 3), wall_s_ngpu=round(wN, 3),
+                             runs_s_1gpu=[round(x, 3) for x in t1], runs_s_ngpu=[round(x, 3) for x in tN],
+                             speedup=round(w1 / wN, 2), replicate_s=round(rep_s, 3),
+                             speedup_without_replication=round(w1 / max(1e-9, wN - rep_s), 2),
+                             tok_s_1gpu=round(n_rows * args.new / w1, 1), tok_s_ngpu=round(n_rows * args.new / wN, 1),
+                             first_call_s_1gpu=round(first1, 2), first_call_s_ngpu=round(firstN, 2),
+                             shard_rows=infos[-1]["rows"], shard_seconds=infos[-1]["seconds"],
+                             identical_rows_vs_1gpu=round(sum(x == y for x, y in zip(a, b)) / n_rows, 3))
+                if n_rows == args.rows and n_rows % args.devices == 0:
+                    # the same micro-batch shape on 1 and N GPUs (rows/N per micro-batch): the rows should then
+                    # agree (other shapes may round differently in bf16; each GPU compiles its own kernels)
+                    fbs = n_rows // args.devices
+                    _, s1 = timed(lambda: run(devs1, fbs))
+                    _, sN = timed(lambda: run(devsN, fbs))
+                    entry["same_shape_micro_batch"] = fbs
+                    entry["same_shape_identical_rows"] = round(
+                        sum(x == y for x, y in zip(toks_of(s1), toks_of(sN))) / n_rows, 3)
+                dp["runs"][str(n_rows)] = entry
+                print(f"[dp] {n_rows} rows x {args.new}: 1 GPU {w1:.3f} s, {args.devices} GPUs {wN:.3f} s "
+                      f"(replicate {rep_s:.2f} s) -> speedup {entry['speedup']}x "
+                      f"({entry['speedup_without_replication']}x without the copy); shards {entry['shard_rows']} "
+                      f"{entry['shard_seconds']} s; identical rows {entry['identical_rows_vs_1gpu']}"
+                      f"{'' if 'same_shape_identical_rows' not in entry else ', same shape: ' + str(entry['same_shape_identical_rows'])}",
+                      flush=True)
+                res["data_parallel"] = dp
+                main_run = dp["runs"].get(str(args.rows)) or entry
+                res["speedup_vs_1gpu"] = main_run["speedup"]
+                save()
+        except Exception as e:  # keep what was measured
+            dp["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            res["data_parallel"] = dp
+            print(f"[dp] failed: {e!r}"[:400], flush=True)
+        fast.release_engines()
+        fast.OPTIONS.compile = None
+        torch.cuda.empty_cache()
+        save()
+
     emb = None
     if todo & {"default", "static"}:
         emb = injected_embeds(model, prompt, vecs, args.marker, scale)
@@ -423,7 +609,9 @@ def main() -> None:
     summary = {k: res.get(k, {}).get("wall_s") for k in ("default", "static", "ours")}
     print(f"[bench] SUMMARY {args.shape} {dev_name}: wall_s {summary} "
           f"speedup_vs_default {res.get('speedup_vs_default')} speedup_vs_static {res.get('speedup_vs_static')} "
-          f"peak_gb ours {res.get('ours', {}).get('peak_gb')}", flush=True)
+          f"peak_gb ours {res.get('ours', {}).get('peak_gb')}"
+          + (f" speedup_vs_1gpu ({args.devices} GPUs) {res.get('speedup_vs_1gpu')}" if "dp" in todo else ""),
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -99,5 +99,18 @@ def strip_head_and_norm(model: nn.Module) -> None:
         model.lm_head = nn.Identity()
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """Where ``module`` computes: its weights' device; for weights that accelerate offloaded (``device_map``
+    with cpu/disk entries: parameters on ``meta``), the device its hook loads them to."""
+    p = next(module.parameters(), None)
+    if p is not None and p.device.type != "meta":
+        return p.device
+    ex = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if ex is None:
+        return p.device if p is not None else torch.device("cpu")
+    return torch.device(f"cuda:{ex}") if isinstance(ex, int) else torch.device(ex)
+
+
 def input_device(model: nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
+    """The first device of a model sharded with ``device_map`` (inputs go there)."""
+    return module_device(model.get_input_embeddings())

@@ -102,7 +102,7 @@ def load_base(base_dir: str | Path, dtype: torch.dtype = torch.float32):
 @torch.no_grad()
 def calibration_norms(model, tokenizer, layer: int, prompts: Sequence[str] = CALIBRATION_PROMPTS) -> list[float]:
     """||hidden_states[K+1]|| (output of block K) at the last token of each chat-templated prompt."""
-    device = next(model.parameters()).device
+    device = model.get_input_embeddings().weight.device  # the first device of a sharded model
     norms = []
     for p in prompts:
         ids = torch.tensor([chat_ids(tokenizer, p)], device=device)

@@ -151,11 +151,15 @@ def release(*objs: Any) -> None:
     import sys
 
     engine = sys.modules.get("nlalab.verbalize.engine")  # only if the fast engine was ever used
+    parallel = sys.modules.get("nlalab.verbalize.parallel")  # data-parallel replicas (normally none left)
     for o in objs:
         for m in (getattr(o, "model", o), getattr(o, "value_head", None)):
+            if isinstance(m, nn.Module) and parallel is not None:
+                parallel.release_replicas(m)
             if isinstance(m, nn.Module) and engine is not None:
                 engine.release_engines(m)
             if isinstance(m, nn.Module):
+                _remove_dispatch_hooks(m)
                 try:
                     m.to("meta")
                 except Exception:  # pragma: no cover - best effort
@@ -163,6 +167,27 @@ def release(*objs: Any) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _remove_dispatch_hooks(m: nn.Module) -> None:
+    """Take accelerate's hooks off a model sharded with ``device_map`` before freeing it.
+
+    dispatch_model wraps the model's ``.to`` (it warns, and raises when some weights are offloaded), and
+    a hook can hold references to tied weights. Like ``accelerate.hooks.remove_hook_from_module`` but
+    without ``detach_hook``, which would first copy offloaded weights back to their devices.
+    """
+    added = ("to", "cuda", "npu", "xpu", "mlu", "sdaa", "musa", "neuron")
+    try:
+        from accelerate.hooks import _accelerate_added_attributes as added  # noqa: F811
+    except Exception:  # pragma: no cover - older/newer accelerate
+        pass
+    for mod in m.modules():
+        d = mod.__dict__
+        if d.pop("_hf_hook", None) is not None and "_old_forward" in d:
+            d.pop("_old_forward")
+            d.pop("forward", None)  # the wrapper; the class's forward shows through again
+        for attr in added:
+            d.pop(attr, None)
 
 
 # ----------------------------------------------------------------------------------------------- AV
@@ -354,9 +379,9 @@ def load_ar(path: Path, opts: LoadOptions = LoadOptions(), layer: Optional[int] 
     w = read_value_head(path, d)
     model = load_text_causal_lm(path, opts, n_layers=k + 1)
     arch.strip_head_and_norm(model)
-    last = arch.decoder_layers(model)[-1]
-    p = next(last.parameters())
-    head = nn.Linear(d, d, bias=False, device=p.device, dtype=torch.float32)
+    # next to block K (the last device of a sharded AR); reconstruct() moves the hidden state there
+    head = nn.Linear(d, d, bias=False, device=arch.module_device(arch.decoder_layers(model)[-1]),
+                     dtype=torch.float32)
     with torch.no_grad():
         head.weight.copy_(w.to(torch.float32))
     head.requires_grad_(False)

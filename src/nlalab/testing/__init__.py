@@ -114,4 +114,39 @@ def make_defect(pair: FixturePair, defect: Defect, dest: str | Path) -> FixtureP
     return out
 
 
-__all__ = ["ARCHES", "DEFECTS", "FixturePair", "build_fixture_pair", "make_defect", "torch_threads"]
+def dispatch_layers(model: torch.nn.Module, devices: list):
+    """Spread a loaded model over ``devices`` with accelerate hooks, as a ``device_map`` load does: embeddings
+    (and rotary tables) on ``devices[0]``, block i on ``devices[i % n]`` (alternating, so every block boundary
+    crosses devices), final norm after the last block, lm_head there too (on ``devices[0]`` when tied).
+
+    Devices are CUDA ordinals or "cpu"; with every device the CPU the hooks are forced anyway, so the CPU
+    suite runs the multi-device code paths (inputs and outputs moved by hooks, not by nlalab).
+    """
+    from accelerate import dispatch_model
+
+    from nlalab.pairs import arch
+
+    inner = arch.inner_model(model)
+    prefix = next(n for n, m in model.named_modules() if m is inner)
+    dmap: dict = {}
+    last = devices[0]
+    for i in range(len(inner.layers)):
+        last = devices[i % len(devices)]
+        dmap[f"{prefix}.layers.{i}"] = last
+    for name, _ in inner.named_children():
+        if name != "layers":
+            dmap[f"{prefix}.{name}"] = last if name in arch.FINAL_NORM_NAMES else devices[0]
+    head = getattr(model, "lm_head", None)
+    tied = head is not None and getattr(head, "weight", None) is model.get_input_embeddings().weight
+    for name, child in model.named_children():
+        if child is not inner and any(True for _ in child.parameters()):
+            dmap[name] = devices[0] if (child is not head or tied) else last
+    model.to(devices[0] if devices[0] == "cpu" else f"cuda:{devices[0]}")  # off-map tensors stay with the inputs
+    skip = getattr(model, "_skip_keys_device_placement", None)
+    one = len({str(d) for d in devices}) == 1
+    return dispatch_model(model, device_map=dmap, main_device=devices[0], force_hooks=one,
+                          **({"skip_keys": list(skip)} if skip else {}))
+
+
+__all__ = ["ARCHES", "DEFECTS", "FixturePair", "build_fixture_pair", "dispatch_layers", "make_defect",
+           "torch_threads"]
