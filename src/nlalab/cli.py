@@ -332,7 +332,10 @@ def train(
                           on_event=lambda s: typer.echo(f"[train] {s}", err=True))
     except NLALabError as e:
         _fail(e)
-    typer.echo(f"Wrote {pair}; see {out}/summary.md, eval.json, curves.png")
+    if stop_after:
+        typer.echo(f"Stopped after {stop_after} in {out}; the same command without --stop-after resumes from there.")
+    else:
+        typer.echo(f"Wrote {pair}; see {out}/summary.md, eval.json, curves.png")
 
 
 def main() -> None:

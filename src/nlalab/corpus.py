@@ -66,7 +66,7 @@ class Item:
 
 def _raw_jsonl(text: str, src: str) -> list[tuple[str, Any]]:
     out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue  # blank lines are allowed (e.g. a trailing newline)
         where = f"{src} line {lineno}"

@@ -15,7 +15,7 @@ __all__ = ["Run", "load_run", "load_runs", "item_means", "read_jsonl"]
 
 def read_jsonl(path: Path) -> list[dict]:
     rows = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         try:

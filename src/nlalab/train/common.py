@@ -199,7 +199,7 @@ class CurveLog:
     def rows(self) -> list[dict]:
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
     def truncate(self, step: int) -> None:
         """Keep the rows of steps 1..``step`` (what the checkpoint at ``step`` has done) and step-0 evals."""

@@ -242,7 +242,7 @@ class _Explanations:
         if not f.is_file():
             return {}
         out = {}
-        for line in f.read_text(encoding="utf-8").splitlines():
+        for line in f.read_text(encoding="utf-8").split("\n"):
             if line.strip():
                 r = json.loads(line)
                 out[int(r["row"])] = r["explanation"]
