@@ -338,16 +338,16 @@ def main() -> None:
         if os.environ.get("OUT"):
             Path(os.environ["OUT"], path.name).write_text(text)
 
+    # the library path: verbalize()'s fast branch (auto micro-batch, layout choice, OOM halving)
+    fake_av = SimpleNamespace(model=model, prompt_ids=prompt, marker_pos=args.marker, injection_scale=scale,
+                              eos_ids=[], tokenizer=SimpleNamespace(pad_token_id=0))
+    gs = GenerationSettings(max_new_tokens=args.new, temperature=1.0, seed=42, engine="fast")
+    rows = [(i, 0) for i in range(args.rows)]
+
+    def run_ours():
+        return list(fast.iter_fast(fake_av, vecs, rows, list(range(args.rows)), gs))
+
     if "ours" in todo:
-        # the library path: verbalize()'s fast branch (auto micro-batch, layout choice, OOM halving)
-        fake_av = SimpleNamespace(model=model, prompt_ids=prompt, marker_pos=args.marker, injection_scale=scale,
-                                  eos_ids=[], tokenizer=SimpleNamespace(pad_token_id=0))
-        gs = GenerationSettings(max_new_tokens=args.new, temperature=1.0, seed=42, engine="fast")
-        rows = [(i, 0) for i in range(args.rows)]
-
-        def run_ours():
-            return list(fast.iter_fast(fake_av, vecs, rows, list(range(args.rows)), gs))
-
         fast.OPTIONS.compile = "all"
         fast.OPTIONS.profile = True  # two syncs per micro-batch, so the prefill/decode split is device time
         print(f"[ours] before: allocated {torch.cuda.memory_allocated() / 2**30:.2f} GiB, reserved "
@@ -470,20 +470,12 @@ def main() -> None:
     if "autotune" in todo:
         # the same library path with NLALAB_FAST_AUTOTUNE=1: inductor max-autotune picks, per decode-step
         # GEMM shape, the faster of cuBLAS and its Triton templates (longer first call)
-        fake_av = SimpleNamespace(model=model, prompt_ids=prompt, marker_pos=args.marker, injection_scale=scale,
-                                  eos_ids=[], tokenizer=SimpleNamespace(pad_token_id=0))
-        gs = GenerationSettings(max_new_tokens=args.new, temperature=1.0, seed=42, engine="fast")
-        rows = [(i, 0) for i in range(args.rows)]
-
-        def run_at():
-            return list(fast.iter_fast(fake_av, vecs, rows, list(range(args.rows)), gs))
-
         os.environ["NLALAB_FAST_AUTOTUNE"] = "1"
         fast.release_engines()
         fast.OPTIONS.compile, fast.OPTIONS.keep_state, fast.OPTIONS.profile = "all", True, True
         try:
-            first, peak, _ = peak_gb_of(run_at)
-            runs_at = [timed(run_at)[0] for _ in range(args.repeats)]
+            first, peak, _ = peak_gb_of(run_ours)
+            runs_at = [timed(run_ours)[0] for _ in range(args.repeats)]
             eng = fast.get_engine(fake_av)
             dec_ms = eng.stats.decode_s / max(1, eng.stats.steps - 1) * 1e3
             wall = statistics.median(runs_at)
@@ -507,8 +499,6 @@ def main() -> None:
         # state (fresh engines each call; the N-GPU call also copies the weights to the other GPUs)
         from nlalab.verbalize import parallel
 
-        fake_av = SimpleNamespace(model=model, prompt_ids=prompt, marker_pos=args.marker, injection_scale=scale,
-                                  eos_ids=[], tokenizer=SimpleNamespace(pad_token_id=0))
         fast.release_engines()
         fast.OPTIONS.compile, fast.OPTIONS.keep_state, fast.OPTIONS.profile = "all", False, False
         devs1 = [torch.device("cuda", 0)]

