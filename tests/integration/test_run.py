@@ -27,7 +27,8 @@ def cfg_for(pair, out, **kw):
 
 def stable(results: dict) -> dict:
     r = dict(results)
-    for k in ("provenance", "elapsed_s_this_invocation", "timings_s_this_invocation", "_summary"):
+    for k in ("provenance", "elapsed_s_this_invocation", "timings_s_this_invocation", "verbalize_devices_this_invocation",
+              "_summary"):
         r.pop(k, None)
     return r
 
@@ -196,8 +197,9 @@ def test_two_verbalization_devices_write_the_same_logs(reference_run, fixture_pa
     verbalization logs byte for byte as one device does: same rows, same order of incremental writes."""
     ref_out, _ = reference_run
     out = tmp_path / "two"
-    run_study(cfg_for(fixture_pairs["qwen2"], out, batch_size=1, controls=["random_gaussian"],
-                      verbalize_devices="cpu,cpu"))
+    res = run_study(cfg_for(fixture_pairs["qwen2"], out, batch_size=1, controls=["random_gaussian"],
+                            verbalize_devices="cpu,cpu"))
+    assert res["verbalize_devices_this_invocation"] == {"corpus": ["cpu", "cpu"], "random_gaussian": ["cpu", "cpu"]}
     for name in ("verbalize.jsonl", "control_random_gaussian.jsonl"):
         assert (out / "stages" / name).read_bytes() == (ref_out / "stages" / name).read_bytes(), name
     from nlalab.verbalize.parallel import last_info

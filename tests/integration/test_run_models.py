@@ -29,7 +29,8 @@ def cfg_for(pair, out, **kw):
 
 def stable(results: dict) -> dict:
     r = dict(results)
-    for k in ("provenance", "elapsed_s_this_invocation", "timings_s_this_invocation", "_summary"):
+    for k in ("provenance", "elapsed_s_this_invocation", "timings_s_this_invocation", "verbalize_devices_this_invocation",
+              "_summary"):
         r.pop(k, None)
     return r
 

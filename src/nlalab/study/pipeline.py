@@ -276,14 +276,20 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
         done = {(r["vector_index"], r["sample"]) for r in job.log.read()}
         if len(done) < job.vectors.shape[0] * cfg.k:
             pending.append((job, done))
+    verbalize_devices: dict[str, list] = {}
     if pending:
         note("verbalize")
         av = models.av()
+        from nlalab.verbalize import parallel
+
         for job, done in pending:
             keys = [job.key_base + i for i in range(job.vectors.shape[0])]
+            parallel._LAST[0] = None
             verbalize(av, job.vectors, k=cfg.k, settings=replace(gs, seed=job.seed), vector_keys=keys, skip=done,
                       on_batch=lambda recs, job=job: job.log.append([r.to_dict() for r in recs]),
                       progress=cfg.progress)
+            info = parallel.last_info()  # None: one device
+            verbalize_devices[job.name] = info["devices"] if info else [str(av.device)]
         models.release(av)
         del av
 
@@ -398,6 +404,8 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
     results["mse_scale"] = mse_scale
     note("done")
     results["timings_s_this_invocation"] = timings
+    if verbalize_devices:
+        results["verbalize_devices_this_invocation"] = verbalize_devices
     results["elapsed_s_this_invocation"] = round(time.time() - t0, 2)
 
     old_scorers = _carry_scorers(out, samples)
