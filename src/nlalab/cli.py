@@ -57,6 +57,14 @@ def ls_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         t.add_row(r.name, r.target, f"{r.layer}/{r.n_layers}", str(r.d_model), "yes" if r.target_gated else "no",
                   f"{m.get('target', '?')}/{m.get('av', '?')}/{m.get('ar', '?')}", f"{r.av}\n{r.ar}")
     Console().print(t)
+    from nlalab.pairs.shipped import SHIPPED
+
+    t2 = Table(title="Shipped with nlalab (offline; the default of `nlalab run`)")
+    for col in ("name", "base", "layer", "how it was trained"):
+        t2.add_column(col)
+    for sp in SHIPPED.values():
+        t2.add_row(sp.name, sp.base_id, str(sp.layer), sp.summary)
+    Console().print(t2)
 
 
 @app.command()

@@ -18,19 +18,8 @@ from nlalab.study.config import RunConfig
 from nlalab.study.pipeline import run_study
 from nlalab.study.rundir import JsonlLog, load_tensors
 
-FAST = dict(k=2, max_new_tokens=12, n_random=4, n_perm=200, n_boot=200, limit_per_category=4, progress=False)
+from runhelpers import FAST, cfg_for, stable
 
-
-def cfg_for(pair, out, **kw):
-    return RunConfig(av=str(pair.av), ar=str(pair.ar), target=str(pair.target), out=str(out), **{**FAST, **kw})
-
-
-def stable(results: dict) -> dict:
-    r = dict(results)
-    for k in ("provenance", "elapsed_s_this_invocation", "timings_s_this_invocation", "verbalize_devices_this_invocation",
-              "_summary"):
-        r.pop(k, None)
-    return r
 
 
 @pytest.fixture(scope="module")

