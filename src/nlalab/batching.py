@@ -1,4 +1,5 @@
-"""Length-bucketed, right-padded batches: shared by capture and the AR (token indices stay unshifted)."""
+"""Padded batches: right-padded and length-bucketed for capture and the AR (token indices stay unshifted),
+left-padded for generation."""
 
 from __future__ import annotations
 
@@ -15,6 +16,17 @@ def right_padded(seqs: Sequence[Sequence[int]], pad: int, device) -> tuple[torch
     for r, s in enumerate(seqs):
         ids[r, : len(s)] = torch.tensor(list(s), dtype=torch.long)
         mask[r, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def left_padded(seqs: Sequence[Sequence[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] ids and attention mask, each sequence right-aligned (generation: every row ends at T - 1)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, T - len(s):] = torch.tensor(list(s), dtype=torch.long)
+        mask[r, T - len(s):] = 1
     return ids.to(device), mask.to(device)
 
 

@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from nlalab.errors import NLALabError
-from nlalab.pairs.arch import FINAL_NORM_NAMES, inner_model, text_config, truncated_text_config
+from nlalab.pairs.arch import FINAL_NORM_NAMES, inner_model, input_device, text_config, truncated_text_config
 from nlalab.pairs.markers import av_prompt_ids, chat_ids, choose_marker, is_single_token, locate_marker
 from nlalab.pairs.sidecar import (
     DEFAULT_AR_TEMPLATE,
@@ -102,7 +102,7 @@ def load_base(base_dir: str | Path, dtype: torch.dtype = torch.float32):
 @torch.no_grad()
 def calibration_norms(model, tokenizer, layer: int, prompts: Sequence[str] = CALIBRATION_PROMPTS) -> list[float]:
     """||hidden_states[K+1]|| (output of block K) at the last token of each chat-templated prompt."""
-    device = model.get_input_embeddings().weight.device  # the first device of a sharded model
+    device = input_device(model)  # the first device of a sharded model
     norms = []
     for p in prompts:
         ids = torch.tensor([chat_ids(tokenizer, p)], device=device)

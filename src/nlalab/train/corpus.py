@@ -42,6 +42,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 
+from nlalab.batching import left_padded
 from nlalab.errors import NLALabError
 
 CATEGORIES = ("chat", "code", "agent", "reasoning", "docs")
@@ -672,17 +673,12 @@ def generate_corpus(model, tokenizer, out: str | Path, *, topics: Sequence[str] 
             enc = [tokenizer.apply_chat_template([{"role": "user", "content": j[2]}], tokenize=True,
                                                  add_generation_prompt=True) for j in chunk]
             enc = [list(e["input_ids"]) if hasattr(e, "keys") else list(e) for e in enc]
-            T = max(len(e) for e in enc)
-            ids = torch.full((len(enc), T), pad, dtype=torch.long)
-            mask = torch.zeros((len(enc), T), dtype=torch.long)
-            for r, e in enumerate(enc):
-                ids[r, T - len(e):] = torch.tensor(e)
-                mask[r, T - len(e):] = 1
+            ids, mask = left_padded(enc, pad, device)
             with torch.inference_mode():
-                gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
+                gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=True,
                                      temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens,
                                      pad_token_id=pad)
-            for (fmt, cat, instr), row in zip(chunk, gen[:, T:].tolist()):
+            for (fmt, cat, instr), row in zip(chunk, gen[:, ids.shape[1]:].tolist()):
                 text = tokenizer.decode(row, skip_special_tokens=True).strip()
                 if not text:
                     continue

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Optional, Protocol, Sequence
 
+from nlalab.batching import left_padded
 from nlalab.errors import NLALabError
 
 # kitft stage-2 instruction prompt (recipe §4.2), quoted exactly as data; {text} is the prefix.
@@ -315,12 +316,7 @@ class LocalExplainer:
                                             tokenize=True, add_generation_prompt=True)
                 e = list(e["input_ids"]) if hasattr(e, "keys") else list(e)
                 encs.append(e + list(tok.encode(prime, add_special_tokens=False)))
-            T = max(len(e) for e in encs)
-            ids = torch.full((len(encs), T), pad, dtype=torch.long)
-            mask = torch.zeros((len(encs), T), dtype=torch.long)
-            for r, e in enumerate(encs):
-                ids[r, T - len(e):] = torch.tensor(e)
-                mask[r, T - len(e):] = 1
+            ids, mask = left_padded(encs, pad, device)
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             kw: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens, pad_token_id=pad)
             if self.temperature > 0:
@@ -328,8 +324,8 @@ class LocalExplainer:
             else:
                 kw.update(do_sample=False)
             with torch.inference_mode():
-                seq = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw)
-            for row in seq[:, T:].tolist():
+                seq = model.generate(input_ids=ids, attention_mask=mask, **kw)
+            for row in seq[:, ids.shape[1]:].tolist():
                 reply = prime + tok.decode(row, skip_special_tokens=True)
                 if "</analysis>" not in reply and not self.strict:
                     reply = reply.rstrip() + "\n</analysis>"

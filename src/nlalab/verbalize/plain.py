@@ -12,21 +12,18 @@ from typing import Sequence
 
 import torch
 
+from nlalab.batching import left_padded
+from nlalab.pairs.arch import input_device
 from nlalab.verbalize.generate import GenerationSettings, Verbalization, cache_arg_name, cache_of, to_records
 from nlalab.verbalize.sampling import row_keys, sample_next
 
 
 def generate_batch(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids: list[int], keys: torch.Tensor,
                    settings: GenerationSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    device = model.get_input_embeddings().weight.device
-    B, T = len(prompts), max(len(p) for p in prompts)
+    device = input_device(model)
+    B = len(prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    ids = torch.full((B, T), pad, dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, T - len(p):] = torch.tensor(list(p))
-        mask[r, T - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = left_padded(prompts, pad, device)
     pos = (mask.cumsum(1) - 1).clamp_min(0)
     eos = torch.tensor(eos_ids, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
