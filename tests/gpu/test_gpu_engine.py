@@ -179,7 +179,6 @@ def test_data_parallel_two_gpus_equal_one(fixture_pairs, no_tf32, compile_mode, 
     assert parallel.resolve_devices("auto", av, "loop", n_rows=parallel.AUTO_MIN_ROWS_PER_DEVICE) == [cuda0]
     kw = dict(engine="loop", max_new_tokens=16, temperature=1.0, seed=2, batch_size=64)
     vecs = torch.randn(parallel.AUTO_MIN_ROWS_PER_DEVICE, av.d_model) * 30
-    parallel._LAST[0] = None
     a = verbalize(av, vecs, k=2, settings=GenerationSettings(devices="none", **kw))
     b = verbalize(av, vecs, k=2, settings=GenerationSettings(devices="auto", **kw))
     assert parallel.last_info()["devices"] == ["cuda:0", "cuda:1"]

@@ -184,7 +184,9 @@ def test_fast_engine_gives_the_same_run(fixture_pairs, tmp_path):
 def test_two_verbalization_devices_write_the_same_logs(reference_run, fixture_pairs, tmp_path):
     """--verbalize-devices cpu,cpu (two worker threads with a replica each, as on two GPUs) writes the
     verbalization logs byte for byte as one device does: same rows, same order of incremental writes."""
-    ref_out, _ = reference_run
+    ref_out, ref = reference_run
+    one = ref["verbalize_devices_this_invocation"]  # one device: recorded too
+    assert one and all(v == ["cpu"] for v in one.values()), one
     out = tmp_path / "two"
     res = run_study(cfg_for(fixture_pairs["qwen2"], out, batch_size=1, controls=["random_gaussian"],
                             verbalize_devices="cpu,cpu"))

@@ -284,12 +284,10 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
 
         for job, done in pending:
             keys = [job.key_base + i for i in range(job.vectors.shape[0])]
-            parallel._LAST[0] = None
             verbalize(av, job.vectors, k=cfg.k, settings=replace(gs, seed=job.seed), vector_keys=keys, skip=done,
                       on_batch=lambda recs, job=job: job.log.append([r.to_dict() for r in recs]),
                       progress=cfg.progress)
-            info = parallel.last_info()  # None: one device
-            verbalize_devices[job.name] = info["devices"] if info else [str(av.device)]
+            verbalize_devices[job.name] = parallel.last_info()["devices"]
         models.release(av)
         del av
 

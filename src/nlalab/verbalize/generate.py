@@ -262,7 +262,7 @@ def verbalize(
 
         bar = tqdm(total=len(todo), desc="verbalize", unit="sample")
     engine = resolve_engine(settings.engine, av)
-    from nlalab.verbalize.parallel import iter_parallel, resolve_devices
+    from nlalab.verbalize.parallel import iter_parallel, note_single, resolve_devices
 
     devices = resolve_devices(settings.devices, av, engine, n_rows=len(todo))
     parallel = devices != resolve_devices(None, av, engine)  # several devices, or another one than the AV's
@@ -270,6 +270,7 @@ def verbalize(
         rows = iter_parallel(av, vectors, todo, keys_v, settings, engine, devices,
                              on_rows=bar.update if bar is not None else None)
     else:
+        note_single(devices[0], len(todo), engine)
         rows = iter_rows(av, vectors, todo, keys_v, settings, engine)
     with contextlib.closing(rows):
         for vidx, sidx, toks, done in rows:

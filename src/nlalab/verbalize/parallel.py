@@ -73,8 +73,14 @@ _LIVE: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary(
 
 
 def last_info() -> Optional[dict]:
-    """What the most recent data-parallel call did: devices, rows and seconds per device, replication time."""
+    """What the most recent ``verbalize`` call did: devices, rows and seconds per device, replication time
+    (one device: its name and rows; None before any call)."""
     return None if _LAST[0] is None else dict(_LAST[0])
+
+
+def note_single(device: Union[str, torch.device], n_rows: int, engine: str) -> None:
+    """Record a one-device ``verbalize`` call, so ``last_info`` always describes the latest call."""
+    _LAST[0] = dict(devices=[str(_norm(device))], rows=[n_rows], seconds=[None], replicate_s=0.0, engine=engine)
 
 
 # ------------------------------------------------------------------------------------------ devices
