@@ -9,30 +9,17 @@ text-ceiling ``eval_mse_nrm`` / ``eval_fve_nrm`` (the AR reading the gold explan
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from pydantic import BaseModel, Field
 
-from nlalab.train.common import (
-    Checkpointer, CurveLog, OptimSettings, StageResult, batch_indices, clip_and_step, make_optimizer,
-    set_lr, trainable_named,
-)
+from nlalab.train.common import SFTSettings, StageResult, run_sft
 from nlalab.train.models import TrainAR, ar_loss, ar_scores
 
 
-class ARSFTSettings(BaseModel):
-    steps: int = 300
-    batch_size: int = 64
-    micro_batch_size: int = 64
-    optim: OptimSettings = Field(default_factory=lambda: OptimSettings(lr=3e-5, warmup_steps=10))
-    eval_every: int = 50
-    eval_size: int = 256
-    ckpt_every: int = 100
-    log_every: int = 1
-    seed: int = 42
+class ARSFTSettings(SFTSettings):
+    pass  # SFTSettings' defaults are the AR's
 
 
 def _eval(tar: TrainAR, texts: Sequence[str], vectors: torch.Tensor, b_rv: Optional[float]) -> dict:
@@ -50,51 +37,23 @@ def train_ar_sft(tar: TrainAR, texts: Sequence[str], vectors: torch.Tensor, sett
                  eval_vectors: Optional[torch.Tensor] = None, resume: bool = True,
                  on_log=None) -> StageResult:
     """Train ``tar`` in place for ``settings.steps`` optimizer steps; checkpoints and curves under ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     texts = list(texts)
-    n = len(texts)
-    params = trainable_named(tar.modules())
-    plist = list(params.values())
-    opt = make_optimizer(plist, settings.optim)
-    ck = Checkpointer(out / "ckpt")
-    curves = CurveLog(out / "curves.jsonl")
-    start = 0
-    if resume and ck.exists():
-        start, _ = ck.load(params, {"ar": opt})
-    curves.truncate(start)
     ev_t = list(eval_texts or [])[: settings.eval_size]
     ev_v = eval_vectors[: len(ev_t)] if eval_vectors is not None and ev_t else None
-    if start == 0 and ev_v is not None:
-        curves.log({"step": 0, **_eval(tar, ev_t, ev_v, b_rv)})
-    last: dict = {}
-    mb = max(1, min(settings.micro_batch_size, settings.batch_size))
-    for step in range(start, settings.steps):
-        t0 = time.perf_counter()
-        lr = set_lr(opt, settings.optim, step)
-        idx = batch_indices(n, settings.batch_size, step, settings.seed)
-        total, pn, gn = 0.0, 0.0, 0.0
+
+    def step_loss(idx: Sequence[int], mb: int) -> dict:
+        total = 0.0
         for i in range(0, len(idx), mb):
             sub = idx[i:i + mb]
             per = ar_loss(tar.ar, [texts[j] for j in sub], vectors[sub])
             (per.sum() / len(idx)).backward()
             total += float(per.detach().sum())
         loss = total / len(idx)
-        grad_norm = clip_and_step(opt, plist, settings.optim.grad_clip)
-        row = {"step": step + 1, "loss": loss, "fve_nrm": (1 - loss / b_rv) if b_rv else None, "lr": lr,
-               "grad_norm": grad_norm, "time_s": time.perf_counter() - t0}
-        if ev_v is not None and ((step + 1) % settings.eval_every == 0 or step + 1 == settings.steps):
-            row.update(_eval(tar, ev_t, ev_v, b_rv))
-        if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps or "eval_mse_nrm" in row:
-            curves.log(row)
-            if on_log:
-                on_log("ar_sft", row)
-        last = row
-        if settings.ckpt_every and (step + 1) % settings.ckpt_every == 0 and step + 1 < settings.steps:
-            ck.save(step + 1, params, {"ar": opt})
-    if settings.steps > start:
-        ck.save(settings.steps, params, {"ar": opt})
-    return StageResult(out_dir=out, steps=settings.steps, metrics=last)
+        return {"loss": loss, "fve_nrm": (1 - loss / b_rv) if b_rv else None}
+
+    return run_sft("ar_sft", "ar", tar.modules(), len(texts), settings, out_dir, step_loss,
+                   evaluate=(lambda: _eval(tar, ev_t, ev_v, b_rv)) if ev_v is not None else None,
+                   resume=resume, on_log=on_log)
 
 
 def initial_loss(tar: TrainAR, texts: Sequence[str], vectors: torch.Tensor) -> float:

@@ -8,31 +8,23 @@ CE(real)`` > 0 means the AV reads the vector (Qwen production: 1.71 vs 1.50).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from nlalab.train.common import (
-    Checkpointer, CurveLog, OptimSettings, StageResult, batch_indices, clip_and_step, make_optimizer,
-    set_lr, trainable_named,
-)
+from nlalab.train.common import OptimSettings, SFTSettings, StageResult, run_sft
 from nlalab.train.models import TrainAV, response_ids, sft_ce
 
 
-class AVSFTSettings(BaseModel):
+class AVSFTSettings(SFTSettings):
     steps: int = 500
     batch_size: int = 32
     micro_batch_size: int = 32
     optim: OptimSettings = Field(default_factory=lambda: OptimSettings(lr=3e-5, warmup_steps=20))
     max_response_tokens: int = 160
-    eval_every: int = 50
     eval_size: int = 64
-    ckpt_every: int = 100
-    log_every: int = 1
-    seed: int = 42
 
 
 def derangement(n: int, seed: int = 0) -> list[int]:
@@ -68,18 +60,7 @@ def eval_ce(tav: TrainAV, explanations: Sequence[str], vectors: torch.Tensor, mi
 def train_av_sft(tav: TrainAV, explanations: Sequence[str], vectors: torch.Tensor, settings: AVSFTSettings,
                  out_dir: str | Path, *, eval_explanations: Optional[Sequence[str]] = None,
                  eval_vectors: Optional[torch.Tensor] = None, resume: bool = True, on_log=None) -> StageResult:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     expl = list(explanations)
-    params = trainable_named(tav.modules())
-    plist = list(params.values())
-    opt = make_optimizer(plist, settings.optim)
-    ck = Checkpointer(out / "ckpt")
-    curves = CurveLog(out / "curves.jsonl")
-    start = 0
-    if resume and ck.exists():
-        start, _ = ck.load(params, {"av": opt})
-    curves.truncate(start)
     ev_e = list(eval_explanations or [])[: settings.eval_size]
     ev_v = eval_vectors[: len(ev_e)] if eval_vectors is not None and len(ev_e) >= 2 else None
     mb = max(1, min(settings.micro_batch_size, settings.batch_size))
@@ -88,13 +69,7 @@ def train_av_sft(tav: TrainAV, explanations: Sequence[str], vectors: torch.Tenso
         return eval_ce(tav, ev_e, ev_v, micro=mb, max_response_tokens=settings.max_response_tokens,
                        shuffle_seed=settings.seed)
 
-    if start == 0 and ev_v is not None:
-        curves.log({"step": 0, **do_eval()})
-    last: dict = {}
-    for step in range(start, settings.steps):
-        t0 = time.perf_counter()
-        lr = set_lr(opt, settings.optim, step)
-        idx = batch_indices(len(expl), settings.batch_size, step, settings.seed)
+    def step_loss(idx: Sequence[int], mb: int) -> dict:
         # Token-mean over the whole batch: each micro-batch's NLL sum is divided by the batch's token count.
         n_tok = float(sum(min(len(response_ids(tav.av, expl[j], tav.close_ids)), settings.max_response_tokens
                               or 10**9) for j in idx))
@@ -104,19 +79,7 @@ def train_av_sft(tav: TrainAV, explanations: Sequence[str], vectors: torch.Tenso
             s, _ = sft_ce(tav, [expl[j] for j in sub], vectors[sub], max_response_tokens=settings.max_response_tokens)
             (s / n_tok).backward()
             total += float(s.detach())
-        loss = total / n_tok
-        grad_norm = clip_and_step(opt, plist, settings.optim.grad_clip)
-        row = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": n_tok,
-               "time_s": time.perf_counter() - t0}
-        if ev_v is not None and ((step + 1) % settings.eval_every == 0 or step + 1 == settings.steps):
-            row.update(do_eval())
-        if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps or "eval_gap" in row:
-            curves.log(row)
-            if on_log:
-                on_log("av_sft", row)
-        last = row
-        if settings.ckpt_every and (step + 1) % settings.ckpt_every == 0 and step + 1 < settings.steps:
-            ck.save(step + 1, params, {"av": opt})
-    if settings.steps > start:
-        ck.save(settings.steps, params, {"av": opt})
-    return StageResult(out_dir=out, steps=settings.steps, metrics=last)
+        return {"loss": total / n_tok, "tokens": n_tok}
+
+    return run_sft("av_sft", "av", tav.modules(), len(expl), settings, out_dir, step_loss,
+                   evaluate=do_eval if ev_v is not None else None, resume=resume, on_log=on_log)

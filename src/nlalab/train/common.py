@@ -10,11 +10,11 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from torch import nn
 
 from nlalab.errors import NLALabError
@@ -275,3 +275,61 @@ class StageResult:
     out_dir: Path
     steps: int
     metrics: dict[str, Any]
+
+
+class SFTSettings(BaseModel):
+    """What both supervised stages share (each stage sets its own defaults)."""
+
+    steps: int = 300
+    batch_size: int = 64
+    micro_batch_size: int = 64
+    optim: OptimSettings = Field(default_factory=lambda: OptimSettings(lr=3e-5, warmup_steps=10))
+    eval_every: int = 50
+    eval_size: int = 256
+    ckpt_every: int = 100
+    log_every: int = 1
+    seed: int = 42
+
+
+def run_sft(stage: str, opt_key: str, modules: dict[str, nn.Module], n_rows: int, settings: SFTSettings,
+            out_dir: str | Path, step_loss: Callable[[Sequence[int], int], dict],
+            evaluate: Optional[Callable[[], dict]] = None, resume: bool = True, on_log=None) -> StageResult:
+    """The loop of both SFT stages: optimizer, LR schedule, seeded batches, checkpoints and resume, curves.
+
+    ``step_loss(batch_indices, micro_batch)`` runs one batch's forward and backward passes and returns its
+    logged metrics (``loss`` first); ``evaluate()`` the held-out metrics, at step 0, every ``eval_every``
+    steps and at the end. Optimizer state is checkpointed under ``opt_key``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    params = trainable_named(modules)
+    plist = list(params.values())
+    opt = make_optimizer(plist, settings.optim)
+    ck = Checkpointer(out / "ckpt")
+    curves = CurveLog(out / "curves.jsonl")
+    start = 0
+    if resume and ck.exists():
+        start, _ = ck.load(params, {opt_key: opt})
+    curves.truncate(start)
+    if start == 0 and evaluate is not None:
+        curves.log({"step": 0, **evaluate()})
+    last: dict = {}
+    mb = max(1, min(settings.micro_batch_size, settings.batch_size))
+    for step in range(start, settings.steps):
+        t0 = time.perf_counter()
+        lr = set_lr(opt, settings.optim, step)
+        metrics = step_loss(batch_indices(n_rows, settings.batch_size, step, settings.seed), mb)
+        grad_norm = clip_and_step(opt, plist, settings.optim.grad_clip)
+        row = {"step": step + 1, **metrics, "lr": lr, "grad_norm": grad_norm, "time_s": time.perf_counter() - t0}
+        evaluated = evaluate is not None and ((step + 1) % settings.eval_every == 0 or step + 1 == settings.steps)
+        if evaluated:
+            row.update(evaluate())
+        if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps or evaluated:
+            curves.log(row)
+            if on_log:
+                on_log(stage, row)
+        last = row
+        if settings.ckpt_every and (step + 1) % settings.ckpt_every == 0 and step + 1 < settings.steps:
+            ck.save(step + 1, params, {opt_key: opt})
+    if settings.steps > start:
+        ck.save(settings.steps, params, {opt_key: opt})
+    return StageResult(out_dir=out, steps=settings.steps, metrics=last)
