@@ -98,7 +98,10 @@ def untrained_spec(target_dir: Path, layer: int, out: Path) -> PairSpec:
 
 def resolve_run_pair(cfg: RunConfig) -> PairDirs:
     if not (cfg.pair or cfg.av or cfg.ar):
-        spec = offline_default_pair(cfg.layer)
+        # the untrained control of the offline default is the cached untrained pair: no trained pair built
+        spec = offline_default_pair(cfg.layer, trained=not cfg.untrained_baseline)
+        if cfg.untrained_baseline:
+            return resolve_pair(spec)
     else:
         spec = spec_from_args(cfg.pair, cfg.av, cfg.ar, cfg.target, cfg.layer, cfg.revision)
     dirs = resolve_pair(spec)

@@ -24,7 +24,7 @@ import contextlib
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator, Literal, Optional, Sequence, Union
+from typing import Callable, Iterator, Literal, Optional, Sequence, Union
 
 import torch
 
