@@ -42,10 +42,12 @@ def tiny_config(out, pair, corpus, lora=False):
     return {"out": str(out), "base": str(pair.target), "layer": pair.layer, "device": "cpu",
             "corpus": {"source": str(corpus)}, "data": {"positions_per_doc": 3, "max_length": 96},
             "lora": {"enabled": lora, "r": 4, "alpha": 8},
-            "ar_sft": {"steps": 4, "batch_size": 8, "eval_every": 2, "eval_size": 8, "optim": {"lr": 1e-3}},
-            "av_sft": {"steps": 4, "batch_size": 8, "eval_every": 2, "eval_size": 8, "optim": {"lr": 1e-3}},
+            "ar_sft": {"steps": 4, "batch_size": 8, "eval_every": 2, "eval_size": 8, "optim": {"lr": 1e-3},
+                       "chat_fraction": 0.5},
+            "av_sft": {"steps": 4, "batch_size": 8, "eval_every": 2, "eval_size": 8, "optim": {"lr": 1e-3},
+                       "chat_fraction": 0.5},
             "rl": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_response_tokens": 12, "eval_every": 1,
-                   "samples_every": 1},
+                   "samples_every": 1, "chat_fraction": 0.5},
             "eval": {"size": 4, "max_new_tokens": 12, "rl_size": 2}}
 
 

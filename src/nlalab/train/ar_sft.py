@@ -35,8 +35,10 @@ def _eval(tar: TrainAR, texts: Sequence[str], vectors: torch.Tensor, b_rv: Optio
 def train_ar_sft(tar: TrainAR, texts: Sequence[str], vectors: torch.Tensor, settings: ARSFTSettings,
                  out_dir: str | Path, *, b_rv: Optional[float] = None, eval_texts: Optional[Sequence[str]] = None,
                  eval_vectors: Optional[torch.Tensor] = None, resume: bool = True,
-                 on_log=None) -> StageResult:
-    """Train ``tar`` in place for ``settings.steps`` optimizer steps; checkpoints and curves under ``out_dir``."""
+                 on_log=None, kinds: Optional[Sequence[str]] = None) -> StageResult:
+    """Train ``tar`` in place for ``settings.steps`` optimizer steps; checkpoints and curves under ``out_dir``.
+
+    ``kinds`` (one per row) lets ``settings.chat_fraction`` fix the share of chat-last-token rows per batch."""
     texts = list(texts)
     ev_t = list(eval_texts or [])[: settings.eval_size]
     ev_v = eval_vectors[: len(ev_t)] if eval_vectors is not None and ev_t else None
@@ -53,7 +55,7 @@ def train_ar_sft(tar: TrainAR, texts: Sequence[str], vectors: torch.Tensor, sett
 
     return run_sft("ar_sft", "ar", tar.modules(), len(texts), settings, out_dir, step_loss,
                    evaluate=(lambda: _eval(tar, ev_t, ev_v, b_rv)) if ev_v is not None else None,
-                   resume=resume, on_log=on_log)
+                   resume=resume, on_log=on_log, kinds=kinds)
 
 
 def initial_loss(tar: TrainAR, texts: Sequence[str], vectors: torch.Tensor) -> float:

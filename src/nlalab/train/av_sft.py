@@ -59,7 +59,9 @@ def eval_ce(tav: TrainAV, explanations: Sequence[str], vectors: torch.Tensor, mi
 
 def train_av_sft(tav: TrainAV, explanations: Sequence[str], vectors: torch.Tensor, settings: AVSFTSettings,
                  out_dir: str | Path, *, eval_explanations: Optional[Sequence[str]] = None,
-                 eval_vectors: Optional[torch.Tensor] = None, resume: bool = True, on_log=None) -> StageResult:
+                 eval_vectors: Optional[torch.Tensor] = None, resume: bool = True, on_log=None,
+                 kinds: Optional[Sequence[str]] = None) -> StageResult:
+    """Train ``tav`` in place; ``kinds`` (one per row) lets ``settings.chat_fraction`` fix the batch mix."""
     expl = list(explanations)
     ev_e = list(eval_explanations or [])[: settings.eval_size]
     ev_v = eval_vectors[: len(ev_e)] if eval_vectors is not None and len(ev_e) >= 2 else None
@@ -82,4 +84,4 @@ def train_av_sft(tav: TrainAV, explanations: Sequence[str], vectors: torch.Tenso
         return {"loss": total / n_tok, "tokens": n_tok}
 
     return run_sft("av_sft", "av", tav.modules(), len(expl), settings, out_dir, step_loss,
-                   evaluate=do_eval if ev_v is not None else None, resume=resume, on_log=on_log)
+                   evaluate=do_eval if ev_v is not None else None, resume=resume, on_log=on_log, kinds=kinds)

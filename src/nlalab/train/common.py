@@ -129,6 +129,48 @@ def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
     return out
 
 
+class KindSampler:
+    """Seeded batches with a fixed share of one kind of row (chat last tokens) in every batch.
+
+    Why: the study captures at the chat template's last token, but those rows are a few percent of a
+    training split (one per prompt against up to 8 per document), so a pair trained on the natural mix
+    sees them rarely. Each stratum draws from its own endless seeded permutation stream and the batch is
+    shuffled with a (seed, step) generator, so batches stay a pure function of (step, seed) and resume
+    exactly. ``round(batch * share)`` rows per batch come from the kind.
+    """
+
+    def __init__(self, kinds: Sequence[str], kind: str, share: float, seed: int):
+        if not 0.0 <= share <= 1.0:
+            raise NLALabError(f"share of {kind!r} rows must be in [0, 1]; got {share}.")
+        self.kind, self.share, self.seed = kind, float(share), int(seed)
+        self.strata = ([i for i, k in enumerate(kinds) if k == kind], [i for i, k in enumerate(kinds) if k != kind])
+        if share > 0 and not self.strata[0]:
+            raise NLALabError(f"a share of {share} {kind!r} rows was asked for, but the split has none; "
+                              f"set the stage's chat_fraction to null (natural mix) or add prompts to the corpus.")
+        if share < 1 and not self.strata[1]:
+            raise NLALabError(f"a share of {share} {kind!r} rows leaves {1 - share:.2f} for other rows, but the "
+                              f"split has only {kind!r} rows; set chat_fraction to 1 or null.")
+
+    def counts(self, batch: int) -> tuple[int, int]:
+        n_kind = int(round(batch * self.share))
+        return n_kind, batch - n_kind
+
+    def __call__(self, batch: int, step: int) -> list[int]:
+        out: list[int] = []
+        for s, (rows, n) in enumerate(zip(self.strata, self.counts(batch))):
+            if n:
+                out.extend(rows[i] for i in batch_indices(len(rows), n, step, self.seed * 1_000_003 + 17 * (s + 1)))
+        perm = np.random.default_rng([self.seed, step, 7]).permutation(len(out))
+        return [out[i] for i in perm]
+
+
+def batch_sampler(kinds: Optional[Sequence[str]], chat_fraction: Optional[float], seed: int) -> Optional[KindSampler]:
+    """The stage's sampler: ``None`` (natural mix through :func:`batch_indices`) unless a share is set."""
+    if chat_fraction is None or kinds is None:
+        return None
+    return KindSampler(kinds, "chat_last", chat_fraction, seed)
+
+
 def mse_nrm_per_sample(pred: torch.Tensor, gold: torch.Tensor, scale: float) -> torch.Tensor:
     """kitft's AR loss / reward: ``mean_d (n(pred) - n(gold))^2`` with ``n(x) = x * s / ||x||`` (fp32)."""
     p = pred.float()
@@ -289,16 +331,21 @@ class SFTSettings(BaseModel):
     ckpt_every: int = 100
     log_every: int = 1
     seed: int = 42
+    chat_fraction: Optional[float] = Field(
+        None, ge=0.0, le=1.0,
+        description="share of chat-last-token rows in every batch; null = the split's natural mix")
 
 
 def run_sft(stage: str, opt_key: str, modules: dict[str, nn.Module], n_rows: int, settings: SFTSettings,
             out_dir: str | Path, step_loss: Callable[[Sequence[int], int], dict],
-            evaluate: Optional[Callable[[], dict]] = None, resume: bool = True, on_log=None) -> StageResult:
+            evaluate: Optional[Callable[[], dict]] = None, resume: bool = True, on_log=None,
+            kinds: Optional[Sequence[str]] = None) -> StageResult:
     """The loop of both SFT stages: optimizer, LR schedule, seeded batches, checkpoints and resume, curves.
 
     ``step_loss(batch_indices, micro_batch)`` runs one batch's forward and backward passes and returns its
     logged metrics (``loss`` first); ``evaluate()`` the held-out metrics, at step 0, every ``eval_every``
-    steps and at the end. Optimizer state is checkpointed under ``opt_key``."""
+    steps and at the end. Optimizer state is checkpointed under ``opt_key``. ``kinds`` (one per row) with
+    ``settings.chat_fraction`` fixes the share of chat-last-token rows per batch (:class:`KindSampler`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = trainable_named(modules)
@@ -314,10 +361,13 @@ def run_sft(stage: str, opt_key: str, modules: dict[str, nn.Module], n_rows: int
         curves.log({"step": 0, **evaluate()})
     last: dict = {}
     mb = max(1, min(settings.micro_batch_size, settings.batch_size))
+    sampler = batch_sampler(kinds, settings.chat_fraction, settings.seed)
     for step in range(start, settings.steps):
         t0 = time.perf_counter()
         lr = set_lr(opt, settings.optim, step)
-        metrics = step_loss(batch_indices(n_rows, settings.batch_size, step, settings.seed), mb)
+        idx = (sampler(settings.batch_size, step) if sampler
+               else batch_indices(n_rows, settings.batch_size, step, settings.seed))
+        metrics = step_loss(idx, mb)
         grad_norm = clip_and_step(opt, plist, settings.optim.grad_clip)
         row = {"step": step + 1, **metrics, "lr": lr, "grad_norm": grad_norm, "time_s": time.perf_counter() - t0}
         evaluated = evaluate is not None and ((step + 1) % settings.eval_every == 0 or step + 1 == settings.steps)

@@ -136,18 +136,21 @@ def apply_overrides(cfg: dict, overrides: dict[str, Any]) -> dict:
 # Named starting points (a preset, then a config file, then flags, then --set).
 PRESETS: dict[str, dict[str, Any]] = {
     # The default pair: SmolLM2-135M-Instruct, layer 20 of 30, LoRA r=16 (a ~18 MB pack that ships in a
-    # package), context explanations, ~8-10 min on one H100 (see docs/training.md).
+    # package), context explanations, 30 % chat-last-token rows per batch (the study's position), ~25 min on
+    # one H100 (see docs/training.md).
     "smollm2-lora": {
         "layer": 20, "seed": 42,
         "lora": {"enabled": True, "r": 16, "alpha": 32}, "pack_dtype": "bf16",
-        "corpus": {"source": "packages", "n_docs": 6000, "n_prompts": 1500},
+        "corpus": {"source": "packages", "n_docs": 6000, "n_prompts": 4000},
         "data": {"positions_per_doc": 8, "max_length": 256, "capture_batch_size": 64},
         "explainer": {"kind": "context"},
         "ar_sft": {"steps": 600, "batch_size": 64, "micro_batch_size": 64,
-                   "optim": {"lr": 2e-4, "warmup_steps": 20}, "eval_every": 100, "eval_size": 256, "ckpt_every": 200},
+                   "optim": {"lr": 2e-4, "warmup_steps": 20}, "eval_every": 100, "eval_size": 256, "ckpt_every": 200,
+                   "chat_fraction": 0.3},
         "av_sft": {"steps": 1000, "batch_size": 32, "micro_batch_size": 32, "max_response_tokens": 160,
-                   "optim": {"lr": 2e-4, "warmup_steps": 30}, "eval_every": 100, "eval_size": 128, "ckpt_every": 250},
-        "rl": {"steps": 40, "prompts_per_step": 64, "group_size": 8, "max_response_tokens": 128, "temperature": 1.0,
+                   "optim": {"lr": 2e-4, "warmup_steps": 30}, "eval_every": 100, "eval_size": 128, "ckpt_every": 250,
+                   "chat_fraction": 0.3},
+        "rl": {"steps": 60, "prompts_per_step": 64, "chat_fraction": 0.3, "group_size": 8, "max_response_tokens": 128, "temperature": 1.0,
                "av_optim": {"lr": 5e-5}, "ar_optim": {"lr": 5e-5}, "kl_coef": 0.01, "eps_clip": 0.2,
                "micro_batch_size": 64, "ar_micro_batch_size": 256, "rollout_batch_size": 512,
                "eval_every": 10, "ckpt_every": 10, "samples_every": 10},
@@ -439,6 +442,10 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
         keep = [i for i, r in enumerate(sd.rows) if expl[split].get(r["row"])]
         return [expl[split][sd.rows[i]["row"]] for i in keep], sd.vectors[keep]
 
+    def kinds(split: str) -> list[str]:  # row kinds in pairs()' order
+        sd = splits[split]
+        return [r["kind"] for r in sd.rows if expl[split].get(r["row"])]
+
     ev = splits["eval"]
     ev_raw = _select([i for i, r in enumerate(ev.rows) if r["kind"] == "raw"], cfg.eval.size)
     ev_chat = _select([i for i, r in enumerate(ev.rows) if r["kind"] == "chat_last"], cfg.eval.size)
@@ -488,7 +495,7 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
         texts, vecs = pairs("ar_sft")
         ev_t, ev_v = pairs("eval")
         r = train_ar_sft(tar, texts, vecs, cfg.ar_sft, st_ar, b_rv=b_rv_all, eval_texts=ev_t, eval_vectors=ev_v,
-                         resume=cfg.resume, on_log=log_row)
+                         resume=cfg.resume, on_log=log_row, kinds=kinds("ar_sft"))
         training = {"lr": cfg.ar_sft.optim.lr, "loss_type": "mse_nrm", "global_batch_size": cfg.ar_sft.batch_size,
                     "steps": cfg.ar_sft.steps}
         export_ar(tar.ar, ar_sft_dir, peft=tar.peft, stage="sl", trained_on=trained_on, training=training,
@@ -517,7 +524,7 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
         texts, vecs = pairs("av_sft")
         ev_t, ev_v = pairs("eval")
         r = train_av_sft(tav, texts, vecs, cfg.av_sft, st_av, eval_explanations=ev_t, eval_vectors=ev_v,
-                         resume=cfg.resume, on_log=log_row)
+                         resume=cfg.resume, on_log=log_row, kinds=kinds("av_sft"))
         training = {"lr": cfg.av_sft.optim.lr, "loss_type": "sft_cross_entropy",
                     "global_batch_size": cfg.av_sft.batch_size, "steps": cfg.av_sft.steps}
         export_av(tav.av, av_sft_dir, peft=tav.peft, stage="sl", trained_on=trained_on, training=training,
@@ -559,7 +566,7 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
                     res = evaluate(tav.av, tar.ar, "rl", n_max=cfg.eval.rl_size)
                     return {f"eval_fve_nrm{'' if k == 'raw' else '_chat'}": v.get("fve_nrm") for k, v in res.items()}
             trainer = GRPOTrainer(tav, tar, rl.vectors, cfg.rl, st_rl, b_rv=b_rv_all, resume=cfg.resume,
-                                  on_log=log_row, eval_fn=eval_fn)
+                                  on_log=log_row, eval_fn=eval_fn, kinds=[r["kind"] for r in rl.rows])
             r = trainer.train()
             del trainer
             metrics_rl = r.metrics
