@@ -320,6 +320,9 @@ def train(
     ar_steps: Optional[int] = typer.Option(None, "--ar-steps"),
     av_steps: Optional[int] = typer.Option(None, "--av-steps"),
     rl_steps: Optional[int] = typer.Option(None, "--rl-steps"),
+    chat_fraction: Optional[float] = typer.Option(
+        None, "--chat-fraction", help="Share of chat-last-token rows in every AR SFT, AV SFT and RL batch (the "
+        "study's capture position; natural share ~3-7 %). Per stage: --set rl.chat_fraction=0.5."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     device: str = DeviceOpt,
     stop_after: Optional[str] = typer.Option(None, "--stop-after", help="corpus|init|data|explain|ar_sft|av_sft"),
@@ -335,6 +338,7 @@ def train(
                  "explainer.url": explainer_url,
                  ("explainer.local_model" if explainer == "local" else "explainer.model"): explainer_model,
                  "lora.enabled": lora, "ar_sft.steps": ar_steps, "av_sft.steps": av_steps, "rl.steps": rl_steps,
+                 **{f"{st}.chat_fraction": chat_fraction for st in ("ar_sft", "av_sft", "rl")},
                  "seed": seed, "device": device, "stop_after": stop_after, "resume": False if restart else None}
         pair = train_pair(build_config(config, flags, set_, preset=preset),
                           on_event=lambda s: typer.echo(f"[train] {s}", err=True))

@@ -33,3 +33,25 @@ def test_presets_layer_under_file_and_flags(tmp_path):
     assert c.av_sft.optim.lr == 1e-4 and c.ar_sft.optim.lr == 2e-4
     with pytest.raises(NLALabError, match="preset"):
         build_config(None, {"out": "o"}, preset="nope")
+
+
+def test_cli_chat_fraction_sets_every_stage_and_is_saved(fixture_pairs, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from nlalab.cli import app
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"id": "d0", "category": "docs", "format": "text", "text": "some text " * 40}) + "\n"
+                      + json.dumps({"id": "p0", "category": "chat", "format": "prompt", "text": "Hi?"}) + "\n")
+    out = tmp_path / "t"
+    res = CliRunner().invoke(app, ["train", "--out", str(out), "--base", str(fixture_pairs["qwen2"].target),
+                                   "--corpus", str(corpus), "--chat-fraction", "0.4", "--set", "rl.chat_fraction=0.6",
+                                   "--device", "cpu", "--stop-after", "corpus"])
+    assert res.exit_code == 0, res.output
+    saved = TrainConfig.model_validate(json.loads((out / "config.json").read_text()))
+    assert (saved.ar_sft.chat_fraction, saved.av_sft.chat_fraction, saved.rl.chat_fraction) == (0.4, 0.4, 0.6)
+    bad = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "u"), "--chat-fraction", "1.5",
+                                   "--stop-after", "corpus"])
+    assert bad.exit_code != 0 and "chat_fraction" in bad.output
