@@ -5,7 +5,7 @@ import torch
 from pydantic import ValidationError
 
 from nlalab.errors import NLALabError
-from nlalab.train.common import KindSampler, SFTSettings, batch_sampler, run_sft
+from nlalab.train.common import KindSampler, SFTSettings, batch_indices, batch_sampler, run_sft
 from nlalab.train.grpo import GRPOSettings, GRPOTrainer
 from nlalab.train.models import load_trainable_av
 
@@ -44,7 +44,9 @@ def test_impossible_shares_say_what_to_change():
         SFTSettings(chat_fraction=-0.1)
     with pytest.raises(ValidationError):
         GRPOSettings(chat_fraction=2)
-    assert batch_sampler(KINDS, None, 0) is None and batch_sampler(None, 0.3, 0) is None
+    # no share (or no kinds): the natural mix, i.e. exactly batch_indices' batches
+    for sample in (batch_sampler(len(KINDS), KINDS, None, 0), batch_sampler(len(KINDS), None, 0.3, 0)):
+        assert [sample(8, step) for step in range(6)] == [batch_indices(len(KINDS), 8, step, 0) for step in range(6)]
 
 
 def test_run_sft_draws_the_mix_and_a_resumed_run_sees_the_same_batches(tmp_path):
@@ -81,5 +83,6 @@ def test_grpo_prompts_follow_the_share(fixture_pairs, tmp_path):
     tr = GRPOTrainer(tav, None, torch.randn(len(KINDS), 64), s, tmp_path, reward_fn=lambda verbs, gold:
                      torch.zeros(len(verbs)), kinds=KINDS)
     assert sum(i in CHAT for i in tr.sampler(8, 0)) == 4
-    assert GRPOTrainer(tav, None, torch.randn(len(KINDS), 64), s.model_copy(update={"chat_fraction": None}),
-                       tmp_path / "n", reward_fn=lambda verbs, gold: torch.zeros(len(verbs)), kinds=KINDS).sampler is None
+    natural = GRPOTrainer(tav, None, torch.randn(len(KINDS), 64), s.model_copy(update={"chat_fraction": None}),
+                          tmp_path / "n", reward_fn=lambda verbs, gold: torch.zeros(len(verbs)), kinds=KINDS)
+    assert natural.sampler(8, 3) == batch_indices(len(KINDS), 8, 3, s.seed)

@@ -10,7 +10,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Annotated, Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -164,11 +164,19 @@ class KindSampler:
         return [out[i] for i in perm]
 
 
-def batch_sampler(kinds: Optional[Sequence[str]], chat_fraction: Optional[float], seed: int) -> Optional[KindSampler]:
-    """The stage's sampler: ``None`` (natural mix through :func:`batch_indices`) unless a share is set."""
+def batch_sampler(n_rows: int, kinds: Optional[Sequence[str]], chat_fraction: Optional[float],
+                  seed: int) -> Callable[[int, int], list[int]]:
+    """A stage's ``(batch, step) -> row indices``: :class:`KindSampler` when a chat share is set (and the
+    rows' kinds are known), else the natural mix of :func:`batch_indices`."""
     if chat_fraction is None or kinds is None:
-        return None
+        return lambda batch, step: batch_indices(n_rows, batch, step, seed)
     return KindSampler(kinds, "chat_last", chat_fraction, seed)
+
+
+# The batch-mix setting of every stage (SFT and RL), bounds checked where the config is read.
+ChatFraction = Annotated[Optional[float], Field(
+    ge=0.0, le=1.0, description="share of chat-last-token rows in every batch (RL: of every step's prompts); "
+                                "null = the split's natural mix")]
 
 
 def mse_nrm_per_sample(pred: torch.Tensor, gold: torch.Tensor, scale: float) -> torch.Tensor:
@@ -331,9 +339,7 @@ class SFTSettings(BaseModel):
     ckpt_every: int = 100
     log_every: int = 1
     seed: int = 42
-    chat_fraction: Optional[float] = Field(
-        None, ge=0.0, le=1.0,
-        description="share of chat-last-token rows in every batch; null = the split's natural mix")
+    chat_fraction: ChatFraction = None
 
 
 def run_sft(stage: str, opt_key: str, modules: dict[str, nn.Module], n_rows: int, settings: SFTSettings,
@@ -361,13 +367,11 @@ def run_sft(stage: str, opt_key: str, modules: dict[str, nn.Module], n_rows: int
         curves.log({"step": 0, **evaluate()})
     last: dict = {}
     mb = max(1, min(settings.micro_batch_size, settings.batch_size))
-    sampler = batch_sampler(kinds, settings.chat_fraction, settings.seed)
+    sample = batch_sampler(n_rows, kinds, settings.chat_fraction, settings.seed)
     for step in range(start, settings.steps):
         t0 = time.perf_counter()
         lr = set_lr(opt, settings.optim, step)
-        idx = (sampler(settings.batch_size, step) if sampler
-               else batch_indices(n_rows, settings.batch_size, step, settings.seed))
-        metrics = step_loss(idx, mb)
+        metrics = step_loss(sample(settings.batch_size, step), mb)
         grad_norm = clip_and_step(opt, plist, settings.optim.grad_clip)
         row = {"step": step + 1, **metrics, "lr": lr, "grad_norm": grad_norm, "time_s": time.perf_counter() - t0}
         evaluated = evaluate is not None and ((step + 1) % settings.eval_every == 0 or step + 1 == settings.steps)

@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field
 
 from nlalab.pairs.load import AV
 from nlalab.train.common import (
-    Checkpointer, CurveLog, OptimSettings, StageResult, autocast, batch_indices, batch_sampler, clip_and_step, make_optimizer,
+    Checkpointer, CurveLog, OptimSettings, StageResult, ChatFraction, autocast, batch_sampler, clip_and_step, make_optimizer,
     set_lr, trainable_named,
 )
 from nlalab.train.models import TrainAR, TrainAV, ar_lengths, ar_loss, ar_scores, av_sequences, response_logprobs
@@ -69,9 +69,7 @@ class GRPOSettings(BaseModel):
     ckpt_every: int = 20
     samples_every: int = 10
     seed: int = 42
-    chat_fraction: Optional[float] = Field(
-        None, ge=0.0, le=1.0,
-        description="share of chat-last-token vectors in every step's prompts; null = the split's natural mix")
+    chat_fraction: ChatFraction = None
 
 
 @dataclasses.dataclass
@@ -177,7 +175,7 @@ class GRPOTrainer:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.b_rv, self.reward_fn, self.on_log, self.eval_fn = b_rv, reward_fn, on_log, eval_fn
-        self.sampler = batch_sampler(kinds, settings.chat_fraction, settings.seed)
+        self.sampler = batch_sampler(self.vectors.shape[0], kinds, settings.chat_fraction, settings.seed)
         if reward_fn is None and tar is None:
             raise ValueError("GRPO needs an AR for the NLA reward, or a reward_fn.")
         # Frozen reference = the policy as it is now (the SFT AV), with its own injection hook at use.
@@ -236,8 +234,7 @@ class GRPOTrainer:
         step = self.step_no
         t0 = time.perf_counter()
         av = self.tav.av
-        idx = (self.sampler(s.prompts_per_step, step) if self.sampler
-               else batch_indices(self.vectors.shape[0], s.prompts_per_step, step, s.seed))
+        idx = self.sampler(s.prompts_per_step, step)
         vecs = self.vectors[idx]
         ro = rollout(av, vecs, s.group_size, s, seed=s.seed + step, vector_keys=idx,
                      model=self._sync_rollout_model())

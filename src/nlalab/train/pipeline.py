@@ -437,14 +437,12 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
     if cfg.stop_after == "explain":
         return out
 
-    def pairs(split: str) -> tuple[list[str], torch.Tensor]:
+    def pairs(split: str) -> tuple[list[str], torch.Tensor, list[str]]:
+        """(explanations, vectors, row kinds) of the rows that have an explanation."""
         sd = splits[split]
         keep = [i for i, r in enumerate(sd.rows) if expl[split].get(r["row"])]
-        return [expl[split][sd.rows[i]["row"]] for i in keep], sd.vectors[keep]
-
-    def kinds(split: str) -> list[str]:  # row kinds in pairs()' order
-        sd = splits[split]
-        return [r["kind"] for r in sd.rows if expl[split].get(r["row"])]
+        return ([expl[split][sd.rows[i]["row"]] for i in keep], sd.vectors[keep],
+                [sd.rows[i]["kind"] for i in keep])
 
     ev = splits["eval"]
     ev_raw = _select([i for i, r in enumerate(ev.rows) if r["kind"] == "raw"], cfg.eval.size)
@@ -492,10 +490,10 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
     if not (cfg.resume and _done(st_ar)):
         say("ar_sft: training")
         tar = load_trainable_ar(init / "ar", device, cfg.lora)
-        texts, vecs = pairs("ar_sft")
-        ev_t, ev_v = pairs("eval")
+        texts, vecs, kinds = pairs("ar_sft")
+        ev_t, ev_v, _ = pairs("eval")
         r = train_ar_sft(tar, texts, vecs, cfg.ar_sft, st_ar, b_rv=b_rv_all, eval_texts=ev_t, eval_vectors=ev_v,
-                         resume=cfg.resume, on_log=log_row, kinds=kinds("ar_sft"))
+                         resume=cfg.resume, on_log=log_row, kinds=kinds)
         training = {"lr": cfg.ar_sft.optim.lr, "loss_type": "mse_nrm", "global_batch_size": cfg.ar_sft.batch_size,
                     "steps": cfg.ar_sft.steps}
         export_ar(tar.ar, ar_sft_dir, peft=tar.peft, stage="sl", trained_on=trained_on, training=training,
@@ -521,10 +519,10 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
     if not (cfg.resume and _done(st_av)):
         say("av_sft: training")
         tav = load_trainable_av(init / "av", device, cfg.lora)
-        texts, vecs = pairs("av_sft")
-        ev_t, ev_v = pairs("eval")
+        texts, vecs, kinds = pairs("av_sft")
+        ev_t, ev_v, _ = pairs("eval")
         r = train_av_sft(tav, texts, vecs, cfg.av_sft, st_av, eval_explanations=ev_t, eval_vectors=ev_v,
-                         resume=cfg.resume, on_log=log_row, kinds=kinds("av_sft"))
+                         resume=cfg.resume, on_log=log_row, kinds=kinds)
         training = {"lr": cfg.av_sft.optim.lr, "loss_type": "sft_cross_entropy",
                     "global_batch_size": cfg.av_sft.batch_size, "steps": cfg.av_sft.steps}
         export_av(tav.av, av_sft_dir, peft=tav.peft, stage="sl", trained_on=trained_on, training=training,
