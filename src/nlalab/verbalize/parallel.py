@@ -78,9 +78,10 @@ def last_info() -> Optional[dict]:
     return None if _LAST[0] is None else dict(_LAST[0])
 
 
-def note_single(device: Union[str, torch.device], n_rows: int, engine: str) -> None:
+def note_single(device: Union[str, torch.device], n_rows: int, engine: str, replicate_s: float = 0.0) -> None:
     """Record a one-device ``verbalize`` call, so ``last_info`` always describes the latest call."""
-    _LAST[0] = dict(devices=[str(_norm(device))], rows=[n_rows], seconds=[None], replicate_s=0.0, engine=engine)
+    _LAST[0] = dict(devices=[str(_norm(device))], rows=[n_rows], seconds=[None], replicate_s=round(replicate_s, 3),
+                    engine=engine)
 
 
 # ------------------------------------------------------------------------------------------ devices
@@ -342,8 +343,7 @@ def iter_parallel(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], ke
     if reps:
         _LIVE.setdefault(av.model, []).extend(reps)
     if len(avs) == 1 and avs[0] is av:  # the other devices did not fit a replica
-        _LAST[0] = dict(devices=[str(home)], rows=[len(todo)], seconds=[None], replicate_s=round(replicate_s, 3),
-                        engine=engine)
+        note_single(home, len(todo), engine, replicate_s)
         yield from iter_rows(av, vectors, todo, keys_v, settings, engine)
         return
     vecs = vectors.detach().to("cpu")
