@@ -31,14 +31,9 @@ def no_tf32():
 
 
 @pytest.fixture
-def compile_mode():
-    old = fast.OPTIONS.compile
-
-    def set_(mode):
-        fast.OPTIONS.compile = mode
-
-    yield set_
-    fast.OPTIONS.compile = old
+def compile_mode(monkeypatch):
+    """Set fast.OPTIONS.compile for one test (monkeypatch restores it)."""
+    return lambda mode: monkeypatch.setattr(fast.OPTIONS, "compile", mode)
 
 
 def _toks(recs):
@@ -75,14 +70,9 @@ def test_fp32_graphs_greedy_and_sampled_identical(fixture_pair, no_tf32, compile
 
 
 @pytest.fixture
-def attention():
-    old = fast.OPTIONS.attention
-
-    def set_(mode):
-        fast.OPTIONS.attention = mode
-
-    yield set_
-    fast.OPTIONS.attention = old
+def attention(monkeypatch):
+    """Set fast.OPTIONS.attention for one test (monkeypatch restores it)."""
+    return lambda mode: monkeypatch.setattr(fast.OPTIONS, "attention", mode)
 
 
 @pytest.mark.parametrize("name,layout", [("gemma3_text", "auto"), ("qwen2", "auto"), ("llama", "copy")])
