@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 
+# Exit codes of the CLI (documented in docs/errors.md): 0 ok, 1 a check failed (validate, a verdict
+# gate), 2 a usage error (a bad flag, setting or input file, found before work starts), 3 a runtime
+# error (a file fault, disk full, a lock held, a model that fails to load).
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_RUNTIME = 3
+
+
 class NLALabError(Exception):
-    """A user-facing error. The CLI prints ``str(err)`` alone, without a traceback."""
+    """A user-facing error. The CLI prints ``str(err)`` alone, without a traceback, and exits with
+    ``exit_code`` (runtime error unless a subclass says otherwise)."""
+
+    exit_code = EXIT_RUNTIME
 
 
-class ValidationProblem(NLALabError):
+class UsageError(NLALabError):
+    """A bad setting or input, found before any model loads: exit 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class CheckFailed(NLALabError):
+    """A check the user asked for did not pass (e.g. ``nlalab validate``): exit 1."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+class ValidationProblem(UsageError):
     """One problem found while checking a pair, formatted as one line."""
 
     def __init__(self, where: str, field: str, found: object, expected: object, fix: str):

@@ -15,7 +15,7 @@ from nlalab.pairs.load import LoadOptions, load_ar, load_av, load_target, releas
 from nlalab.study.config import RunConfig  # noqa: E402
 from nlalab.study.models import Preloaded  # noqa: E402
 from nlalab.study.pipeline import run_study  # noqa: E402
-from nlalab.study.rundir import load_tensors  # noqa: E402
+from nlalab.rundir.io import load_tensors  # noqa: E402
 from nlalab.testing import dispatch_layers  # noqa: E402
 
 # fp32 and the loop engine on both sides: the only difference is where each block runs

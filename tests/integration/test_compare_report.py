@@ -27,7 +27,7 @@ from nlalab.scorers.keyword import keyword_hit, keyword_recall, lexicon_hits, lo
 from nlalab.study.analysis import analyze
 from nlalab.study.config import RunConfig
 from nlalab.study.pipeline import run_study
-from nlalab.study.rundir import atomic_write_json, write_jsonl
+from nlalab.rundir.io import atomic_write_json, write_jsonl
 from nlalab.testing import torch_threads
 
 FAST = dict(k=2, max_new_tokens=12, n_random=4, n_perm=200, n_boot=200, limit_per_category=4, progress=False)

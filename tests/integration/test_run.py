@@ -16,7 +16,7 @@ from nlalab.cli import app
 from nlalab.errors import NLALabError
 from nlalab.study.config import RunConfig
 from nlalab.study.pipeline import run_study
-from nlalab.study.rundir import JsonlLog, load_tensors
+from nlalab.rundir.io import JsonlLog, load_tensors
 
 from runhelpers import FAST, cfg_for, stable
 

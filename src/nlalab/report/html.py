@@ -235,7 +235,7 @@ def write_report(run_dir: Union[str, Path], compare_dirs: Optional[Sequence[Unio
     ``<run_dir>/report.md``; return the HTML path. ``compare_dirs``: further runs for the comparison
     section; the comparison is ``[run_dir, *compare_dirs]`` in that order (``names`` labels them all)."""
     from nlalab.report.plots import run_plots
-    from nlalab.study.rundir import atomic_write_text
+    from nlalab.rundir.io import atomic_write_text
 
     dirs = [Path(run_dir)] + [Path(d) for d in (compare_dirs or [])]
     runs = load_runs(dirs, list(names) if names is not None else None)

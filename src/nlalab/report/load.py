@@ -9,20 +9,9 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 from nlalab.errors import NLALabError
+from nlalab.rundir.io import read_jsonl
 
 __all__ = ["Run", "load_run", "load_runs", "item_means", "read_jsonl"]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise NLALabError(f"{path} line {lineno}: malformed JSON ({e.msg}). Fix: re-run `nlalab run`.") from None
-    return rows
 
 
 def _read_json(path: Path) -> dict:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -223,30 +222,13 @@ def load_samples(run_dir: Union[str, Path]) -> list[dict]:
     path = Path(run_dir) / "samples.jsonl"
     if not path.is_file():
         raise NLALabError(f"{path}: not found. Fix: point at a finished `nlalab run` directory (it has samples.jsonl).")
-    from nlalab.report.load import read_jsonl
+    from nlalab.rundir.io import read_jsonl
 
     return read_jsonl(path)
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@contextmanager
-def _locked(path: Path):
-    """Exclusive advisory lock on ``path`` (POSIX flock; a no-op where fcntl is missing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            yield
-            return
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def score_run(run_dir: Union[str, Path], scorer_name: str, *, n_perm: Optional[int] = None,
@@ -259,7 +241,7 @@ def score_run(run_dir: Union[str, Path], scorer_name: str, *, n_perm: Optional[i
     ``results.json["scorers"][name]``; returns that section. ``scorer`` overrides the registry (a
     configured instance; its ``name`` is then used for the file and the section).
     """
-    from nlalab.study.rundir import atomic_write_json, write_jsonl
+    from nlalab.rundir.io import atomic_write_json, write_jsonl
 
     run = Path(run_dir)
     res_path = run / "results.json"
@@ -284,7 +266,9 @@ def score_run(run_dir: Union[str, Path], scorer_name: str, *, n_perm: Optional[i
     rel = f"{SCORES_DIR}/{name}.jsonl"
     write_jsonl(run / rel, per_row)
     section.update(file=rel, samples_sha256=digest, computed_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    with _locked(run / ".results.lock"):
+    from nlalab.rundir.io import dir_lock
+
+    with dir_lock(run, wait=None, what="nlalab score"):
         current = json.loads(res_path.read_text(encoding="utf-8"))
         current.setdefault("scorers", {})[name] = section
         atomic_write_json(res_path, current)

@@ -31,8 +31,9 @@ from nlalab.pairs.resolve import PairDirs, resolve_pair
 from nlalab.scorers.keyword import keyword_hit, keyword_recall, load_lexicon
 from nlalab.study.config import CONTROLS, RunConfig
 from nlalab.study.models import DiskModels, ModelSource, Preloaded  # noqa: F401  (Preloaded: public API)
-from nlalab.study.rundir import (JsonlLog, atomic_save_tensors, atomic_write_json, atomic_write_text, environment,
-                                 jsonl_text, load_tensors, write_jsonl)
+from nlalab.rundir.io import (JsonlLog, atomic_save_tensors, atomic_write_json, atomic_write_text, jsonl_text,
+                              load_tensors, write_jsonl)
+from nlalab.rundir.provenance import environment
 from nlalab.verbalize import GenerationSettings, verbalize
 
 log = logging.getLogger(__name__)

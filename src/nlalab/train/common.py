@@ -247,9 +247,9 @@ class CurveLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def rows(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").split("\n") if line.strip()]
+        from nlalab.rundir.io import read_jsonl
+
+        return read_jsonl(self.path, repair=True, missing_ok=True)
 
     def truncate(self, step: int) -> None:
         """Keep the rows of steps 1..``step`` (what the checkpoint at ``step`` has done) and step-0 evals."""

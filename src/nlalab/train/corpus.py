@@ -602,14 +602,10 @@ def read_corpus(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise NLALabError(f"{path}: no such corpus file. Fix: build one with nlalab.train.corpus.build_corpus.")
+    from nlalab.rundir.io import read_jsonl
+
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise NLALabError(f"{path} line {i}: malformed JSON ({e.msg}).") from None
+    for i, r in enumerate(read_jsonl(path), 1):
         if "format" not in r and "prompt" in r:
             r = {"id": r.get("id") or f"prompt-{i}", "category": r.get("category", "chat"), "format": "prompt",
                  "text": r["prompt"], "source": str(path.name), "license": "", "origin": str(path.name)}

@@ -226,7 +226,9 @@ def load_split(data_dir: str | Path, split: str) -> SplitData:
     if not f.is_file():
         raise NLALabError(f"{f}: no such split file (splits: {SPLITS}).")
     vecs = load_file(str(f))[VECTOR_KEY].float()
-    rows = [json.loads(line) for line in (d / f"{split}.jsonl").read_text(encoding="utf-8").split("\n") if line.strip()]
+    from nlalab.rundir.io import read_jsonl
+
+    rows = read_jsonl(d / f"{split}.jsonl")
     if len(rows) != vecs.shape[0]:
         raise NLALabError(f"{f}: {vecs.shape[0]} vectors but {len(rows)} rows in {split}.jsonl.")
     return SplitData(split, vecs, rows)

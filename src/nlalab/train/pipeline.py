@@ -241,18 +241,14 @@ class _Explanations:
         d.mkdir(parents=True, exist_ok=True)
 
     def load(self, split: str) -> dict[int, Optional[str]]:
-        f = self.d / f"{split}.jsonl"
-        if not f.is_file():
-            return {}
-        out = {}
-        for line in f.read_text(encoding="utf-8").split("\n"):
-            if line.strip():
-                r = json.loads(line)
-                out[int(r["row"])] = r["explanation"]
-        return out
+        from nlalab.rundir.io import read_jsonl
+
+        return {int(r["row"]): r["explanation"] for r in read_jsonl(self.d / f"{split}.jsonl", repair=True,
+                                                                     missing_ok=True)}
 
     def fill(self, split: str, rows: list[dict], explainer, chunk: int = 256,
              log: Optional[Callable[[str], None]] = None) -> dict[int, Optional[str]]:
+        from nlalab.rundir.io import JsonlLog
         from nlalab.train.explainers import ExplainInput
 
         have = self.load(split)
@@ -261,11 +257,8 @@ class _Explanations:
         for i in range(0, len(todo), chunk):
             part = todo[i:i + chunk]
             ex = explainer.explain([ExplainInput.from_row(r) for r in part])
-            with f.open("a", encoding="utf-8") as fh:
-                for r, e in zip(part, ex):
-                    fh.write(json.dumps({"row": r["row"], "doc_id": r["doc_id"], "explanation": e},
-                                        ensure_ascii=False) + "\n")
-                    have[r["row"]] = e
+            JsonlLog(f).append([{"row": r["row"], "doc_id": r["doc_id"], "explanation": e} for r, e in zip(part, ex)])
+            have.update({r["row"]: e for r, e in zip(part, ex)})
             if log:
                 log(f"explanations {split}: {min(i + chunk, len(todo))}/{len(todo)}")
         return have
