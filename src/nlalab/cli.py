@@ -27,8 +27,11 @@ MaxMemOpt = typer.Option(None, "--max-memory", help="With --device-map: per-devi
 
 
 def _fail(e: Exception) -> None:
+    """One line, no traceback; the exit code says what kind of failure (nlalab.errors)."""
+    from nlalab.errors import EXIT_RUNTIME
+
     typer.secho(f"error: {e}", fg="red", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(getattr(e, "exit_code", EXIT_RUNTIME))
 
 
 def _opts(device: str, dtype: str, device_map: Optional[str], max_memory: Optional[str] = None):
