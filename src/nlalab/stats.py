@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -29,6 +29,12 @@ __all__ = [
     "permutation_test",
     "permutation_pvalue",
     "min_detectable_difference",
+    "min_detectable_shift",
+    "holm",
+    "format_p",
+    "binomial_tail",
+    "weighted_bootstrap_ci",
+    "random_derangements",
 ]
 
 # Max elements of one resample matrix; bigger jobs are split into chunks to bound memory.
@@ -265,3 +271,113 @@ def min_detectable_difference(std: float, n_per_group: int, alpha: float = 0.05,
     nd = NormalDist()
     z = nd.inv_cdf(1.0 - alpha / 2.0) + nd.inv_cdf(power)
     return float(z * std * math.sqrt(2.0 / int(n_per_group)))
+
+
+def min_detectable_shift(std: float, n: int, alpha: float = 0.05, power: float = 0.8,
+                         one_sided: bool = True) -> float:
+    """Smallest true mean of paired differences a one-sample test detects with the given power.
+
+    ``(z_{1-alpha} + z_{power}) * std / sqrt(n)`` (``z_{1-alpha/2}`` when two-sided). This is what a
+    "no evidence at this n" verdict must state, so the reader sees what size of effect was ruled out.
+    """
+    if not (math.isfinite(std) and std >= 0):
+        raise ValueError(f"std: expected a finite number >= 0; found {std!r}")
+    if int(n) < 1:
+        raise ValueError(f"n: expected >= 1; found {n!r}")
+    if not 0.0 < alpha < 1.0 or not 0.0 < power < 1.0:
+        raise ValueError(f"alpha and power: expected values in (0, 1); found {alpha!r}, {power!r}")
+    nd = NormalDist()
+    z = nd.inv_cdf(1.0 - (alpha if one_sided else alpha / 2.0)) + nd.inv_cdf(power)
+    return float(z * std / math.sqrt(int(n)))
+
+
+def holm(pvalues) -> list:
+    """Holm-Bonferroni adjusted p-values (same order; ``None`` entries stay ``None`` and do not count).
+
+    Rejecting where the adjusted p <= alpha controls the family-wise error rate at alpha across the
+    family (e.g. the categories of one run), under any dependence between the tests.
+    """
+    vals = [(i, float(p)) for i, p in enumerate(pvalues) if p is not None and math.isfinite(float(p))]
+    m = len(vals)
+    out: list = [None] * len(list(pvalues))
+    running = 0.0
+    for rank, (i, p) in enumerate(sorted(vals, key=lambda t: t[1])):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def format_p(p: Optional[float], n_perm: Optional[int] = None) -> str:
+    """``p=0.032``, or ``p ≤ 0.001`` when p is the smallest value ``n_perm`` resamples can give."""
+    if p is None or not math.isfinite(float(p)):
+        return "p=n/a"
+    p = float(p)
+    if n_perm:
+        floor = 1.0 / (int(n_perm) + 1)
+        if p <= floor * (1 + 1e-9):
+            return f"p ≤ {floor:.2g}"
+    return f"p={p:.2g}" if p < 0.01 else f"p={p:.3f}"
+
+
+def binomial_tail(k: int, n: int, rate: float) -> float:
+    """``P(X >= k)`` for ``X ~ Binomial(n, rate)``: the exact one-sided p-value of k successes."""
+    if not 0 <= int(k) <= int(n):
+        raise ValueError(f"k: expected 0 <= k <= n={n}; found {k}")
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate: expected a value in [0, 1]; found {rate}")
+    return float(min(1.0, sum(math.comb(n, j) * rate ** j * (1 - rate) ** (n - j) for j in range(int(k), int(n) + 1))))
+
+
+def weighted_bootstrap_ci(values, weights, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> Estimate:
+    """Percentile CI of ``sum(w*x)/sum(w)`` resampling the units (e.g. items weighted by their rows),
+    with the two-sided p-value of :func:`paired_bootstrap_diff` for a mean of 0."""
+    a = _values(values)
+    w = _values(weights, "weights")
+    if a.shape != w.shape or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError("weights: expected one non-negative weight per value with a positive sum")
+    _check_common(n_boot, alpha)
+    obs = float((a * w).sum() / w.sum())
+    if a.size == 1:
+        return Estimate(obs, obs, obs, 1, p=1.0)
+    rng = np.random.default_rng(seed)
+    boot = np.empty(int(n_boot))
+    step = max(1, _CHUNK_ELEMS // a.size)
+    for start in range(0, int(n_boot), step):
+        b = min(step, int(n_boot) - start)
+        mult = _multiplicities(rng, b, a.size)
+        den = mult @ w
+        boot[start:start + b] = np.where(den > 0, (mult @ (a * w)) / np.where(den > 0, den, 1.0), obs)
+    lo, hi = _percentile(boot, alpha)
+    tol = 1e-12 * max(1.0, abs(obs))
+    extreme = int(np.sum(np.abs(boot - obs) >= abs(obs) - tol)) if obs != 0 else boot.size
+    return Estimate(obs, lo, hi, int(a.size), p=min(1.0, (1 + extreme) / (1 + boot.size)))
+
+
+def random_derangements(groups, n_perm: int, seed: int = 0) -> np.ndarray:
+    """``[n_perm, n]`` uniform random permutations with no fixed point inside any group of size >= 2.
+
+    A floor meant as "explanations of *other* items" must never give an item its own explanations;
+    a plain permutation does so for ~1 item per group, pulling the floor toward the real score by
+    about 1/n. Items alone in their group keep themselves (they have no other item to borrow from;
+    callers mask them out). Rejection sampling per group (acceptance ~1/e).
+    """
+    codes, g = _cluster_codes(groups, len(groups))
+    n = codes.size
+    rng = np.random.default_rng(seed)
+    out = np.tile(np.arange(n), (int(n_perm), 1))
+    for c in range(g):
+        idx = np.flatnonzero(codes == c)
+        m = idx.size
+        if m < 2:
+            continue
+        got: list[np.ndarray] = []
+        need = int(n_perm)
+        while need > 0:
+            batch = max(16, int(need * 3))
+            p = np.argsort(rng.random((batch, m)), axis=1)
+            ok = p[~np.any(p == np.arange(m)[None, :], axis=1)]
+            got.append(ok[:need])
+            need -= min(need, ok.shape[0])
+        perm = np.concatenate(got)[: int(n_perm)]
+        out[:, idx] = idx[perm]
+    return out

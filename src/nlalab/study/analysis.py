@@ -289,18 +289,57 @@ def _collect_perms(n: int, n_perm: int, seed: int, groups) -> np.ndarray:
     return np.stack(perms)
 
 
+def _item_gaps(S_sum: np.ndarray, W_sum: np.ndarray, mask: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per item i (in ``mask``): own score minus the mean score of the *other* items' sets that ``same``
+    allows (``same[i, j]``), and the weight W[i, i]; items with no own or no other score are dropped."""
+    n = S_sum.shape[0]
+    ar = np.arange(n)
+    other = same & ~np.eye(n, dtype=bool)
+    own_w = W_sum[ar, ar]
+    oth_w = (W_sum * other).sum(1)
+    keep = (mask > 0) & (own_w > 0) & (oth_w > 0)
+    own = S_sum[ar, ar] / np.where(own_w > 0, own_w, 1.0)
+    oth = (S_sum * other).sum(1) / np.where(oth_w > 0, oth_w, 1.0)
+    return (own - oth)[keep], own_w[keep]
+
+
+def gap_verdict(gap: float, ci: Optional[dict], p: float, p_adj: Optional[float], n_perm: int, mdd: Optional[float],
+                alpha: float, family: str, what: str = "item-specific content", floor: str = "within-category") -> str:
+    """The one sentence a researcher may cite: evidence (gap, CI, p) or no evidence at this n (MDD).
+
+    ``p_adj`` is the family-corrected p (Holm) that decides; ``p`` is shown beside it. Absence of a
+    significant gap is never worded as absence of the effect: the minimum detectable gap says how
+    large an effect this design would have caught with 80% power.
+    """
+    ci_txt = f" [{ci['lo']:+.3f}, {ci['hi']:+.3f}]" if ci else ""
+    p_dec = p if p_adj is None else p_adj
+    p_txt = S.format_p(p, n_perm) + ("" if p_adj is None else f", Holm-adjusted {S.format_p(p_adj, n_perm)} {family}")
+    if p_dec <= alpha:
+        return f"evidence of {what} (gap {gap:+.3f}{ci_txt} above the {floor} floor, {p_txt})"
+    mdd_txt = f"minimum detectable gap {mdd:.3f}" if mdd is not None else "minimum detectable gap n/a"
+    return f"no evidence of {what} at this n (gap {gap:+.3f}{ci_txt}, {p_txt}; {mdd_txt})"
+
+
 def matrix_permutation(S_sum: np.ndarray, W_sum: np.ndarray, item_cat: np.ndarray, cats: list[str], n_perm: int,
-                       seed: int, tag: str = "perm", alternative: str = "greater") -> dict:
-    """Real score vs within- and cross-category permutation floors, from one score matrix.
+                       seed: int, tag: str = "perm", alternative: str = "greater", alpha: float = 0.05,
+                       what: str = "item-specific content") -> dict:
+    """Real score vs within- and cross-category floors, from one score matrix.
 
     ``S_sum[i, j]`` is the summed score of item j's explanation set (its K rows) against item i's
     reference (prompt for recall and content scorers, activation for reconstruction); ``W_sum[i, j]``
     how many of those scores are defined. A permutation P gives set P[i] to item i; sets move whole,
     within category for the within floor and over all items for the cross floor. Every content
     scorer and the reconstruction control use this one estimator.
+
+    Floors (mean, 2.5/97.5 percentiles) are over random *derangements*: no item keeps its own set, so a
+    floor is what explanations of other items score. p-values use full permutations (the exchangeability
+    null, whose set contains the observed arrangement). Each block also carries a per-item gap interval
+    (cluster bootstrap over items of own minus mean-of-others), the minimum detectable gap (80% power,
+    one-sided), Holm-adjusted within p across categories, and a ``verdict`` sentence.
     """
     n = S_sum.shape[0]
     ar = np.arange(n)
+    item_cat = np.asarray(item_cat)
 
     def stat(P: np.ndarray, mask: np.ndarray) -> np.ndarray:
         num = (S_sum[ar[None, :], P] * mask).sum(1)
@@ -310,31 +349,79 @@ def matrix_permutation(S_sum: np.ndarray, W_sum: np.ndarray, item_cat: np.ndarra
     ident = ar[None, :]
     P_within = _collect_perms(n, n_perm, _subseed(seed, tag, "within"), list(item_cat))
     P_cross = _collect_perms(n, n_perm, _subseed(seed, tag, "cross"), None)
+    D_within = S.random_derangements(list(item_cat), n_perm, _subseed(seed, tag, "within-derange"))
+    D_cross = S.random_derangements([0] * n, n_perm, _subseed(seed, tag, "cross-derange"))
     own = W_sum[ar, ar]
+    same_cat = item_cat[:, None] == item_cat[None, :]
+    cat_size = same_cat.sum(1)
+    everyone = np.ones((n, n), dtype=bool)
 
-    def floor_block(mask) -> Optional[dict]:
+    def floor_block(mask, m_family: int) -> Optional[dict]:
         real = float(stat(ident, mask)[0])
         if not math.isfinite(real):
             return None
+        # Derangement floors: items alone in their category have no other item, so leave them out.
+        wmask = mask * (cat_size >= 2)
         nw, nc = stat(P_within, mask), stat(P_cross, mask)
+        fw_d, fc_d = stat(D_within, wmask), stat(D_cross, mask)
         nw, nc = nw[np.isfinite(nw)], nc[np.isfinite(nc)]
-        if nw.size == 0 or nc.size == 0:
+        fw_d, fc_d = fw_d[np.isfinite(fw_d)], fc_d[np.isfinite(fc_d)]
+        if nw.size == 0 or nc.size == 0 or fc_d.size == 0:
             return None
-        fw, fc = _dist_est(nw), _dist_est(nc)
-        return {
+        real_w = float(stat(ident, wmask)[0]) if wmask.sum() > 0 else float("nan")
+        fw = _dist_est(fw_d) if fw_d.size else None
+        fc = _dist_est(fc_d)
+        gap_w = (real_w - fw["mean"]) if fw else None
+        out = {
             "real": real,
             "n_rows": int((own * mask).sum()),
             "n_items": int(((own > 0) * mask).sum()),
             "floor_within": fw,
             "floor_cross": fc,
-            "gap_within": real - fw["mean"],
+            "floor_kind": "derangements (no item keeps its own explanations)",
+            "gap_within": gap_w,
             "gap_cross": real - fc["mean"],
             "p_within": S.permutation_pvalue(real, nw, alternative=alternative),
             "p_cross": S.permutation_pvalue(real, nc, alternative=alternative),
+            "p_kind": f"full permutations ({alternative}); smallest possible p = 1/(n_perm+1)",
         }
+        for key, same in (("within", same_cat), ("cross", everyone)):
+            d, w = _item_gaps(S_sum, W_sum, mask, same)
+            if d.size >= 2:
+                e = S.weighted_bootstrap_ci(d, w, n_boot=2000, seed=_subseed(seed, tag, key, "gap-ci"))
+                sd = float(np.std(d, ddof=1))
+                out[f"gap_{key}_ci"] = {"mean": e.mean, "lo": e.lo, "hi": e.hi, "n": e.n,
+                                        "method": "bootstrap over items of own score minus mean of other items'"}
+                a_mdd = alpha / max(1, m_family)
+                out[f"mdd_{key}"] = S.min_detectable_shift(sd, int(d.size), alpha=a_mdd, power=0.8)
+            else:
+                out[f"gap_{key}_ci"] = None
+                out[f"mdd_{key}"] = None
+        return out
 
-    return {"overall": floor_block(np.ones(n)),
-            "per_category": {c: floor_block((item_cat == c).astype(np.float64)) for c in cats}}
+    overall = floor_block(np.ones(n), 1)
+    per_cat = {c: floor_block((item_cat == c).astype(np.float64), len(cats)) for c in cats}
+    adj = S.holm([(b or {}).get("p_within") if (b and b.get("gap_within") is not None) else None
+                  for b in per_cat.values()])
+    fam = f"over {sum(a is not None for a in adj)} categories"
+    for (c, b), pa in zip(per_cat.items(), adj):
+        if b is None:
+            continue
+        b["p_within_holm"] = pa
+        b["alpha"] = alpha
+        b["verdict"] = ("a single item: no other item in its category to compare with" if b["gap_within"] is None
+                        else gap_verdict(b["gap_within"], b["gap_within_ci"], b["p_within"], pa, n_perm,
+                                         b["mdd_within"], alpha, fam, what))
+    if overall is not None:
+        overall["alpha"] = alpha
+        overall["verdict"] = ("no category has two items: no within-category floor" if overall["gap_within"] is None
+                              else gap_verdict(overall["gap_within"], overall["gap_within_ci"], overall["p_within"],
+                                               None, n_perm, overall["mdd_within"], alpha, "", what))
+        overall["verdict_cross"] = gap_verdict(overall["gap_cross"], overall["gap_cross_ci"], overall["p_cross"], None,
+                                               n_perm, overall["mdd_cross"], alpha, "", "content beyond chance",
+                                               "cross-category")
+    return {"overall": overall, "per_category": per_cat,
+            "correction": "Holm across categories for the per-category within verdicts", "alpha": alpha}
 
 
 def _permutation(rows, cats, items, stopwords, n_perm, seed) -> tuple[dict, list[str]]:
