@@ -87,12 +87,12 @@ def test_explanations_equal_prompts_give_recall_one_and_a_large_significant_gap(
 
 def _expected_within_floor(expl_of):
     """Exact expectation of the within-category floor: for each item, the mean recall of its prompt
-    against every item's explanation set of the same category (its own included, as a random
-    permutation can map an item to itself), averaged over items. Plain python, no analysis code."""
+    against every *other* item's explanation set of the same category (the floor is over derangements:
+    no item keeps its own set), averaged over items. Plain python, no analysis code."""
     vals = []
     for items in by_category(ITEMS).values():
         for it in items:
-            vals.append(np.mean([keyword_recall(it.prompt, expl_of[o.id]) for o in items]))
+            vals.append(np.mean([keyword_recall(it.prompt, expl_of[o.id]) for o in items if o.id != it.id]))
     return float(np.mean(vals))
 
 
@@ -103,9 +103,9 @@ def test_derangement_within_category_has_no_signal_above_the_within_floor():
     # No item-specific signal: not significant, and the real pairing is not above the floor.
     assert o["p_within"] > 0.05
     assert o["gap_within"] < 0.05
-    # The floor is the permutation expectation. Because each prompt's own text sits in exactly one
-    # other item's explanation set, a random shuffle re-finds it with probability 1/n_c, so the exact
-    # expected gap is about -(1 - offdiag)/n_c ~ -0.08 here, not 0; check the analysis hits it.
+    # The floor is the derangement expectation. Because each prompt's own text sits in exactly one
+    # other item's explanation set, a random derangement re-finds it with probability 1/(n_c - 1), so the
+    # exact expected gap is about -(1 - offdiag)/(n_c - 1), not 0; check the analysis hits it.
     expected_floor = _expected_within_floor(der)
     assert o["floor_within"]["mean"] == pytest.approx(expected_floor, abs=0.006)
     real = np.mean([keyword_recall(it.prompt, der[it.id]) for it in ITEMS])
@@ -218,11 +218,13 @@ def test_stability_identical_samples_have_zero_within_std():
 
 
 def test_stability_within_std_known_answer():
-    # cos = base_i + {-d, 0, +d}: population std over the 3 samples = d * sqrt(2/3) for every item.
+    # cos = base_i + {-d, 0, +d}: sample std (ddof=1) over the 3 samples = d for every item (the old
+    # ddof=0 mean of stds gave d * sqrt(2/3), biased low; the cross std already used ddof=1).
     d = 0.01
     rows = make_rows(lambda it, k: it.prompt, metric_fn=lambda i, it, k: 0.9 + (k - 1) * d)
     res = run(rows)
-    assert res["stability"]["chat"]["cos"]["within"] == pytest.approx(d * math.sqrt(2 / 3), abs=1e-12)
+    assert res["stability"]["chat"]["cos"]["within"] == pytest.approx(d, abs=1e-12)
+    assert res["stability"]["chat"]["cos"]["ddof"] == 1
     assert res["stability"]["chat"]["cos"]["cross"] == pytest.approx(0.0, abs=1e-12)
 
 

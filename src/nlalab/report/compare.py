@@ -27,8 +27,11 @@ difference is unpaired (items of each run resampled independently) and a warning
 returned dict (``warnings``) and in every rendering: such a difference mixes the effect of the model with
 the effect of the prompts.
 
-**Pattern column** (values v_1..v_m of a row, in run order; ``tol`` default 0.02, step tolerance
-``eps = tol / 4``; rules tried in this order):
+**Pattern column**: ``compare_runs`` labels a row from its *tested* steps (``PATTERN_RULES``,
+:mod:`nlalab.report.pattern`): a step counts only when its Δ is significant after Holm across the row's
+steps, so runs that differ only in the seed are "flat" except at the α rate. The descriptive rule
+below (point estimates, ``tol`` default 0.02, step tolerance ``eps = tol / 4``) is what
+:func:`classify_pattern` does without ``steps``; rules tried in this order:
 
 1. ``n/a`` if a value is missing; ``single run`` if m = 1;
 2. ``flat`` if max − min ≤ tol (all runs within the tolerance);
@@ -56,6 +59,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from nlalab import stats as ST
+from nlalab.report import pattern as PT
 from nlalab.report.load import Run, item_means, load_runs
 from nlalab.report.tables import FVE_DENOMINATORS, fmt_num, fmt_p
 
@@ -79,12 +83,13 @@ DIFF_METRICS = ("fve_nrm", "fve_nrm_seed", "cos", "recall")
 OVERALL = "OVERALL"
 
 PATTERN_RULES = [
-    "n/a when a run lacks the value; 'single run' with one run",
-    "flat: max − min ≤ tol",
-    "step signs: sign of each consecutive difference, 0 when |difference| ≤ eps = tol/4",
-    "saturating up/down: ≥ 3 runs, all steps but the last share one nonzero sign, the last step has that "
-    "sign or 0 and is smaller than 1/3 of the previous step in absolute value",
-    "monotonic up/down: no step against the direction",
+    "n/a when a run lacks the value or a step has no interval; 'single run' with one run",
+    "a step (Δ between consecutive runs) counts only when significant at alpha 0.05 after Holm across the "
+    "row's steps: paired bootstrap over items for fve_nrm, fve_nrm_seed, cos, recall; otherwise an unpaired "
+    "normal approximation from the two runs' intervals",
+    "flat: no step counts",
+    "saturating up/down: ≥ 3 runs, all steps but the last count in one direction, the last does not",
+    "monotonic up/down: the counted steps all go one way",
     "peak at / dip at <run>: one change of direction (the run with the max / min); more changes: non-monotonic",
 ]
 
@@ -93,10 +98,17 @@ PATTERN_RULES = [
 
 
 def classify_pattern(values: Sequence[Optional[float]], names: Optional[Sequence[str]] = None,
-                     tol: float = DEFAULT_TOL, eps: Optional[float] = None) -> dict:
-    """Classify a trajectory (see the module docstring for the rules). Returns
-    ``{"kind", "text", "at"}``; ``kind`` is one of ``na``, ``single``, ``flat``, ``saturating_up``,
-    ``saturating_down``, ``monotonic_up``, ``monotonic_down``, ``peak``, ``dip``, ``non_monotonic``."""
+                     tol: float = DEFAULT_TOL, eps: Optional[float] = None,
+                     steps: Optional[Sequence[Optional[dict]]] = None, alpha: float = 0.05) -> dict:
+    """Classify a trajectory. With ``steps`` (the Δ between consecutive runs with a p or an interval),
+    a step counts only when it is significant after Holm across the row's steps
+    (:func:`nlalab.report.pattern.classify_steps`): this is what ``compare_runs`` uses. Without
+    ``steps``, the descriptive point-estimate rule of the module docstring (shape only, no test; three
+    runs differing only in the seed can show a "trend" under it). Returns ``{"kind", "text", "at"}``;
+    ``kind`` is one of ``na``, ``single``, ``flat``, ``saturating_up``, ``saturating_down``,
+    ``monotonic_up``, ``monotonic_down``, ``peak``, ``dip``, ``non_monotonic``."""
+    if steps is not None:
+        return PT.classify_steps(values, steps, names, alpha=alpha)
     names = list(names) if names is not None else [f"run {i + 1}" for i in range(len(values))]
     eps = tol * STEP_EPS_FRACTION if eps is None else float(eps)
     if any(v is None or not math.isfinite(float(v)) for v in values):
@@ -150,41 +162,12 @@ def _est(e: Optional[dict]) -> Optional[dict]:
     return {"mean": e["mean"], "lo": e.get("lo"), "hi": e.get("hi"), "n": e.get("n")}
 
 
-def spread_ci(rows: list[dict], metric: str, categories: list[str], n_boot: int, seed: int) -> Optional[dict]:
-    """max − min of the row-weighted category means, with a 95% interval from resampling items inside
-    each category (stratified cluster bootstrap). None when fewer than one category has values."""
-    sums: dict[str, dict[str, float]] = {c: {} for c in categories}
-    cnts: dict[str, dict[str, int]] = {c: {} for c in categories}
-    for r in rows:
-        v = r.get(metric)
-        if v is None or r.get("category") not in sums:
-            continue
-        v = float(v)
-        if not math.isfinite(v):
-            continue
-        iid = str(r["item_id"])
-        sums[r["category"]][iid] = sums[r["category"]].get(iid, 0.0) + v
-        cnts[r["category"]][iid] = cnts[r["category"]].get(iid, 0) + 1
-    cats = [c for c in categories if cnts[c]]
-    if not cats:
-        return None
-    point_means = [sum(sums[c].values()) / sum(cnts[c].values()) for c in cats]
-    point = max(point_means) - min(point_means)
-    rng = np.random.default_rng(seed)
-    boot_means = np.empty((n_boot, len(cats)))
-    for k, c in enumerate(cats):
-        ids = list(sums[c])
-        s = np.array([sums[c][i] for i in ids])
-        n = np.array([cnts[c][i] for i in ids], dtype=np.float64)
-        g = len(ids)
-        draws = rng.integers(0, g, size=(n_boot, g))
-        w = np.zeros((n_boot, g))
-        np.add.at(w, (np.repeat(np.arange(n_boot), g), draws.ravel()), 1.0)
-        boot_means[:, k] = (w @ s) / (w @ n)
-    boot = boot_means.max(1) - boot_means.min(1)
-    lo, hi = np.quantile(boot, [0.025, 0.975])
-    n_rows = sum(sum(cnts[c].values()) for c in cats)
-    return {"mean": float(point), "lo": float(lo), "hi": float(hi), "n": int(n_rows)}
+def spread_ci(rows: list[dict], metric: str, categories: list[str], n_boot: int, seed: int,
+              n_perm: int = 1000) -> Optional[dict]:
+    """max − min of the row-weighted category means with a permutation p, a simultaneous interval that
+    covers 0 when the categories do not differ, and a verdict (:func:`nlalab.report.pattern.spread_test`).
+    None when fewer than two categories have values (a spread needs two means)."""
+    return PT.spread_from_rows(rows, metric, categories, n_perm=n_perm, n_boot=n_boot, seed=seed)
 
 
 def unpaired_bootstrap_diff(a: Sequence[float], b: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict:
@@ -224,7 +207,8 @@ def _perm_cells(runs: list[Run], field: str) -> list:
             out.append({"mean": e["mean"], "lo": e["lo"], "hi": e["hi"], "n": pm.get("n_perm")})
         else:
             pk = "p_cross" if field == "gap_cross" else "p_within"
-            out.append({"mean": o[field], "p": o[pk], "n": o.get("n_items")})
+            ci = o.get(f"{field}_ci") or {}
+            out.append({"mean": o[field], "p": o[pk], "n": o.get("n_items"), "lo": ci.get("lo"), "hi": ci.get("hi")})
     return out
 
 
@@ -419,11 +403,16 @@ def compare_runs(run_dirs: Iterable[Union[str, Path]], names: Optional[Sequence[
                      _direction_cells(runs, "negation_symmetry"), kind="count"))
     rows += _recon_rows(runs)
     rows += _scorer_rows(runs)
+    diffs = _differences(runs, pairing, int(n_boot), seed)
+    paired_steps = {m: [d["metrics"].get(m) for d in diffs] for m in DIFF_METRICS}
     for row in rows:
         vals = [None if c is None else c.get("mean") for c in row["values"]]
-        row["pattern"] = classify_pattern(vals, run_names, tol=tol if row["kind"] != "count" else 0.0)
+        # a step counts only when its Δ is significant (Holm over the row's steps): paired item-level Δ
+        # where there is one, else the two runs' intervals (unpaired, conservative on one corpus)
+        steps = paired_steps.get(row["key"]) or [PT.step_from_estimates(a, b)
+                                                 for a, b in zip(row["values"], row["values"][1:])]
+        row["pattern"] = classify_pattern(vals, run_names, steps=steps)
 
-    diffs = _differences(runs, pairing, int(n_boot), seed)
     for m in DIFF_METRICS:
         cells = [None] + [d["metrics"].get(m) for d in diffs]
         paired_txt = "paired" if all(p["paired"] for p in pairing) else "UNPAIRED where corpora differ"
@@ -448,6 +437,7 @@ def compare_runs(run_dirs: Iterable[Union[str, Path]], names: Optional[Sequence[
             "tol": float(tol),
             "step_eps": float(tol) * STEP_EPS_FRACTION,
             "saturation_ratio": SATURATION_RATIO,
+            "pattern_correction": PT.CORRECTION,
             "ci": "95% percentile intervals: cluster bootstrap over items (from each run's results.json) for "
                   "means; stratified cluster bootstrap for spreads; paired bootstrap over item means for Δ",
         },
@@ -510,7 +500,7 @@ def _footer(cmp: dict) -> list[str]:
         f"{s['n_boot']} bootstrap resamples, seed {s['seed']}.",
         f"Pairing: {pair_txt}.",
         f"Denominators: {cmp['denominators']}",
-        f"Pattern rules (tol {s['tol']:g}, step eps {s['step_eps']:g}; k/n rows use tol 0): "
+        f"Pattern rules ({PT.CORRECTION}): "
         + " | ".join(cmp["pattern_rules"]),
     ]
 

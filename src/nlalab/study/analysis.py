@@ -12,17 +12,21 @@ Conventions (all deterministic given ``seed``):
 - **Permutation floor (seed section 4.1).** The unit that is shuffled is the *item's set of K
   explanations*: a permutation ``p`` gives item ``i`` the explanations of item ``p[i]`` (all K of them),
   so the within-item correlation is kept. "Within" permutes only inside a category, "cross" over all
-  items. A floor is the mean over ``n_perm`` permutations of the row-weighted mean recall; its interval
-  is the 2.5/97.5 percentile of that permutation distribution; ``p`` is
-  :func:`nlalab.stats.permutation_pvalue` (alternative "greater"). Random permutations may map an
-  item to itself (the standard permutation null), so the floor's expectation is the mean recall over
-  *all* (prompt, explanation-set) pairs of the group, own pair included.
+  items. A floor is the mean over ``n_perm`` random *derangements* (no item keeps its own set: "explanations
+  of other items") of the row-weighted mean recall; its interval is the 2.5/97.5 percentile of that
+  distribution. ``p`` is :func:`nlalab.stats.permutation_pvalue` (alternative "greater") over full
+  permutations (the exchangeability null). Each block carries a per-item gap interval, the minimum
+  detectable gap and a ``verdict``; per-category verdicts are Holm-corrected across categories.
   Recall under a permutation is not recomputed from text: a ``[n_items, n_explanations]`` recall
   matrix is built once from content-word sets (a 0/1 matrix product over the prompts' vocabulary) and
   every permutation only indexes it.
-- **Stability (seed section 3.4).** within-prompt std = mean over items of the std over that item's
-  samples (ddof=0; items with < 2 values are skipped); cross-prompt std = std over items of the item
-  means (ddof=1, the sample std, as used by the power calculation).
+- **Stability (seed section 3.4).** within-prompt std = pooled std of the samples around their item
+  mean, ``sqrt(mean over items of var(ddof=1))`` (items with < 2 values are skipped; unbiased variance,
+  so no shrinkage at small K: a mean of ddof=0 stds is ~0.56x the truth at K=2); cross-prompt std = std
+  over items of the item means (ddof=1, the sample std, as used by the power calculation).
+- **Spread.** max − min of the category means (None with fewer than two categories), and in
+  ``spread_test`` its permutation p (category labels shuffled over items), simultaneous interval and
+  verdict (:func:`nlalab.report.pattern.spread_test`).
 - **Power.** Minimum detectable difference between two categories
   (:func:`nlalab.stats.min_detectable_difference`, alpha 0.05, power 0.8) at the *smallest* number of
   items per category in this run, with the pooled within-category std (ddof=1) of item means.
@@ -218,8 +222,15 @@ def _per_category(rows, cats, items, n_boot, seed) -> tuple[dict, dict]:
     spread: dict[str, Optional[float]] = {}
     for m in keys:
         means = [out[c][m]["mean"] for c in cats if out[c].get(m)]
-        spread[m] = float(max(means) - min(means)) if len(means) >= 1 else None
+        spread[m] = float(max(means) - min(means)) if len(means) >= 2 else None
     return out, spread
+
+
+def _spread_test(rows, cats, metric, n_perm, n_boot, seed) -> Optional[dict]:
+    from nlalab.report.pattern import spread_from_rows
+
+    vals = [{"item_id": r["item_id"], "category": r["category"], metric: _row_value(r, metric)} for r in rows]
+    return spread_from_rows(vals, metric, cats, n_perm=n_perm, n_boot=n_boot, seed=_subseed(seed, "spread", metric))
 
 
 # ----------------------------------------------------------------------------- 2. stability
@@ -234,15 +245,16 @@ def _stability(rows, cats, items) -> dict:
         res = {}
         for m in STABILITY_METRICS:
             per_item = [_item_values(rows, items, i, m) for i in iids]
-            within = [float(np.std(v)) for v in per_item if len(v) >= 2]
+            within = [float(np.var(v, ddof=1)) for v in per_item if len(v) >= 2]
             means = [float(np.mean(v)) for v in per_item if v]
-            w = float(np.mean(within)) if within else None
+            w = math.sqrt(float(np.mean(within))) if within else None
             c = float(np.std(means, ddof=1)) if len(means) >= 2 else None
             res[m] = {
                 "within": w,
                 "cross": c,
                 "ratio": (w / c) if (w is not None and c) else None,
                 "n_items": len(means),
+                "ddof": 1,
             }
         return res
 
@@ -517,7 +529,22 @@ def _random_gaussian(random_rows, per_cat, real_rows, n_boot, seed) -> tuple[dic
         "format_templates": fmt,
         "flags": _flag_counts(random_rows, "random-Gaussian control"),
     }
+    out["verdict"] = random_gaussian_verdict(metrics)
     return out, list(out["flags"]["warnings"])
+
+
+def random_gaussian_verdict(metrics: dict) -> str:
+    """The random-Gaussian control in words, quoting ``fve_nrm_seed`` (the seed's −0.949 is that metric):
+    ``fve_nrm`` of an unrelated unit vector sits near 1 − 2/B_rv by construction and says little."""
+    parts = []
+    for m in ("fve_nrm_seed", "cos", "fve_nrm"):
+        e = metrics.get(m)
+        if e:
+            parts.append(f"{m} {e['mean']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}]")
+    if not parts:
+        return "random-Gaussian control: no scores"
+    return ("random-Gaussian inputs reconstruct to " + ", ".join(parts)
+            + " (fve_nrm of a random direction is ≈ 1 − 2/B_rv by construction; compare fve_nrm_seed)")
 
 
 # ----------------------------------------------------------------------------- 5. directions
@@ -575,10 +602,14 @@ def _directions(direction_rows, cats, lexicon) -> tuple[dict, list[str]]:
             entry[m] = _mean(vals) if vals else None
         table.append(entry)
 
+    n_lex = max(1, len(lex_cats))
+
     def kn(kind: str) -> dict:
         sel = [e for e in table if e["kind"] == kind]
         k = sum(e["ok"] for e in sel)
-        return {"k": k, "n": len(sel), "text": f"{k}/{len(sel)}", "directions": [e["direction"] for e in sel]}
+        out = {"k": k, "n": len(sel), "text": f"{k}/{len(sel)}", "directions": [e["direction"] for e in sel]}
+        out.update(direction_chance(kind, k, len(sel), n_lex))
+        return out
 
     out = {
         "lexicon_categories": lex_cats,
@@ -593,6 +624,31 @@ def _directions(direction_rows, cats, lexicon) -> tuple[dict, list[str]]:
         "flags": _flag_counts(direction_rows, "direction-injection control"),
     }
     return out, warnings + list(out["flags"]["warnings"])
+
+
+def direction_chance(kind: str, k: int, n: int, n_categories: int, alpha: float = 0.05) -> dict:
+    """k of n directions correct against the rate a top category picked at random would reach.
+
+    A self/cross direction is correct by chance with rate 1/C (C lexicon categories); a negated one
+    passes whenever its top is any *other* category, so its chance rate is (C−1)/C: 3 of 4 with the
+    seed's four categories, and 4/4 negations is then p = 0.75^4 = 0.32, no evidence at all.
+    ``p`` is the exact binomial tail P(X ≥ k).
+    """
+    rate = (n_categories - 1) / n_categories if kind == "neg" else 1.0 / n_categories
+    if n == 0:
+        return {"chance_rate": rate, "chance_k": None, "p": None, "verdict": "not run"}
+    p = S.binomial_tail(int(k), int(n), rate)
+    what = {"self": "alignment with the injected category", "neg": "negation symmetry",
+            "cross": "cross-category alignment"}.get(kind, kind)
+    head = f"{k}/{n} vs {rate * n:.1f}/{n} expected by chance (rate {rate:.2f}, binomial p={p:.3g})"
+    if p <= alpha:
+        verdict = f"evidence of {what}: {head}"
+    else:
+        need = next((j for j in range(n + 1) if S.binomial_tail(j, n, rate) <= alpha), None)
+        lim = (f"{need}/{n} would be needed" if need is not None
+               else f"no count out of {n} could reach p ≤ {alpha:g}: add directions or categories")
+        verdict = f"no evidence of {what} at this n: {head}; {lim}"
+    return {"chance_rate": rate, "chance_k": rate * n, "p": p, "alpha": alpha, "verdict": verdict}
 
 
 # ----------------------------------------------------------------------------- 6. confabulation
@@ -701,7 +757,7 @@ def analyze(
     """All tables of the seed paper (sections 3-4) from the rows of one run; JSON-serialisable.
 
     Top-level keys: ``b_rv``, ``b_rv_source``, ``n_samples``, ``n_items``, ``k``, ``categories``,
-    ``settings``, ``per_category``, ``spread``, ``stability``, ``permutation``, ``random_gaussian``
+    ``settings``, ``per_category``, ``spread``, ``spread_test``, ``stability``, ``permutation``, ``random_gaussian``
     (None if not run), ``directions`` (None if not run), ``confabulation``, ``power``, ``flags``,
     ``warnings``. See the module docstring for the statistical conventions.
 
@@ -754,6 +810,7 @@ def analyze(
         },
         "per_category": per_cat,
         "spread": spread,
+        "spread_test": {m: _spread_test(rows, cats, m, int(n_perm), int(n_boot), seed) for m in ("fve_nrm", "recall")},
         "stability": _stability(rows, cats, items),
         "permutation": perm,
         "random_gaussian": rg,
