@@ -213,7 +213,7 @@ VERDICTS: list[Verdict] = [
             "Do injected category directions make the AV name their category?",
             "k of n directions whose top lexicon category is the target; exact binomial vs chance 1/C",
             "top category uniformly random", "each direction on target with probability 0.9",
-            "with 4 directions, 3/4 is needed for p ≤ 0.05", _directions("self")),
+            "with 4 directions and 4 categories only 4/4 is evidence (3/4 is p = 0.051)", _directions("self")),
     Verdict("negation_symmetry", "controls.directions.negation_symmetry.verdict",
             "Do negated directions move the AV away from their category?",
             "k of n negated directions whose top is another category; exact binomial vs chance (C−1)/C",
