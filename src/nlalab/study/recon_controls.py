@@ -279,8 +279,8 @@ def prefix_curve(rows_metrics: list[dict], n_boot: int = 2000, seed: int = 42, a
         if not sel:
             continue
         out[str(L)] = {m: float(np.mean([r[m] for r in sel.values()])) for m in ("cos", "fve_nrm")} | {
-            "n": len(sel), "n_carried_full": sum(1 for k, r in sel.items() if r is fulls[k] and
-                                                  r["n_sentences"] < L)}
+            "n": len(sel), "n_carried_full": sum(1 for k, r in sel.items() if r["is_full"] and
+                                                  fulls[k]["n_sentences"] < L)}
     if fulls:
         out["full"] = {m: float(np.mean([r[m] for r in fulls.values()])) for m in ("cos", "fve_nrm")} | {"n": len(fulls)}
     first = table.get(1, {})
