@@ -340,14 +340,15 @@ def _recon_controls(results: dict) -> list[str]:
     if pf:
         lines += ["fve_nrm by explanation prefix (first n sentences; first sample of each item):", ""]
         lines += _table(["sentences", "n", "cos", "fve_nrm"],
-                        [[k, v["n"], fmt_num(v["cos"]), fmt_num(v["fve_nrm"])] for k, v in pf.items()]) + [""]
+                        [[k, v["n"], fmt_num(v["cos"]), fmt_num(v["fve_nrm"])] for k, v in pf.items()
+                         if isinstance(v, dict) and "n" in v]) + [""]
     gr = results.get("grounding")
     if gr:
         lines += ["Claim grounding: change when a sentence is appended to the explanation (true = the item's own "
                   "prompt, false = another category's prompt, neutral = a fixed sentence):", ""]
         lines += _table(["appended", "Δ cos", "Δ centered cos", "Δ fve_nrm"],
                         [[k, fmt_est(v.get("cos")), fmt_est(v.get("centered_cos")), fmt_est(v.get("fve_nrm"))]
-                         for k, v in gr.items()]) + [""]
+                         for k, v in gr.items() if isinstance(v, dict)]) + [""]
     sd = results.get("seeds")
     if sd:
         lines += [f"Noise floor: headline numbers over seeds {sd['seeds']} (std = seed-to-seed spread):", ""]
