@@ -103,10 +103,12 @@ def independent(run: Path) -> dict:
     rnd = read_jsonl(run / "controls" / "random_gaussian.jsonl")
     for m in ("fve_nrm", "fve_nrm_seed", "cos"):
         out[f"random.{m}"] = _mean(r[m] for r in rnd)
-    # Expected cross-category floor: mean recall over all (prompt, other item's explanation set) pairs,
-    # own pair included (every prompt has content words and every item K rows, so it is exact in expectation).
+    # Expected cross-category floor: mean recall over all (prompt, other item's explanation set) pairs
+    # (every prompt has content words and every item K rows, so it is exact in expectation).
     prompts = {r["item_id"]: r["prompt"] for r in rows}
-    out["floor_cross_expected"] = _mean(keyword_recall(p, r["explanation"]) for p in prompts.values() for r in rows)
+    # over derangements (issue 15): every (prompt, other item's explanation) pair, the own pair left out
+    out["floor_cross_expected"] = _mean(keyword_recall(p, r["explanation"]) for i, p in prompts.items() for r in rows
+                                        if r["item_id"] != i)
     lex = load_lexicon()
     groups: dict[str, list] = {}
     for r in read_jsonl(run / "controls" / "directions.jsonl"):
