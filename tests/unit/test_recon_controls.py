@@ -52,6 +52,7 @@ def test_item_specific_reconstructions_beat_the_within_floor():
         o = out["metrics"][m]["overall"]
         assert o["gap_within"] > 0.05 and o["p_within"] <= 2 / 501
     assert all("evidence of item-specific content (gap +" in v and "Holm" in v for v in out["verdicts"].values())
+    assert out["verdict"].startswith("fve_nrm: evidence of item-specific content (gap +")
 
 
 def test_real_score_matches_row_metrics():

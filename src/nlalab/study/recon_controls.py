@@ -63,6 +63,8 @@ def recon_permutation(acts: torch.Tensor, recon: torch.Tensor, row_items: Sequen
         W_sum = np.broadcast_to(M.sum(0)[None, :], S_sum.shape)
         out["metrics"][m] = matrix_permutation(S_sum, W_sum, item_cat, cats, n_perm, seed, tag=f"recon-{m}")
     out["verdicts"] = verdicts(out["metrics"]["fve_nrm"], cats)
+    o = out["metrics"]["fve_nrm"]["overall"]
+    out["verdict"] = f"fve_nrm: {o['verdict']}" if o else "not enough items to tell"
     return out
 
 
