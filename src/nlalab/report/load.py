@@ -34,6 +34,17 @@ class Run:
     direction_rows: Optional[list[dict]] = None
     scores: dict[str, list[dict]] = field(default_factory=dict)
 
+    def section(self, name: str) -> Optional[dict]:
+        """A control's section of results.json (None when the run skipped it)."""
+        return (self.results.get("controls") or {}).get(name)
+
+    def control_rows(self, name: str) -> list[dict]:
+        p = self.dir / "controls" / f"{name}.jsonl"
+        return read_jsonl(p) if p.is_file() else []
+
+    def sample_dicts(self) -> list[dict]:
+        return self.samples
+
     @property
     def corpus(self) -> dict:
         return dict(self.config.get("corpus") or (self.results.get("provenance") or {}).get("corpus") or {})
@@ -61,7 +72,10 @@ class Run:
         if pair.get("name"):
             return str(pair["name"])
         av = (pair.get("av") or {}).get("ref") or (self.config.get("config") or {}).get("av")
-        return str(av) if av else "?"
+        if not av:
+            return "?"
+        parts = Path(str(av)).parts  # a path: its last two parts name it (".../qwen-nla/av" -> "qwen-nla/av")
+        return "/".join(parts[-2:]) if len(parts) > 1 else str(av)
 
     @property
     def layer(self) -> Any:
@@ -92,6 +106,7 @@ class Run:
             "dir": str(self.dir),
             "pair": self.pair_label,
             "layer": self.layer,
+            "position": (self.results.get("capture") or {}).get("positions", cfg.get("positions")),
             "corpus": corpus.get("ref"),
             "corpus_sha256": corpus.get("sha256"),
             "n_items": self.results.get("n_items"),
@@ -121,7 +136,7 @@ def load_run(run_dir: Union[str, Path], name: Optional[str] = None) -> Run:
     if not samples_path.is_file():
         raise NLALabError(f"{samples_path}: not found. Fix: complete the run with `nlalab run --out {d}`.")
     config = _read_json(d / "config.json") if (d / "config.json").is_file() else {}
-    results = _read_json(res)
+    results = migrate(_read_json(res))
     rg = d / "controls" / "random_gaussian.jsonl"
     dr = d / "controls" / "directions.jsonl"
     scores = {}
@@ -131,6 +146,31 @@ def load_run(run_dir: Union[str, Path], name: Optional[str] = None) -> Run:
     return Run(dir=d, name=name or d.name, config=config, results=results, samples=read_jsonl(samples_path),
                random_rows=read_jsonl(rg) if rg.is_file() else None,
                direction_rows=read_jsonl(dr) if dr.is_file() else None, scores=scores)
+
+
+OLD_SECTIONS = {"permutation": "recall_permutation", "random_gaussian": "random_gaussian", "directions": "directions",
+                "recon_permutation": "recon_permutation", "baselines": "baselines", "prefix": "prefix",
+                "grounding": "grounding", "seeds": "seeds"}
+
+
+def migrate(results: dict) -> dict:
+    """A schema-0 results.json (control sections top-level) in the schema-1 layout, in memory."""
+    if results.get("schema_version") or "controls" in results:
+        return results
+    out = {k: v for k, v in results.items() if k not in OLD_SECTIONS}
+    ctl = {new: results.get(old) for old, new in OLD_SECTIONS.items()}
+    if ctl.get("baselines"):
+        b = {k: v for k, v in ctl["baselines"].items() if isinstance(v, dict) and "fve_nrm" in v}
+        ctl["baselines"] = {"rungs": b}
+        if "blind_explanation" in b:
+            ctl["blind"] = {"rung": b["blind_explanation"]}
+    if ctl.get("prefix"):
+        ctl["prefix"] = {"curve": ctl["prefix"]}
+    if ctl.get("grounding"):
+        ctl["grounding"] = {"deltas": ctl["grounding"]}
+    out["controls"] = ctl
+    out["schema_version"] = 0
+    return out
 
 
 def _unique_names(names: list[str]) -> list[str]:
