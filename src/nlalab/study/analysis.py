@@ -693,3 +693,27 @@ def directions_section(direction_rows: list[dict], *, categories: list[str],
     dirs, w = _directions(list(direction_rows), list(categories), lexicon if lexicon is not None else load_lexicon())
     dirs["warnings"] = w
     return _clean(dirs)
+
+
+def analyze_rows(samples: list[dict], *, categories: list[str], b_rv: float, b_rv_source: str,
+                 random_rows: Optional[list[dict]] = None, direction_rows: Optional[list[dict]] = None,
+                 lexicon: Optional[dict[str, list[str]]] = None, n_perm: int = 1000, n_boot: int = 2000,
+                 seed: int = 42, **kw) -> dict:
+    """:func:`analyze` plus the controls that need only rows (recall permutation, random Gaussian,
+    directions) under ``controls``, in the layout of results.json: the study's tables from rows made
+    elsewhere, with no model."""
+    res = analyze(samples, categories=categories, b_rv=b_rv, b_rv_source=b_rv_source, n_perm=n_perm,
+                  n_boot=n_boot, seed=seed, **kw)
+    ctl = {"recall_permutation": recall_permutation(samples, categories=categories, n_perm=n_perm, seed=seed,
+                                                    stopwords=kw.get("stopwords")),
+           "random_gaussian": None, "directions": None}
+    if random_rows:
+        ctl["random_gaussian"] = random_gaussian_section(random_rows, samples, categories=categories, n_boot=n_boot,
+                                                         seed=seed, per_category=res["per_category"])
+    if direction_rows:
+        ctl["directions"] = directions_section(direction_rows, categories=categories, lexicon=lexicon)
+    for sec in ctl.values():
+        if sec:
+            res["warnings"] += [w for w in sec.get("warnings") or [] if w not in res["warnings"]]
+    res["controls"] = ctl
+    return res
