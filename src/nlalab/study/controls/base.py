@@ -19,7 +19,7 @@ import torch
 
 from nlalab.format import NOT_RUN, Table
 
-__all__ = ["Control", "GenJob", "PlainJob", "StudyContext", "Figure", "register", "registry", "get", "names",
+__all__ = ["Control", "estimate_cell", "GenJob", "PlainJob", "StudyContext", "Figure", "register", "registry", "get", "names",
            "selectable", "NOT_RUN"]
 
 
@@ -167,6 +167,11 @@ class Control:
         parts += [t.to_markdown(3) + "\n" for t in self.tables(section, results)]
         parts += [f"**Warning:** {w}\n\n" for w in self.warnings(section)]
         return "".join(parts)
+
+
+def estimate_cell(e: Optional[dict]) -> Optional[dict]:
+    """A compare cell from a stored estimate (mean, interval, n), or None where it is missing."""
+    return None if not e or e.get("mean") is None else {k: e.get(k) for k in ("mean", "lo", "hi", "n")}
 
 
 _REGISTRY: dict[str, Control] = {}

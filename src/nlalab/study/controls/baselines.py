@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from nlalab.format import Table, fmt_est, fmt_num
-from nlalab.study.controls.base import Control, Figure, StudyContext, register
+from nlalab.study.controls.base import Control, Figure, StudyContext, estimate_cell, register
 
 RUNGS = {"real_pair": "the real pair", "mean_direction": "predict the mean direction",
          "empty_explanation": "empty explanation", "source_text": "source text as explanation",
@@ -83,8 +83,7 @@ class Baselines(Control):
 
     def compare_rows(self, runs: list, row) -> list[dict]:
         def est(r, rung):
-            e = (((r.section(self.name) or {}).get("rungs") or {}).get(rung) or {}).get("fve_nrm")
-            return None if not e or e.get("mean") is None else {k: e.get(k) for k in ("mean", "lo", "hi", "n")}
+            return estimate_cell((((r.section(self.name) or {}).get("rungs") or {}).get(rung) or {}).get("fve_nrm"))
 
         return [row(f"baseline.{rung}", f"fve_nrm, baseline: {label}", "Reconstruction controls",
                     [est(r, rung) for r in runs]) for rung, label in RUNGS.items() if rung != "real_pair"]

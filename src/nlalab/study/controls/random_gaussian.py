@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from nlalab.format import Table, fmt_est, fmt_num
-from nlalab.study.controls.base import Control, Figure, GenJob, StudyContext, register
+from nlalab.study.controls.base import Control, Figure, GenJob, StudyContext, estimate_cell, register
 
 KEY_BASE = 1_000_000
 
@@ -124,8 +124,7 @@ class RandomGaussian(Control):
 
     def compare_rows(self, runs: list, row) -> list[dict]:
         def est(r, m):
-            e = ((r.section(self.name) or {}).get("metrics") or {}).get(m)
-            return None if not e or e.get("mean") is None else {k: e.get(k) for k in ("mean", "lo", "hi", "n")}
+            return estimate_cell(((r.section(self.name) or {}).get("metrics") or {}).get(m))
 
         return [row(f"random.{m}", lab, "Random Gaussian", [est(r, m) for r in runs], signed=(m == "cos"))
                 for m, lab in (("fve_nrm", "Random Gaussian fve_nrm (÷ B_rv)"),
