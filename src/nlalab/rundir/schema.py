@@ -12,7 +12,7 @@ migrates older files in memory (:func:`nlalab.rundir.load.migrate`) and refuses 
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -95,9 +95,10 @@ class FlagCounts(_Model):
 
 
 class CategoryStats(_Model):
-    """One category's (or OVERALL's) row counts and an :class:`Estimate` per metric (the data keys)."""
+    """One category's (or OVERALL's) row counts and an Estimate per metric (the data keys)."""
 
     __pydantic_extra__: dict[str, Optional[Estimate]] = Field(init=False)
+    DATA_KEYS: ClassVar[str] = "Metric (cos, fve_nrm, recall, ...) -> its Estimate over the category's rows."
 
     n: Optional[int] = _f("Rows (samples) in the category.")
     n_items: Optional[int] = _f("Items in the category.")
@@ -389,6 +390,7 @@ class BaselineRung(_Model):
     """One rung of the baseline ladder: an Estimate per metric (the data keys), plus notes."""
 
     __pydantic_extra__: dict[str, Optional[BaselineEstimate]] = Field(init=False)
+    DATA_KEYS: ClassVar[str] = "Metric (cos, mse_nrm, fve_nrm, centered_cos, recall, ...) -> its Estimate."
 
     note: Optional[str] = _f("How to read this rung, where needed.")
     raw_fve_of_dataset_mean: Num = _f("mean_direction only: raw fve of predicting the dataset mean (0 by "
@@ -424,6 +426,7 @@ class PrefixSection(_Model):
     """controls.prefix: sentence-prefix curve; the keys are prefix lengths ('1', '2', ...) and 'full'."""
 
     __pydantic_extra__: dict[str, PrefixPoint] = Field(init=False)
+    DATA_KEYS: ClassVar[str] = "Prefix length in sentences ('1', '2', ...) or 'full' -> the curve's point."
 
 
 class GroundingSection(_Model):
@@ -572,6 +575,7 @@ class ScoreRow(_Model):
     """One line of scores/<name>.jsonl; the scorer's metrics are the extra columns."""
 
     __pydantic_extra__: dict[str, Union[float, int, None]] = Field(init=False)
+    DATA_KEYS: ClassVar[str] = "Scorer metric -> its value on this row (None: undefined here)."
 
     item_id: Optional[str] = _f("Corpus item id.")
     sample: Optional[int] = _f("Sample index.")
