@@ -129,7 +129,8 @@ def test_load_schema0_run_typed(tmp_path):
 def test_results_dump_reproduces_the_migrated_file(tmp_path):
     raw = results_v0()
     run = load_run(write_run(tmp_path / "r", results=raw))
-    assert run.results.model_dump(mode="json", exclude_unset=True) == migrate(raw)
+    assert run.results_dict() == migrate(raw)
+    assert run.config_dict() == config_record()
 
 
 def test_schema1_run_loads(tmp_path):
@@ -191,6 +192,13 @@ def test_wrong_type_names_the_key(tmp_path):
     assert "Fix:" in msg and "\n" not in msg
 
 
+def test_bad_sample_row_names_the_line(tmp_path):
+    rows = [dict(SAMPLES[0]), {**SAMPLES[1], "sample": "second"}]
+    d = write_run(tmp_path / "r", samples=rows)
+    with pytest.raises(NLALabError, match=r"samples\.jsonl line 2: sample: Input should be a valid integer"):
+        load_run(d)
+
+
 # ----------------------------------------------------------------------------- accessors
 
 
@@ -233,6 +241,7 @@ def test_control_rows_and_vectors(tmp_path):
     run = load_run(d)
     assert run.control_rows("random_gaussian") == rows
     assert run.control_rows("directions") == []
+    assert run.random_rows == rows and run.direction_rows is None
     with pytest.raises(NLALabError, match=r"vectors\.safetensors: not found\. Fix: rerun"):
         run.vectors()
     acts = torch.arange(6, dtype=torch.float32).reshape(2, 3)

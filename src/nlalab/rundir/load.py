@@ -75,13 +75,15 @@ def _json(path: Path, fix: str) -> dict:
     return d
 
 
-def _typed(model, data: Any, path: Path, fix: str):
+def _typed(model, data: Any, path: Path, fix: str, line: Optional[int] = None):
     try:
         return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        raise NLALabError(f"{path}: {where}: {err['msg']} (found {err.get('input')!r:.60}). Fix: {fix}.") from None
+        at = f" line {line}" if line is not None else ""
+        raise NLALabError(f"{path}{at}: {where}: {err['msg']} (found {err.get('input')!r:.60}). "
+                          f"Fix: {fix}.") from None
 
 
 def _num(v: Any) -> Optional[float]:
@@ -136,6 +138,24 @@ class Run:
             self._vectors = io.load_tensors(self.layout.vectors,
                                             fix=f"rerun `nlalab run --out {self.dir}` to rewrite it")[0]
         return self._vectors
+
+    @property
+    def random_rows(self) -> Optional[list[dict]]:
+        """controls/random_gaussian.jsonl rows, None when the control did not run (report/'s old field)."""
+        return self.control_rows("random_gaussian") if self.layout.control_rows("random_gaussian").is_file() else None
+
+    @property
+    def direction_rows(self) -> Optional[list[dict]]:
+        """controls/directions.jsonl rows, None when the control did not run (report/'s old field)."""
+        return self.control_rows("directions") if self.layout.control_rows("directions").is_file() else None
+
+    def results_dict(self) -> dict:
+        """results.json as a plain dict in the current schema (exactly the migrated file's keys)."""
+        return self.results.model_dump(mode="json", exclude_unset=True)
+
+    def config_dict(self) -> dict:
+        """config.json as a plain dict (exactly the file's keys)."""
+        return self.config.model_dump(mode="json", exclude_unset=True)
 
     # -- the report's accessors ---------------------------------------------------------------------
 
@@ -237,7 +257,8 @@ def load_run(path: Union[str, Path], name: Optional[str] = None) -> Run:
     version = _version(raw_res, lay.results)
     results = _typed(Results, migrate(raw_res), lay.results, rewrite)
     config = _typed(ConfigRecord, raw_cfg, lay.config, rewrite)
-    samples = [_typed(SampleRow, r, lay.samples, rewrite) for r in io.read_jsonl(lay.samples)]
+    samples = [_typed(SampleRow, r, lay.samples, rewrite, line=i)
+               for i, r in enumerate(io.read_jsonl(lay.samples), start=1)]
     scores = {}
     if lay.scores.is_dir():
         for p in sorted(lay.scores.glob("*.jsonl")):
