@@ -128,3 +128,9 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     assert str(e.value).startswith(f"{p}: no space left on the device. Fix:")
     assert json.loads(p.read_text()) == {"v": 1}
     assert [x.name for x in tmp_path.iterdir()] == ["results.json"]  # the temp file was removed
+
+
+def test_file_sha256(tmp_path):
+    p = tmp_path / "s.jsonl"
+    p.write_bytes(b"abc")
+    assert io.file_sha256(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # FIPS 180-2 "abc"

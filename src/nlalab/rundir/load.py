@@ -9,7 +9,6 @@ because its keys may mean something this version does not know.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,7 +201,7 @@ class Run:
             if sec.samples_sha256 is None:
                 continue
             if digest is None:
-                digest = hashlib.sha256(self.layout.samples.read_bytes()).hexdigest()
+                digest = io.file_sha256(self.layout.samples)
             if sec.samples_sha256 != digest:
                 out.append(f"{self.name}: scorer '{name}' in results.json was computed from another samples.jsonl; "
                            f"re-run `nlalab score {self.dir} --scorer {name}`")
