@@ -54,9 +54,11 @@ in an older nlalab. A run whose `schema_version` is higher than the installed nl
 with a one-line error that says to upgrade nlalab.
 
 **Old runs.** A run written before `schema_version` existed (schema 0) loads unchanged on disk:
-`nlalab.rundir.load.migrate` moves it to the current layout in memory: the control sections that were
-top-level (`random_gaussian`, `directions`, `recon_permutation`, `baselines`, `blind`, `prefix`,
-`grounding`, `seeds`) move under `controls`, and `permutation` becomes `controls.recall_permutation`.
+`nlalab.rundir.load.migrate` moves it to the current layout in memory. The control sections that were
+top-level (`random_gaussian`, `directions`, `recon_permutation`, `baselines`, `prefix`, `grounding`,
+`seeds`) move under `controls`, `permutation` becomes `controls.recall_permutation`, three sections get
+their schema-1 wrapper key (`baselines.rungs`, `grounding.deltas`, `prefix.curve`), and the blind rung
+that schema 0 kept only in the baseline ladder also becomes `controls.blind.rung`.
 `Run.schema_version` tells which version was on disk.
 
 ## Reading the tables

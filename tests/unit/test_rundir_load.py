@@ -34,7 +34,10 @@ def results_v0() -> dict:
         "permutation": {"unit": "item", "n_perm": 10, "n_items": 2, "overall": FLOOR, "per_category": {"chat": None}},
         "random_gaussian": None,
         "baselines": {"real_pair": {"cos": EST}, "mean_direction": {"cos": {**EST, "gap_real_minus_this": 0.1},
-                                                                     "note": "n"}},
+                                                                     "note": "n"},
+                      "blind_explanation": {"cos": {**EST, "n": 6, "gap_real_minus_this": -0.2}}},
+        "prefix": {"1": {"cos": 0.1, "fve_nrm": -1.0, "n": 2}, "full": {"cos": 0.2, "fve_nrm": -0.9, "n": 2}},
+        "grounding": {"true": {"fve_nrm": EST}, "true_minus_false": {"fve_nrm": EST}},
         "seeds": {"seeds": [7, 1007], "spread": {"cos": {"mean": 0.1, "std": 0.01, "min": 0.09, "max": 0.11,
                                                           "n_seeds": 2, "values": [0.09, 0.11]}}},
         "warnings": ["w1"],
@@ -77,13 +80,22 @@ def test_migrate_schema0_moves_controls():
     new = migrate(old)
     assert old == before  # the argument is not changed
     assert new["schema_version"] == 1
-    assert set(new["controls"]) == {"recall_permutation", "random_gaussian", "baselines", "seeds"}
-    assert new["controls"]["recall_permutation"] == before["permutation"]
-    assert new["controls"]["random_gaussian"] is None
-    for k in ("permutation", "random_gaussian", "baselines", "seeds"):
+    moved = ("permutation", "random_gaussian", "baselines", "seeds", "prefix", "grounding")
+    assert set(new["controls"]) == {"recall_permutation", "random_gaussian", "baselines", "seeds", "prefix",
+                                    "grounding", "blind"}
+    c = new["controls"]
+    assert c["recall_permutation"] == before["permutation"]
+    assert c["random_gaussian"] is None and c["seeds"] == before["seeds"]
+    # schema 1's wrapper keys
+    assert c["baselines"] == {"rungs": before["baselines"]}
+    assert c["prefix"] == {"curve": before["prefix"]}
+    assert c["grounding"] == {"deltas": before["grounding"]}
+    # the blind rung, which schema 0 kept only in the ladder, becomes the blind section
+    assert c["blind"] == {"n": 6, "rung": before["baselines"]["blind_explanation"]}
+    for k in moved:
         assert k not in new
     assert {k: v for k, v in new.items() if k not in ("controls", "schema_version")} == {
-        k: v for k, v in before.items() if k not in ("permutation", "random_gaussian", "baselines", "seeds")}
+        k: v for k, v in before.items() if k not in moved}
 
 
 def test_migrate_prefers_a_section_already_under_controls():
@@ -115,8 +127,11 @@ def test_load_schema0_run_typed(tmp_path):
     assert rp.overall.floor_within.mean == 0.1 and rp.overall.gap_cross == 0.45 and rp.per_category == {"chat": None}
     bl = run.results.control("baselines")
     assert isinstance(bl, BaselinesSection)
-    assert bl.mean_direction.cos.gap_real_minus_this == 0.1 and bl.mean_direction.note == "n"
-    assert bl.empty_explanation is None
+    assert bl.rungs.mean_direction.cos.gap_real_minus_this == 0.1 and bl.rungs.mean_direction.note == "n"
+    assert bl.rungs.empty_explanation is None
+    assert run.results.controls["blind"].rung.cos.gap_real_minus_this == -0.2
+    assert run.results.controls["prefix"].curve["full"].fve_nrm == -0.9
+    assert run.results.controls["grounding"].deltas.true_minus_false["fve_nrm"].mean == 0.25
     assert isinstance(run.results.controls["seeds"], SeedsSection)
     assert run.results.controls["seeds"].spread["cos"].values == [0.09, 0.11]
     assert run.results.control("random_gaussian") is None

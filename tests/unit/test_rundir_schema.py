@@ -50,16 +50,17 @@ def _undocumented(obj, model) -> list[str]:
 def test_every_key_of_a_real_run_is_documented(fixture_run):
     res = json.loads((fixture_run / "results.json").read_text(encoding="utf-8"))
     res = migrate(res)  # a schema-0 writer; a no-op once the writer writes schema 1
-    assert set(res["controls"]) >= {"recall_permutation", "random_gaussian", "directions", "recon_permutation",
-                                    "baselines", "prefix", "grounding", "seeds"}
+    assert set(res["controls"]) == set(S.CONTROL_SECTIONS)  # every built-in control ran
     assert "keyword" in res["scorers"]
     assert _undocumented(res, S.Results) == []
     assert _undocumented(json.loads((fixture_run / "config.json").read_text(encoding="utf-8")), S.ConfigRecord) == []
     for row in _jsonl(fixture_run / "samples.jsonl"):
         assert _undocumented(row, S.SampleRow) == []
-    for name in ("random_gaussian", "directions"):
-        for row in _jsonl(fixture_run / "controls" / f"{name}.jsonl"):
-            assert _undocumented(row, S.ControlRow) == []
+    files = sorted((fixture_run / "controls").glob("*.jsonl"))
+    assert {"random_gaussian.jsonl", "directions.jsonl"} <= {p.name for p in files}
+    for p in files:
+        for row in _jsonl(p):
+            assert _undocumented(row, S.ControlRow) == [], p.name
     # scorer metrics are data keys of ScoreRow; its fixed keys must be the file's
     rows = _jsonl(fixture_run / "scores" / "keyword.jsonl")
     assert set(rows[0]) - set(S.ScoreRow.model_fields) == {"recall"}
@@ -76,25 +77,30 @@ def test_real_run_loads_typed_and_lossless(fixture_run):
     assert r.scorers["keyword"].per_category["OVERALL"].recall.mean == pytest.approx(
         r.per_category["OVERALL"].recall.mean)
     assert run.config.pair.layer == run.layer == 2
+    c = r.controls
+    assert c["blind"].rung == c["baselines"].rungs.blind_explanation  # one rung, reported in both places
+    assert c["blind"].n == c["blind"].rung.cos.n == r.n_samples  # one blind text per corpus sample
+    assert c["prefix"].curve["1"].n == r.n_items  # first sample of each item, every one has >= 1 sentence
 
 
 def test_undocumented_key_is_reported():
     """The coverage check can fail: a key nobody documented is found, at any depth."""
-    res = migrate({"per_category": {"chat": {"n": 1, "cos": {"mean": 0.1, "new_stat": 2}}},
-                   "controls": {"baselines": {"real_pair": {"cos": {"mean": 1}}, "new_rung": {}},
-                                "my_control": {"x": 1}},
-                   "new_top": 1})
-    assert _undocumented(res, S.Results) == ["controls.baselines.new_rung", "controls.my_control",
+    res = {"schema_version": 1, "per_category": {"chat": {"n": 1, "cos": {"mean": 0.1, "new_stat": 2}}},
+           "controls": {"baselines": {"rungs": {"real_pair": {"cos": {"mean": 1}}, "new_rung": {}}},
+                        "my_control": {"x": 1}},
+           "new_top": 1}
+    assert _undocumented(res, S.Results) == ["controls.baselines.rungs.new_rung", "controls.my_control",
                                              "controls.my_control.x", "new_top", "per_category.chat.cos.new_stat"]
 
 
 def test_key_paths_known_answers():
     assert key_paths(S.Estimate) == {"mean", "lo", "hi", "n", "p", "n_clusters"}
-    assert key_paths(S.PrefixSection) == {"*", "*.cos", "*.fve_nrm", "*.n"}
+    assert key_paths(S.PrefixSection) == {"curve", "curve.*", "curve.*.cos", "curve.*.fve_nrm", "curve.*.n"}
+    assert key_paths(S.BlindCategory) == {"n", "*"}
     kp = key_paths(S.Results)
     for p in ("per_category.*.n", "per_category.*.*.lo", "stability.*.*.ratio",
               "confabulation.per_category.*.[].item_id", "controls.recall_permutation.overall.floor_within.mean",
-              "controls.baselines.mean_direction.*.gap_real_minus_this", "controls.seeds.spread.*.values.[]",
+              "controls.baselines.rungs.mean_direction.*.gap_real_minus_this", "controls.seeds.spread.*.values.[]",
               "controls.random_gaussian.format_templates.*.*.top.[].phrase", "provenance.config.*.**",
               "scorers.*.permutation.metrics.*.per_category.*.p_within", "warnings.[]"):
         assert p in kp, p
@@ -152,7 +158,7 @@ def test_a_control_plugin_can_replace_or_add_a_section(monkeypatch):
         score: float = 0.0
 
     monkeypatch.setitem(S.CONTROL_SECTIONS, "prefix", MyPrefix)
-    r = S.Results.model_validate({"controls": {"prefix": {"points": [1, 2]}}})
+    r = S.Results.model_validate({"schema_version": 1, "controls": {"prefix": {"points": [1, 2]}}})
     assert isinstance(r.controls["prefix"], MyPrefix) and r.controls["prefix"].points == [1.0, 2.0]
     kp = key_paths(S.Results, extra_sections={"new_control": NewControl})
     assert {"controls.prefix.points", "controls.prefix.points.[]", "controls.new_control.score"} <= kp

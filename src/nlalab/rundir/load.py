@@ -52,7 +52,10 @@ def migrate(results: dict) -> dict:
     """A results.json dict in the current schema (a copy; the argument is left as it is).
 
     Schema 0 -> 1: the control sections move under ``controls`` (``permutation`` becomes
-    ``controls.recall_permutation``); a section already under ``controls`` wins over a top-level one.
+    ``controls.recall_permutation``; a section already under ``controls`` wins over a top-level one), and
+    three sections get the wrapper key schema 1 gives them: ``baselines`` -> ``baselines.rungs``,
+    ``grounding`` -> ``grounding.deltas``, ``prefix`` -> ``prefix.curve``. Schema 0 kept the blind rung only
+    inside the baselines; it becomes ``controls.blind.rung`` (with ``n``, the rows it is over).
     """
     v = _version(results, "results.json")
     out = copy.deepcopy(results)
@@ -62,6 +65,13 @@ def migrate(results: dict) -> dict:
             if old in out:
                 sec = out.pop(old)
                 controls.setdefault(new, sec)
+        for name, key in (("baselines", "rungs"), ("grounding", "deltas"), ("prefix", "curve")):
+            sec = controls.get(name)
+            if isinstance(sec, dict) and key not in sec:
+                controls[name] = {key: sec}
+        blind = ((controls.get("baselines") or {}).get("rungs") or {}).get("blind_explanation")
+        if isinstance(blind, dict) and controls.get("blind") is None:
+            controls["blind"] = {"n": (blind.get("cos") or {}).get("n"), "rung": copy.deepcopy(blind)}
         out["controls"] = controls
         out["schema_version"] = 1
     return out

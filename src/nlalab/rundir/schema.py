@@ -228,8 +228,17 @@ class ConfigRecord(_Model):
                                 default_factory=dict)
     pair: Optional[PairRecord] = _f("The pair, resolved.")
     corpus: Optional[CorpusRecord] = _f("The corpus, resolved.")
+    controls: list[str] = _f("The controls the run computes, in registry order.", default_factory=list)
     environment: Optional[Environment] = _f("Software and hardware.")
     started_at: Optional[str] = _f("When the run started (ISO 8601 with UTC offset).")
+
+
+class CaptureRecord(_Model):
+    """Where the activations were read."""
+
+    layer: Optional[int] = _f("Layer whose block output was captured.")
+    hook: Optional[str] = _f("Hook name of the capture point.")
+    positions: Optional[str] = _f("Token positions captured (last: the prompt's last token).")
 
 
 class Provenance(_Model):
@@ -299,6 +308,7 @@ class RecallPermutationSection(_Model):
     n_items: Optional[int] = _f("Items permuted.")
     overall: Optional[FloorBlock] = _f("All items.")
     per_category: dict[str, Optional[FloorBlock]] = _f("Category -> floor block.", default_factory=dict)
+    warnings: list[str] = _f("The control's warnings, one line each.", default_factory=list)
 
 
 class Comparison(_Model):
@@ -340,6 +350,7 @@ class RandomGaussianSection(_Model):
         "real|random -> first3|first5 (opening length in words) -> opening-phrase statistics.",
         default_factory=dict)
     flags: Optional[FlagCounts] = _f("Failure flags of the random rows.")
+    warnings: list[str] = _f("The control's warnings, one line each.", default_factory=list)
 
 
 class DirectionRow(_Model):
@@ -363,6 +374,7 @@ class DirectionTally(_Model):
     n: Optional[int] = _f("Directions of this kind.")
     text: Optional[str] = _f("'k/n'.")
     directions: list[str] = _f("The directions counted.", default_factory=list)
+    chance: Num = _f("Rate of right answers expected by chance, where one is defined.")
 
 
 class DirectionsSection(_Model):
@@ -375,6 +387,7 @@ class DirectionsSection(_Model):
     cross: Optional[DirectionTally] = _f("kind 'cross': explanation of a cross-category direction.")
     rule: Optional[str] = _f("When a direction counts as right.")
     flags: Optional[FlagCounts] = _f("Failure flags of the direction rows.")
+    warnings: list[str] = _f("The control's warnings, one line each.", default_factory=list)
 
 
 class ReconPermutationSection(_Model):
@@ -397,21 +410,43 @@ class BaselineRung(_Model):
                                       "construction; a check).")
 
 
-class BaselinesSection(_Model):
-    """controls.baselines: what the AR reconstructs from texts that are not the explanation."""
+class BaselineRungs(_Model):
+    """The rungs of the ladder, each scored like the real pair."""
 
     real_pair: Optional[BaselineRung] = _f("The real explanations (the reference of the gaps).")
     mean_direction: Optional[BaselineRung] = _f("Predicting the dataset's mean activation direction.")
     empty_explanation: Optional[BaselineRung] = _f("The AR reading an empty explanation.")
     source_text: Optional[BaselineRung] = _f("The AR reading the prompt itself.")
     blind_explanation: Optional[BaselineRung] = _f("The AR reading an explanation written without the "
-                                                   "activation (blind control).")
-    untrained_pair: Optional[BaselineRung] = _f("Placeholder: how to get the untrained-pair rung.")
+                                                   "activation (the blind control's rung).")
+    untrained_pair: Optional[BaselineRung] = _f("Schema 0 only: a note on how to get the untrained-pair rung.")
 
 
-class BlindSection(BaselineRung):
-    """controls.blind: explanations the AV's base model writes from the prompt text alone. Schema 1
-    writers report them as baselines.blind_explanation; a separate section has this same shape."""
+class BaselinesSection(_Model):
+    """controls.baselines: what the AR reconstructs from texts that are not the explanation."""
+
+    rungs: Optional[BaselineRungs] = _f("Rung name -> its metrics.")
+
+
+class BlindCategory(_Model):
+    """The blind explanations of one category: plain means per metric (the data keys)."""
+
+    __pydantic_extra__: dict[str, Num] = Field(init=False)
+    DATA_KEYS: ClassVar[str] = "Metric (cos, fve_nrm, recall) -> its mean over the category's blind rows."
+
+    n: Optional[int] = _f("Blind rows of the category.")
+
+
+class BlindSection(_Model):
+    """controls.blind: explanations the target (base) model writes from the prompt text alone, in the AV's
+    format, read by the AR: how much of fve_nrm needs no activation at all."""
+
+    n: Optional[int] = _f("Blind rows (items x K).")
+    rung: Optional[BaselineRung] = _f("The blind rung, scored like the real pair (also baselines' "
+                                      "blind_explanation).")
+    per_category: dict[str, BlindCategory] = _f("Category -> means of its blind rows.", default_factory=dict)
+    verdict: Optional[str] = _f("One line: the real pair's fve_nrm against the blind explanations'.")
+    generator: Optional[str] = _f("Which model wrote the blind explanations, and how.")
 
 
 class PrefixPoint(_Model):
@@ -423,21 +458,28 @@ class PrefixPoint(_Model):
 
 
 class PrefixSection(_Model):
-    """controls.prefix: sentence-prefix curve; the keys are prefix lengths ('1', '2', ...) and 'full'."""
+    """controls.prefix: reconstruction from growing sentence prefixes of each item's first explanation."""
 
-    __pydantic_extra__: dict[str, PrefixPoint] = Field(init=False)
-    DATA_KEYS: ClassVar[str] = "Prefix length in sentences ('1', '2', ...) or 'full' -> the curve's point."
+    curve: dict[str, PrefixPoint] = _f("Prefix length in sentences ('1', '2', ...) or 'full' -> its point.",
+                                       default_factory=dict)
 
 
-class GroundingSection(_Model):
-    """controls.grounding: change of each metric when a sentence is appended to the explanation."""
+class GroundingDeltas(_Model):
+    """Metric changes per appended sentence."""
 
-    true: dict[str, Optional[Estimate]] = _f("Metric -> change with a true sentence (the prompt).",
+    true: dict[str, Optional[Estimate]] = _f("Metric -> change with a true sentence (the item's prompt).",
                                              default_factory=dict)
     false: dict[str, Optional[Estimate]] = _f("Metric -> change with another category's prompt.",
                                               default_factory=dict)
-    neutral: dict[str, Optional[Estimate]] = _f("Metric -> change with a neutral sentence.", default_factory=dict)
+    neutral: dict[str, Optional[Estimate]] = _f("Metric -> change with a fixed neutral sentence.",
+                                                default_factory=dict)
     true_minus_false: dict[str, Optional[Estimate]] = _f("Metric -> true minus false.", default_factory=dict)
+
+
+class GroundingSection(_Model):
+    """controls.grounding: does the AR read claims? Change of each metric when a sentence is appended."""
+
+    deltas: Optional[GroundingDeltas] = _f("Appended sentence -> metric changes.")
 
 
 class SeedSpread(_Model):
@@ -489,6 +531,7 @@ class Results(_Model):
     categories: list[str] = _f("Categories in corpus order.", default_factory=list)
     settings: Optional[Settings] = _f("Analysis settings.")
     mse_scale: Num = _f("Norm activations are scaled to before mse_nrm (the pair's sidecar value).")
+    capture: Optional[CaptureRecord] = _f("Where the activations were read.")
     per_category: dict[str, CategoryStats] = _f("Category or OVERALL -> counts and an Estimate per metric.",
                                                 default_factory=dict)
     spread: dict[str, Num] = _f("Metric -> max - min of the category means.", default_factory=dict)
@@ -563,12 +606,14 @@ class SampleRow(_GenerationRow):
 class ControlRow(_GenerationRow):
     """One line of controls/<name>.jsonl: an explanation of a control vector, with its scores."""
 
+    item_id: Optional[str] = _f("blind: the corpus item whose prompt the explanation was written from.")
     direction: Optional[str] = _f("directions: the direction name.")
     kind: Optional[str] = _f("directions: self, neg or cross.")
-    category: Optional[str] = _f("directions: the category the direction points to.")
+    category: Optional[str] = _f("directions: the category the direction points to; blind: the item's.")
     paired_item_id: Optional[str] = _f("random_gaussian: item whose prompt the recall is computed against.")
-    recall: Num = _f("random_gaussian: keyword recall against the paired item's prompt.")
-    hit: Optional[bool] = _f("random_gaussian: at least one content word recalled.")
+    recall: Num = _f("random_gaussian: keyword recall against the paired item's prompt; blind: against "
+                     "the item's.")
+    hit: Optional[bool] = _f("At least one content word recalled (random_gaussian, blind).")
 
 
 class ScoreRow(_Model):
