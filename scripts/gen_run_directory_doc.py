@@ -57,7 +57,7 @@ with a one-line error that says to upgrade nlalab.
 `nlalab.rundir.load.migrate` moves it to the current layout in memory. The control sections that were
 top-level (`random_gaussian`, `directions`, `recon_permutation`, `baselines`, `prefix`, `grounding`,
 `seeds`) move under `controls`, `permutation` becomes `controls.recall_permutation`, three sections get
-their schema-1 wrapper key (`baselines.rungs`, `grounding.deltas`, `prefix.curve`), and the blind rung
+their schema-1 wrapper key (`baselines.rungs`, scored rungs only; `grounding.deltas`; `prefix.curve`), and the blind rung
 that schema 0 kept only in the baseline ladder also becomes `controls.blind.rung`.
 `Run.schema_version` tells which version was on disk.
 

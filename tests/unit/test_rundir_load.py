@@ -33,9 +33,10 @@ def results_v0() -> dict:
         "per_category": {"chat": {"n": 2, "n_items": 1, "cos": EST}, "OVERALL": {"n": 4, "n_items": 2, "cos": EST}},
         "permutation": {"unit": "item", "n_perm": 10, "n_items": 2, "overall": FLOOR, "per_category": {"chat": None}},
         "random_gaussian": None,
-        "baselines": {"real_pair": {"cos": EST}, "mean_direction": {"cos": {**EST, "gap_real_minus_this": 0.1},
-                                                                     "note": "n"},
-                      "blind_explanation": {"cos": {**EST, "n": 6, "gap_real_minus_this": -0.2}}},
+        "baselines": {"real_pair": {"cos": EST, "fve_nrm": EST},
+                      "mean_direction": {"cos": {**EST, "gap_real_minus_this": 0.1}, "fve_nrm": EST, "note": "n"},
+                      "blind_explanation": {"cos": {**EST, "n": 6, "gap_real_minus_this": -0.2}, "fve_nrm": EST},
+                      "untrained_pair": {"note": "run with --untrained-baseline"}},
         "prefix": {"1": {"cos": 0.1, "fve_nrm": -1.0, "n": 2}, "full": {"cos": 0.2, "fve_nrm": -0.9, "n": 2}},
         "grounding": {"true": {"fve_nrm": EST}, "true_minus_false": {"fve_nrm": EST}},
         "seeds": {"seeds": [7, 1007], "spread": {"cos": {"mean": 0.1, "std": 0.01, "min": 0.09, "max": 0.11,
@@ -46,7 +47,8 @@ def results_v0() -> dict:
 
 
 def config_record(pair_name=None) -> dict:
-    return {"identity": {"seed": 7}, "config": {"seed": 7, "av": "cfg/av", "temperature": 1.0, "max_new_tokens": 12},
+    return {"identity": {"seed": 7}, "config": {"seed": 7, "av": "cfg/av", "temperature": 1.0, "max_new_tokens": 12,
+                                                "positions": "last"},
             "pair": {"name": pair_name, "av": {"ref": "dirs/av", "revision": None, "path": "/abs/av"}, "layer": 3},
             "corpus": {"ref": "seed50_v1", "n_items": 2, "categories": ["chat", "code"], "sha256": "abc"},
             "started_at": "2026-12-01T00:00:00+0000"}
@@ -87,7 +89,7 @@ def test_migrate_schema0_moves_controls():
     assert c["recall_permutation"] == before["permutation"]
     assert c["random_gaussian"] is None and c["seeds"] == before["seeds"]
     # schema 1's wrapper keys
-    assert c["baselines"] == {"rungs": before["baselines"]}
+    assert c["baselines"] == {"rungs": {k: v for k, v in before["baselines"].items() if k != "untrained_pair"}}
     assert c["prefix"] == {"curve": before["prefix"]}
     assert c["grounding"] == {"deltas": before["grounding"]}
     # the blind rung, which schema 0 kept only in the ladder, becomes the blind section
@@ -135,6 +137,8 @@ def test_load_schema0_run_typed(tmp_path):
     assert isinstance(run.results.controls["seeds"], SeedsSection)
     assert run.results.controls["seeds"].spread["cos"].values == [0.09, 0.11]
     assert run.results.control("random_gaussian") is None
+    assert run.section("random_gaussian") is None and run.section("absent") is None
+    assert run.section("recall_permutation") == results_v0()["permutation"]  # the plain-dict view
     assert run.results.per_category["OVERALL"].cos.mean == 0.25
     assert run.results.per_category["chat"].n == 2
     assert [type(s) for s in run.samples] == [SampleRow] * 3
@@ -226,10 +230,19 @@ def test_accessors(tmp_path):
     assert run.settings["n_perm"] == 10
     info = run.info()
     assert info["pair"] == "dirs/av" and info["corpus"] == "seed50_v1" and info["n_items"] == 2
+    assert info["position"] == "last"  # from config (schema 0 has no capture record)
     assert info["temperature"] == 1.0 and info["max_new_tokens"] == 12 and info["n_boot"] == 20
     assert info["b_rv"] == 0.8 and info["mse_scale"] == 8.0 and info["scorers"] == [] and info["warnings"] == ["w1"]
     named = load_run(write_run(tmp_path / "n", config=config_record("qwen-l20")))
     assert named.pair_label == "qwen-l20"
+    cfg = config_record()
+    cfg["pair"]["av"]["ref"] = "/models/qwen-nla/av"
+    assert load_run(write_run(tmp_path / "p", config=cfg)).pair_label == "qwen-nla/av"
+    cfg["pair"]["av"]["ref"] = "org-av"
+    assert load_run(write_run(tmp_path / "q", config=cfg)).pair_label == "org-av"
+    res = results_v0()
+    res["capture"] = {"layer": 3, "hook": "blocks.3.hook_resid_post", "positions": "all"}
+    assert load_run(write_run(tmp_path / "c", results=res)).position == "all"  # the capture record wins
 
 
 def test_corpus_falls_back_to_provenance(tmp_path):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from nlalab.errors import NLALabError
 from nlalab.rundir import io
@@ -53,9 +53,10 @@ def migrate(results: dict) -> dict:
 
     Schema 0 -> 1: the control sections move under ``controls`` (``permutation`` becomes
     ``controls.recall_permutation``; a section already under ``controls`` wins over a top-level one), and
-    three sections get the wrapper key schema 1 gives them: ``baselines`` -> ``baselines.rungs``,
-    ``grounding`` -> ``grounding.deltas``, ``prefix`` -> ``prefix.curve``. Schema 0 kept the blind rung only
-    inside the baselines; it becomes ``controls.blind.rung`` (with ``n``, the rows it is over).
+    three sections get the wrapper key schema 1 gives them: ``baselines`` -> ``baselines.rungs`` (scored
+    rungs only, as schema 1 writes them: the ``untrained_pair`` note goes), ``grounding`` ->
+    ``grounding.deltas``, ``prefix`` -> ``prefix.curve``. Schema 0 kept the blind rung only inside the
+    baselines; it becomes ``controls.blind.rung`` too (with ``n``, the rows it is over).
     """
     v = _version(results, "results.json")
     out = copy.deepcopy(results)
@@ -65,7 +66,11 @@ def migrate(results: dict) -> dict:
             if old in out:
                 sec = out.pop(old)
                 controls.setdefault(new, sec)
-        for name, key in (("baselines", "rungs"), ("grounding", "deltas"), ("prefix", "curve")):
+        bl = controls.get("baselines")
+        if isinstance(bl, dict) and "rungs" not in bl:
+            # schema 1 has only scored rungs; schema 0's untrained_pair was a note on how to get one
+            controls["baselines"] = {"rungs": {k: v for k, v in bl.items() if isinstance(v, dict) and "fve_nrm" in v}}
+        for name, key in (("grounding", "deltas"), ("prefix", "curve")):
             sec = controls.get(name)
             if isinstance(sec, dict) and key not in sec:
                 controls[name] = {key: sec}
@@ -195,11 +200,24 @@ class Run:
         if pair is not None and pair.name:
             return str(pair.name)
         av = (pair.av.ref if pair is not None and pair.av is not None else None) or self.config.config.get("av")
-        return str(av) if av else "?"
+        if not av:
+            return "?"
+        parts = Path(str(av)).parts  # a path: its last two parts name it (".../qwen-nla/av" -> "qwen-nla/av")
+        return "/".join(parts[-2:]) if len(parts) > 1 else str(av)
 
     @property
     def layer(self) -> Any:
         return self.config.pair.layer if self.config.pair is not None else None
+
+    @property
+    def position(self) -> Optional[str]:
+        cap = self.results.capture
+        return cap.positions if cap is not None and cap.positions else self.config.config.get("positions")
+
+    def section(self, name: str) -> Optional[dict]:
+        """A control's section of results.json as a plain dict (None when the run skipped it)."""
+        sec = self.results.controls.get(name)
+        return sec.model_dump(mode="json", exclude_unset=True) if isinstance(sec, BaseModel) else sec
 
     def score_warnings(self) -> list[str]:
         """Added scorers that no longer match the run: a section computed from another samples.jsonl, or a
@@ -230,6 +248,7 @@ class Run:
             "dir": str(self.dir),
             "pair": self.pair_label,
             "layer": self.layer,
+            "position": self.position,
             "corpus": corpus.get("ref"),
             "corpus_sha256": corpus.get("sha256"),
             "n_items": r.n_items,

@@ -419,7 +419,6 @@ class BaselineRungs(_Model):
     source_text: Optional[BaselineRung] = _f("The AR reading the prompt itself.")
     blind_explanation: Optional[BaselineRung] = _f("The AR reading an explanation written without the "
                                                    "activation (the blind control's rung).")
-    untrained_pair: Optional[BaselineRung] = _f("Schema 0 only: a note on how to get the untrained-pair rung.")
 
 
 class BaselinesSection(_Model):
