@@ -159,6 +159,28 @@ def test_schema1_run_loads(tmp_path):
     assert run.results.controls["recall_permutation"].overall.real == 0.5
 
 
+def test_schema1_sections_as_the_writer_writes_them(tmp_path):
+    res = migrate(results_v0())
+    res["capture"] = {"layer": 3, "hook": "blocks.3.hook_resid_post", "positions": "last"}
+    res["controls"]["blind"] = {"n": 4, "rung": {"fve_nrm": {**EST, "gap_real_minus_this": 0.05}},
+                                "per_category": {"chat": {"cos": 0.1, "fve_nrm": -1.5, "recall": None, "n": 2}},
+                                "verdict": "v", "generator": "g"}
+    res["controls"]["recall_permutation"]["warnings"] = ["few items"]
+    cfg = {**config_record(), "schema_version": 1, "controls": ["blind", "baselines"]}
+    d = write_run(tmp_path / "r", results=res, config=cfg)
+    io.write_jsonl(d / "controls" / "blind.jsonl", [{"vector_index": 0, "sample": 0, "item_id": "chat-01",
+                                                     "category": "chat", "recall": 0.0, "hit": False}])
+    run = load_run(d)
+    b = run.results.controls["blind"]
+    assert b.rung.fve_nrm.gap_real_minus_this == 0.05 and b.per_category["chat"].fve_nrm == -1.5
+    assert b.per_category["chat"].n == 2 and b.per_category["chat"].recall is None and b.verdict == "v"
+    assert run.results.controls["recall_permutation"].warnings == ["few items"]
+    assert run.results.capture.hook == "blocks.3.hook_resid_post"
+    assert run.config.controls == ["blind", "baselines"]
+    assert run.control_rows("blind")[0]["item_id"] == "chat-01"
+    assert run.results_dict() == res
+
+
 @pytest.mark.parametrize("which", ["results.json", "config.json"])
 def test_newer_schema_refused(tmp_path, which):
     d = write_run(tmp_path / "new")
