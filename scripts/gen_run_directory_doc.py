@@ -29,7 +29,7 @@ pydantic models of `nlalab.rundir.schema`, whose field descriptions are the tabl
 | `config.json` | when the run starts | what was asked for: settings, pair, corpus, environment |
 | `results.json` | when the run finishes | every number: per-category estimates, controls, scorers, provenance |
 | `samples.jsonl` | when the run finishes | one line per explanation of a corpus item, with its scores |
-| `controls/<name>.jsonl` | when the run finishes | one line per explanation of a control vector (random_gaussian, directions) |
+| `controls/<name>.jsonl` | when the run finishes | one line per explanation a control generated (e.g. random_gaussian) |
 | `scores/<name>.jsonl` | by `nlalab score` | one line per sample: the added scorer's metrics |
 | `vectors.safetensors` | when the run finishes | activations, reconstructions, control vectors |
 | `report.md` | when the run finishes | the human-readable report |
@@ -56,9 +56,10 @@ with a one-line error that says to upgrade nlalab.
 **Old runs.** A run written before `schema_version` existed (schema 0) loads unchanged on disk:
 `nlalab.rundir.load.migrate` moves it to the current layout in memory. The control sections that were
 top-level (`random_gaussian`, `directions`, `recon_permutation`, `baselines`, `prefix`, `grounding`,
-`seeds`) move under `controls`, `permutation` becomes `controls.recall_permutation`, three sections get
-their schema-1 wrapper key (`baselines.rungs`, scored rungs only; `grounding.deltas`; `prefix.curve`), and the blind rung
-that schema 0 kept only in the baseline ladder also becomes `controls.blind.rung`.
+`seeds`) move under `controls`, `permutation` becomes `controls.recall_permutation`, three sections
+get their schema-1 wrapper key (`baselines.rungs`, scored rungs only; `grounding.deltas`;
+`prefix.curve`), and the blind rung that schema 0 kept only in the baseline ladder also becomes
+`controls.blind.rung`.
 `Run.schema_version` tells which version was on disk.
 
 ## Reading the tables

@@ -167,7 +167,8 @@ def test_a_control_plugin_can_replace_or_add_a_section(monkeypatch):
 
 
 def _gen_module():
-    spec = importlib.util.spec_from_file_location("gen_run_directory_doc", ROOT / "scripts" / "gen_run_directory_doc.py")
+    path = ROOT / "scripts" / "gen_run_directory_doc.py"
+    spec = importlib.util.spec_from_file_location("gen_run_directory_doc", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
