@@ -233,6 +233,14 @@ def test_wrong_type_names_the_key(tmp_path):
     assert "Fix:" in msg and "\n" not in msg
 
 
+def test_wrong_type_in_a_control_section_names_the_full_path(tmp_path):
+    bad = migrate(results_v0())
+    bad["controls"]["recall_permutation"]["overall"]["p_cross"] = "small"
+    with pytest.raises(NLALabError, match=r"results\.json: controls\.recall_permutation\.overall\.p_cross: Input "
+                                          r"should be a valid number.*'small'"):
+        load_run(write_run(tmp_path / "r", results=bad))
+
+
 def test_bad_sample_row_names_the_line(tmp_path):
     rows = [dict(SAMPLES[0]), {**SAMPLES[1], "sample": "second"}]
     d = write_run(tmp_path / "r", samples=rows)

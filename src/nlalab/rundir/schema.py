@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -556,7 +556,15 @@ class Results(_Model):
         typed = {}
         for name, sec in self.controls.items():
             model = CONTROL_SECTIONS.get(name)
-            typed[name] = model.model_validate(sec) if (model is not None and isinstance(sec, dict)) else sec
+            if model is None or not isinstance(sec, dict):
+                typed[name] = sec
+                continue
+            try:
+                typed[name] = model.model_validate(sec)
+            except ValidationError as e:  # re-raised with the full key path, e.g. controls.prefix.curve
+                raise ValidationError.from_exception_data(e.title, [
+                    {"type": err["type"], "loc": ("controls", name, *err["loc"]), "input": err["input"],
+                     **({"ctx": err["ctx"]} if "ctx" in err else {})} for err in e.errors()]) from None
         self.controls = typed
         return self
 
