@@ -56,7 +56,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from nlalab import stats as ST
-from nlalab.report.load import Run, item_means, load_runs
+from nlalab.rundir.load import Run, item_means, load_runs
 from nlalab.errors import UsageError
 from nlalab.format import Table, fmt_num, fmt_p
 from nlalab.study.sections import FVE_DENOMINATORS
@@ -215,10 +215,10 @@ def _row(key: str, label: str, section: str, cells: list, kind: str = "est", dig
 
 
 def _scorer_rows(runs: list[Run]) -> list[dict]:
-    common = set.intersection(*[set((r.results.get("scorers") or {}).keys()) for r in runs]) if runs else set()
+    common = set.intersection(*[set((r.results_dict().get("scorers") or {}).keys()) for r in runs]) if runs else set()
     rows = []
     for name in sorted(common):
-        secs = [r.results["scorers"][name] for r in runs]
+        secs = [r.results_dict()["scorers"][name] for r in runs]
         metrics = [m for m in secs[0].get("metrics") or [] if all(m in (s.get("metrics") or []) for s in secs)]
         for m in metrics:
             label = (secs[0].get("labels") or {}).get(m, f"{name} {m}")
@@ -249,7 +249,7 @@ def _differences(runs: list[Run], pairing: list[dict], n_boot: int, seed: int) -
         a, b = runs[i], runs[i + 1]
         entry = {"from": a.name, "to": b.name, "paired": pr["paired"], "metrics": {}}
         for m in DIFF_METRICS:
-            ma, mb = item_means(a.samples, m), item_means(b.samples, m)
+            ma, mb = item_means(a.sample_dicts(), m), item_means(b.sample_dicts(), m)
             s = _subseed(seed, "compare_diff", i, m)
             if not ma or not mb:
                 entry["metrics"][m] = None
@@ -293,7 +293,7 @@ COMPARABILITY = (
 
 def comparability(run) -> dict:
     """The values of :data:`COMPARABILITY` for one run (None where the run did not record one)."""
-    res, cfg = run.results, (run.config.get("config") or {})
+    res, cfg = run.results_dict(), (run.config_dict().get("config") or {})
     cap = res.get("capture") or {}
     b = res.get("b_rv")
     return {
@@ -360,7 +360,7 @@ def compare_runs(run_dirs: Iterable[Union[str, Path]], names: Optional[Sequence[
             pr = {"from": a.name, "to": b.name, "paired": False,
                   "reason": f"different corpora (sha256 {ha[:12]}… vs {hb[:12]}…)"}
         else:
-            common = set(item_means(a.samples, "cos")) & set(item_means(b.samples, "cos"))
+            common = set(item_means(a.sample_dicts(), "cos")) & set(item_means(b.sample_dicts(), "cos"))
             pr = {"from": a.name, "to": b.name, "paired": True, "reason": "same corpus sha256, position and layer",
                   "n_common_items": len(common)}
         pairing.append(pr)
@@ -379,7 +379,7 @@ def compare_runs(run_dirs: Iterable[Union[str, Path]], names: Optional[Sequence[
             "runs on different corpora are UNPAIRED and mix the model effect with the prompt effect; "
             "per-category and permutation numbers are not directly comparable."
         )
-    srcs = [str(r.results.get("b_rv_source") or "") for r in runs]
+    srcs = [str(r.results_dict().get("b_rv_source") or "") for r in runs]
     ref_kinds = {s.startswith("reference vectors") for s in srcs}
     if len(ref_kinds) > 1:
         warnings.append("fve_nrm denominators differ in kind: some runs use a reference vector file for B_rv, "
@@ -396,18 +396,18 @@ def compare_runs(run_dirs: Iterable[Union[str, Path]], names: Optional[Sequence[
     rows: list[dict] = []
 
     def overall(metric: str) -> list:
-        return [_est(((r.results.get("per_category") or {}).get(OVERALL) or {}).get(metric)) for r in runs]
+        return [_est(((r.results_dict().get("per_category") or {}).get(OVERALL) or {}).get(metric)) for r in runs]
 
     rows.append(_row("fve_nrm", "Overall fve_nrm (÷ B_rv)", "Reconstruction", overall("fve_nrm")))
     rows.append(_row("fve_nrm_seed", "Overall fve_nrm_seed (÷ per-vector variance)", "Reconstruction",
                      overall("fve_nrm_seed")))
     rows.append(_row("cos", "Overall cos", "Reconstruction", overall("cos"), signed=True))
     rows.append(_row("spread.fve_nrm", "fve_nrm spread (max − min over categories)", "Reconstruction",
-                     [spread_ci(r.samples, "fve_nrm", r.categories, n_boot, _subseed(seed, "spread", i, "fve_nrm"))
+                     [spread_ci(r.sample_dicts(), "fve_nrm", r.categories, n_boot, _subseed(seed, "spread", i, "fve_nrm"))
                       for i, r in enumerate(runs)]))
     rows.append(_row("recall", "Overall recall", "Content", overall("recall")))
     rows.append(_row("spread.recall", "Recall spread (max − min over categories)", "Content",
-                     [spread_ci(r.samples, "recall", r.categories, n_boot, _subseed(seed, "spread", i, "recall"))
+                     [spread_ci(r.sample_dicts(), "recall", r.categories, n_boot, _subseed(seed, "spread", i, "recall"))
                       for i, r in enumerate(runs)]))
     rows.append(_row("hit", "Overall recall (≥1 hit)", "Content", overall("hit")))
     cats: list[str] = []
@@ -415,7 +415,7 @@ def compare_runs(run_dirs: Iterable[Union[str, Path]], names: Optional[Sequence[
         cats += [c for c in r.categories if c not in cats]
     for c in cats:
         rows.append(_row(f"recall.{c}", f"{c} recall", "Per-category recall",
-                         [_est(((r.results.get("per_category") or {}).get(c) or {}).get("recall")) for r in runs]))
+                         [_est(((r.results_dict().get("per_category") or {}).get(c) or {}).get("recall")) for r in runs]))
     from nlalab.study.controls import registry
 
     for ctl in registry().values():

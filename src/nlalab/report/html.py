@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from nlalab.format import Table, fmt_num
-from nlalab.report.load import Run, load_runs
+from nlalab.rundir.load import Run, load_runs
 from nlalab.report.tables import scorer_tables
 from nlalab.study.sections import FVE_DENOMINATORS
 
@@ -106,7 +106,7 @@ def _confab(results: dict) -> str:
 
 def _meta(run: Run) -> str:
     info = run.info()
-    env = (run.config.get("environment") or {})
+    env = (run.config_dict().get("environment") or {})
     versions = env.get("versions") or {}
     items = [
         ("Run directory", info["dir"]),
@@ -150,7 +150,7 @@ def render_html(run: Run, figs: dict, cmp: Optional[dict] = None) -> str:
     from nlalab.study.controls import registry
     from nlalab.study.sections import confab_markdown, core_tables  # noqa: F401
 
-    res = run.results
+    res = run.results_dict()
     t = core_tables(res)
     sections: list[tuple[str, str, str]] = []
     sections.append(("percat", "Per-category reconstruction and recall (seed §3.1)",
@@ -213,12 +213,12 @@ def _markdown(run: Run, cmp: Optional[dict], plots: dict[str, Path]) -> str:
     from nlalab.report.compare import to_markdown
     from nlalab.study.report import render_report
 
-    pair = run.config.get("pair") or {}
-    cfg = run.config.get("config") or {}
+    pair = run.config_dict().get("pair") or {}
+    cfg = run.config_dict().get("config") or {}
     meta = {"pair": pair.get("name") or (pair.get("av") or {}).get("path") or run.pair_label,
             "layer": pair.get("layer"), "corpus": cfg.get("corpus"), "config": cfg}
-    text = render_report(run.results, meta).rstrip() + "\n\n"
-    extra = scorer_tables(run.results)
+    text = render_report(run.results_dict(), meta).rstrip() + "\n\n"
+    extra = scorer_tables(run.results_dict())
     if extra:
         text += "## Content scorers\n\n" + "\n".join(t.to_markdown(3) for t in extra) + "\n"
     if cmp is not None:
@@ -245,7 +245,7 @@ def write_report(run_dir: Union[str, Path], compare_dirs: Optional[Sequence[Unio
         from nlalab.report.compare import compare_runs
 
         cmp = compare_runs(dirs, [r.name for r in runs], n_boot=n_boot, seed=seed)
-    plots = run_plots(run.results, run.sample_dicts(), run.dir / "plots", cmp, run=run)
+    plots = run_plots(run.results_dict(), run.sample_dicts(), run.dir / "plots", cmp, run=run)
     target = Path(out) if out is not None else run.dir / "report.html"
     atomic_write_text(target, render_html(run, plots, cmp))
     if markdown:

@@ -123,6 +123,7 @@ class Run:
     schema_version: int = SCHEMA_VERSION
     _control_cache: dict[str, list[dict]] = field(default_factory=dict, repr=False)
     _vectors: Optional[dict] = field(default=None, repr=False)
+    _dicts: dict = field(default_factory=dict, repr=False)  # results/config/samples as plain dicts, made once
 
     @property
     def layout(self) -> RunLayout:
@@ -138,7 +139,9 @@ class Run:
 
     def sample_dicts(self) -> list[dict]:
         """samples.jsonl rows as plain dicts, with exactly the keys the file has (scorer columns included)."""
-        return [s.model_dump(exclude_unset=True) for s in self.samples]
+        if "samples" not in self._dicts:
+            self._dicts["samples"] = [s.model_dump(exclude_unset=True) for s in self.samples]
+        return self._dicts["samples"]
 
     def samples_df(self):
         """samples.jsonl as a pandas DataFrame, one row per sample."""
@@ -165,11 +168,15 @@ class Run:
 
     def results_dict(self) -> dict:
         """results.json as a plain dict in the current schema (exactly the migrated file's keys)."""
-        return self.results.model_dump(mode="json", exclude_unset=True)
+        if "results" not in self._dicts:
+            self._dicts["results"] = self.results.model_dump(mode="json", exclude_unset=True)
+        return self._dicts["results"]
 
     def config_dict(self) -> dict:
         """config.json as a plain dict (exactly the file's keys)."""
-        return self.config.model_dump(mode="json", exclude_unset=True)
+        if "config" not in self._dicts:
+            self._dicts["config"] = self.config.model_dump(mode="json", exclude_unset=True)
+        return self._dicts["config"]
 
     # -- the report's accessors ---------------------------------------------------------------------
 

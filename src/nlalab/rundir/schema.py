@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SCHEMA_VERSION = 1
+from nlalab.rundir.layout import SCHEMA_VERSION  # noqa: E402  (one definition)
 
 Num = Optional[float]
 
