@@ -10,7 +10,7 @@ from nlalab.scorers.keyword import keyword_recall
 CATS = ["chat", "code", "agent", "reasoning"]
 WORDS = ["gravity", "orbit", "planet", "comet", "nebula", "quasar", "galaxy", "photon"]
 FILLER = ["the", "a", "zzz", "noise", "word", "of"]
-HOSTILE = ('</script><img src=x onerror="window.__pwned=1"> &amp; <b>bold</b> Gravity',
+HOSTILE = ('explain </script><img src=x onerror="window.__pwned=1"> &amp; <b>bold</b> Gravity',
            "line\u2028sep\u2029 lone\ud800surrogate esc\x1b[0m orbit")
 
 
