@@ -96,7 +96,12 @@ def test_page_is_self_contained_and_hostile_text_stays_data():
     outside_data = re.sub(r'(<script type="application/json" class="nb-data">).*?(</script>)', r"\1\2", html, flags=re.S)
     assert not re.search(r"\b(src|href)=|https?:|@import|url\(", outside_data)
     assert html.count("</script>") == 2  # the data's "</script>" is escaped
-    assert "<h2" in html and "S &amp; &lt;T&gt;" in html
+    assert '<h2 id="samples-h">S &amp; &lt;T&gt;</h2>' in html and 'aria-labelledby="samples-h"' in html
+
+
+def test_without_title_there_is_no_heading():
+    html = sample_browser_html([_row()], categories=["chat"], title=None, section_id="browse")
+    assert "<h2" not in html and html.startswith('<section class="nb" id="browse" aria-label="Sample browser">')
 
 
 @pytest.mark.parametrize("call, needle", [

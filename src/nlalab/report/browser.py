@@ -114,7 +114,7 @@ def sample_browser_html(
     stopwords: Optional[Iterable[str]] = None,
     page_size: int = 100,
     section_id: str = "samples",
-    title: str = "Samples",
+    title: Optional[str] = "Samples",
 ) -> str:
     """One ``<section>`` (inline CSS, JS and JSON data) browsing ``samples``.
 
@@ -124,7 +124,8 @@ def sample_browser_html(
     the rows are appended). ``controls``: control name -> rows with ``item_id`` and ``explanation``
     (optional ``sample``), shown beside the item's own samples in the item view; see :func:`controls_by_item`
     for turning a run's control files into that shape. ``stopwords``: the run's stopwords when it did not
-    use the shipped list, so highlighted words are exactly the words recall counted.
+    use the shipped list, so highlighted words are exactly the words recall counted. ``title=None``: no
+    heading of its own, for a caller that puts the section under its own ``<h2>``.
     """
     from nlalab.scorers.keyword import content_words
 
@@ -194,8 +195,12 @@ def sample_browser_html(
             "rows": rows, "controls": ctrl, "page": page_size,
             "pageSizes": sorted(set(_PAGE_SIZES) | {page_size})}
     # concatenation, not str.format: the CSS, the JS and the data all hold braces
-    head = (_TEMPLATE_HEAD.replace("{css}", _CSS).replace("{sid}", section_id)
-            .replace("{title}", _html.escape(display_text(title))))
+    if title is None:
+        heading, label = "", 'aria-label="Sample browser"'
+    else:
+        heading, label = f'<h2 id="{section_id}-h">{_html.escape(display_text(title))}</h2>', f'aria-labelledby="{section_id}-h"'
+    head = (_TEMPLATE_HEAD.replace("{css}", _CSS).replace("{sid}", section_id).replace("{label}", label)
+            .replace("{heading}", heading))
     return (head + '<script type="application/json" class="nb-data">'
             + _json_for_script(data) + "</script>\n<script>" + _JS + "</script>\n</section>")
 
@@ -268,9 +273,9 @@ def browser_inputs(run_dir: Union[str, Path]) -> dict:
 
 # ------------------------------------------------------------------------------------------ page parts
 
-_TEMPLATE_HEAD = """<section class="nb" id="{sid}" aria-labelledby="{sid}-h">
+_TEMPLATE_HEAD = """<section class="nb" id="{sid}" {label}>
 <style>{css}</style>
-<h2 id="{sid}-h">{title}</h2>
+{heading}
 <p class="nb-note">Every sample of the run. Click a column header to sort (again to reverse; n/a always last), \
 filter by category or flag, search prompt and explanation text. <mark>Marked</mark> words are prompt content \
 words found in the explanation: the words keyword recall counts. Click a row (or its item) for the item view: \
