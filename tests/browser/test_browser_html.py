@@ -183,3 +183,12 @@ def test_browser_inputs_reads_a_run_directory(tmp_path):
 def test_browser_inputs_without_samples_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match=r"samples.jsonl: not found\. Fix: pass a finished run directory"):
         browser_inputs(tmp_path)
+
+
+def test_numpy_scalars_truthy_flags_and_missing_category():
+    np = pytest.importorskip("numpy")
+    row = _row(cos=np.float32(0.5), fve_nrm=np.int64(2), recall=np.float64("nan"), truncated=1, empty=0)
+    row["category"] = None
+    d = _payload(sample_browser_html([row], categories=[]))
+    assert d["rows"] == [[0, 0, "x", 1, 0.5, 2.0, None]]
+    assert d["cats"] == ["(no category)"]

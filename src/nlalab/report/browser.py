@@ -26,6 +26,7 @@ from __future__ import annotations
 import html as _html
 import json
 import math
+import numbers
 import re
 import unicodedata
 from pathlib import Path
@@ -68,7 +69,7 @@ def _num(v: object, col: str, where: str) -> Optional[float]:
         return None
     if isinstance(v, bool):
         return float(v)
-    if isinstance(v, (int, float)):
+    if isinstance(v, numbers.Real):  # numpy scalars included
         f = float(v)
         return f if math.isfinite(f) else None  # NaN/Inf read as n/a (JSON has no NaN)
     raise UsageError(f"{where}: column {col!r} holds {v!r}, not a number. Fix: pass numeric columns only "
@@ -159,7 +160,7 @@ def sample_browser_html(
     for i, r in enumerate(rows_in):
         iid = str(r["item_id"])
         if iid not in item_index:
-            cat = "" if r.get("category") is None else str(r.get("category"))
+            cat = "(no category)" if r.get("category") is None else str(r.get("category"))
             if cat not in cats:
                 cats.append(cat)
             prompt = "" if r.get("prompt") is None else str(r.get("prompt"))
@@ -170,7 +171,7 @@ def sample_browser_html(
         k = per_item_count.get(ix, 0)
         per_item_count[ix] = k + 1
         sample = r.get("sample")
-        bits = sum(1 << j for j, f in enumerate(FLAGS) if r.get(f) is True)
+        bits = sum(1 << j for j, f in enumerate(FLAGS) if r.get(f))
         rows.append([ix, int(sample) if isinstance(sample, int) and not isinstance(sample, bool) else k,
                      display_text(r.get("explanation")), bits]
                     + [_num(r.get(c), c, f"samples[{i}]") for c in cols])
@@ -198,7 +199,8 @@ def sample_browser_html(
     if title is None:
         heading, label = "", 'aria-label="Sample browser"'
     else:
-        heading, label = f'<h2 id="{section_id}-h">{_html.escape(display_text(title))}</h2>', f'aria-labelledby="{section_id}-h"'
+        heading = f'<h2 id="{section_id}-h">{_html.escape(display_text(title))}</h2>'
+        label = f'aria-labelledby="{section_id}-h"'
     head = (_TEMPLATE_HEAD.replace("{css}", _CSS).replace("{sid}", section_id).replace("{label}", label)
             .replace("{heading}", heading))
     return (head + '<script type="application/json" class="nb-data">'
