@@ -312,6 +312,7 @@ _CSS = """
 .nb .nb-t tbody tr { cursor: pointer; }
 .nb .nb-t tbody tr:hover td { background: #eef3fb; }
 .nb .nb-t tbody tr.nb-sel td { background: #dde8f7; }
+.nb .nb-t td.c-item, .nb .nb-t td.c-category { white-space: nowrap; }
 .nb .nb-t td.nb-num { font-variant-numeric: tabular-nums; text-align: right; white-space: nowrap; }
 .nb .nb-t td.nb-txt { white-space: pre-wrap; word-break: break-word; font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 12px; }
 .nb .nb-t td.c-prompt { min-width: 14em; max-width: 26em; } .nb .nb-t td.c-explanation { min-width: 20em; max-width: 44em; }
