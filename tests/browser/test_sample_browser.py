@@ -268,7 +268,7 @@ def real_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("browser_real")
     pair = build_fixture_pair(root / "pair", "qwen2")
-    run_study(cfg_for(pair, root / "run", controls=["random_gaussian", "directions", "blind", "seeds"], n_seeds=1,
+    run_study(cfg_for(pair, root / "run", controls=["random_gaussian", "directions", "blind"],
                       limit_per_category=2))
     return root / "run"
 
@@ -276,7 +276,7 @@ def real_run(tmp_path_factory):
 def test_real_fixture_run(page, real_run, artifacts_dir):
     inp = browser_inputs(real_run)
     samples = inp["samples"]
-    assert sorted(inp["controls"]) == ["blind", "random_gaussian", "seed1042"]  # directions: one per category
+    assert sorted(inp["controls"]) == ["blind", "random_gaussian"]  # directions: one vector per category
     path = real_run / "browser.html"
     path.write_text(_page_html(sample_browser_html(**inp)), encoding="utf-8")
     _open(page, path)
