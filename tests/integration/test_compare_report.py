@@ -24,7 +24,7 @@ import pytest
 from nlalab.report.compare import (DEFAULT_TOL, classify_pattern, compare_runs, to_csv, to_json, to_markdown,
                                    to_terminal)
 from nlalab.scorers.keyword import keyword_hit, keyword_recall, lexicon_hits, load_lexicon, top_category
-from nlalab.study.analysis import analyze
+from nlalab.study.analysis import analyze_rows
 from nlalab.study.config import RunConfig
 from nlalab.study.pipeline import run_study
 from nlalab.rundir.io import atomic_write_json, write_jsonl
@@ -50,11 +50,13 @@ def doctor(src: Path, dst: Path, scale: float) -> Path:
         r.update(explanation=e, recall=keyword_recall(r["prompt"], e), hit=keyword_hit(r["prompt"], e))
     res = json.loads((dst / "results.json").read_text())
     st = res["settings"]
-    new = analyze(rows, categories=res["categories"], b_rv=res["b_rv"], b_rv_source=res["b_rv_source"],
+    new = analyze_rows(rows, categories=res["categories"], b_rv=res["b_rv"], b_rv_source=res["b_rv_source"],
                   random_rows=read_jsonl(dst / "controls" / "random_gaussian.jsonl"),
                   direction_rows=read_jsonl(dst / "controls" / "directions.jsonl"),
                   n_perm=st["n_perm"], n_boot=st["n_boot"], seed=st["seed"])
-    new.update(provenance=res["provenance"], mse_scale=res["mse_scale"])
+    new.update(provenance=res["provenance"], mse_scale=res["mse_scale"], capture=res["capture"],
+               schema_version=res["schema_version"])
+    new["controls"] = {**res["controls"], **{k: v for k, v in new["controls"].items() if v}}
     write_jsonl(dst / "samples.jsonl", rows)
     atomic_write_json(dst / "results.json", new)
     return dst
@@ -143,7 +145,10 @@ def test_compare_reproduces_seed_table_structure_and_independent_numbers(runs):
                 "perm.gap_within", "random.fve_nrm", "random.cos", "recall.chat", "recall.agent",
                 "directions.alignment", "diff.fve_nrm", "diff.recall", "diff.cos"):
         assert key in rows, key
-    assert cmp["same_corpus"] and all(p["paired"] for p in cmp["pairing"]) and not cmp["warnings"]
+    assert cmp["same_corpus"] and all(p["paired"] for p in cmp["pairing"])
+    # three different fixture models: their B_rv differ (stated), nothing else does
+    assert {m["key"] for m in cmp["mismatches"]} <= {"b_rv", "mse_scale"}
+    assert all("B_rv value" in w or "mse_scale" in w for w in cmp["warnings"])
     ind = [independent(d) for d in dirs]
     for key in ("fve_nrm", "fve_nrm_seed", "cos", "recall", "hit", "spread.fve_nrm", "spread.recall",
                 "recall.chat", "recall.code", "recall.agent", "recall.reasoning", "random.fve_nrm",
@@ -289,13 +294,21 @@ def test_html_report_self_contained_and_renders_in_chromium(runs, tmp_path):
     score_run(dirs[0], "quote")
     html_path = write_report(dirs[0], dirs[1:], names=NAMES, n_boot=200)
     assert html_path == dirs[0] / "report.html"
+    # core figures, one per control of the registry (every one has numbers along an axis), power and flags
     expected = {"category_fve_recall", "permutation_floors", "real_vs_random", "direction_heatmap", "stability",
-                "scorers", "trajectories"}
+                "scorers", "trajectories", "power", "flags", "recon_permutation", "blind", "baselines",
+                "prefix_curve", "grounding", "seeds"}
     for name in expected:
         assert (dirs[0] / "plots" / f"{name}.png").stat().st_size > 1000, name
         assert (dirs[0] / "plots" / f"{name}.svg").read_text().lstrip().startswith(("<?xml", "<svg")), name
+    expected = {p.stem for p in (dirs[0] / "plots").glob("*.png")}
     page = html_path.read_text()
     assert page.count('src="data:image/png;base64,') == len(expected)
+    from nlalab.study.controls import registry
+
+    for name, c in registry().items():  # a section per registered control, and one for power and for flags
+        assert f'id="ctl-{name}"' in page, name
+    assert 'id="power"' in page and 'id="flags"' in page
     assert not re.search(r"(src|href)=\"(https?:)?//", page), "the report must not reference the network"
     for text in ("Per-category reconstruction and recall", "Scaling table", "Confabulation", "Random-Gaussian",
                  "Content scorer: quote", "B_rv", "n=32"):
@@ -324,3 +337,29 @@ def test_html_report_self_contained_and_renders_in_chromium(runs, tmp_path):
     im = np.asarray(Image.open(shot).convert("L"))
     assert im.shape == (3000, 1200)
     assert (im < 128).mean() > 0.01  # text, tables and plots were painted, not a blank page
+
+
+def test_compare_names_and_refuses_runs_at_different_positions(runs, tmp_path):
+    """Two runs captured at different positions measure different vectors: compare refuses to pair their items
+    (one line naming the difference) unless allow_mismatch, and then states every difference."""
+    from nlalab.errors import UsageError
+    from nlalab.report.compare import compare_runs, to_markdown
+
+    a, b = tmp_path / "last", tmp_path / "pos3"
+    shutil.copytree(runs["real"][0], a)
+    shutil.copytree(runs["real"][0], b)
+    res = json.loads((b / "results.json").read_text())
+    res["capture"]["positions"] = "3"
+    res["b_rv"] = res["b_rv"] * 1.5
+    atomic_write_json(b / "results.json", res)
+    with pytest.raises(UsageError, match=r"capture position: last=last, pos3=3.*--allow-mismatch"):
+        compare_runs([a, b], n_boot=50)
+    cmp = compare_runs([a, b], n_boot=50, allow_mismatch=True)
+    keys = {m["key"] for m in cmp["mismatches"]}
+    assert keys == {"position", "b_rv"}
+    assert cmp["pairing"][0]["paired"] is False and "capture position" in cmp["pairing"][0]["reason"]
+    assert any("capture position" in w for w in cmp["warnings"])
+    md = to_markdown(cmp)
+    assert "What differs between the runs" in md and "| capture position | last | 3 |" in md
+    same = compare_runs([a, a], names=["x", "y"], n_boot=50)
+    assert same["mismatches"] == [] and same["pairing"][0]["paired"] is True

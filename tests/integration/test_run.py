@@ -46,8 +46,11 @@ def test_run_directory_contract(reference_run):
     assert cfg["environment"]["versions"]["torch"] and "git_commit" in cfg["environment"]
     assert cfg["pair"]["layer"] == 2 and cfg["corpus"]["n_items"] == 16
     results = json.loads((out / "results.json").read_text())
-    assert {"per_category", "spread", "stability", "permutation", "random_gaussian", "directions",
-            "confabulation", "b_rv", "b_rv_source"} <= set(results)
+    assert {"per_category", "spread", "stability", "controls", "confabulation", "b_rv", "b_rv_source",
+            "schema_version"} <= set(results)
+    from nlalab.study.controls import names
+
+    assert list(results["controls"]) == names()  # every registered control has a key (None when skipped)
     per = results["per_category"]
     assert set(per) >= {"chat", "code", "agent", "reasoning", "OVERALL"}
     assert per["OVERALL"]["fve_nrm"]["n"] == 32
@@ -57,14 +60,15 @@ def test_run_directory_contract(reference_run):
     report = (out / "report.md").read_text()
     assert "OVERALL" in report and "Spread" in report and "B_rv" in report
     # reconstruction-side controls: rows in results.json and a section (with one verdict per category) in report.md
-    for key in ("recon_permutation", "baselines", "prefix", "grounding", "seeds"):
-        assert results[key], key
-    assert set(results["baselines"]) >= {"real_pair", "mean_direction", "empty_explanation", "source_text",
-                                         "blind_explanation", "untrained_pair"}
-    assert results["seeds"]["seeds"] == [42, 1042, 2042]
-    assert "## 9. Reconstruction-side controls" in report
-    assert sum(line.startswith(f"- {c}: fve_nrm") for c in ("chat", "code", "agent", "reasoning")
-               for line in report.splitlines()) == 4
+    ctl = results["controls"]
+    for key in names():
+        assert ctl[key], key
+    assert set(ctl["baselines"]["rungs"]) >= {"real_pair", "mean_direction", "empty_explanation", "source_text",
+                                              "blind_explanation"}
+    assert ctl["seeds"]["seeds"] == [42, 1042, 2042]
+    assert "## Item-specific reconstruction" in report
+    for c in ("chat", "code", "agent", "reasoning"):  # one verdict per category
+        assert ctl["recon_permutation"]["verdicts"][c] in report
     blind = [json.loads(x) for x in (out / "stages" / "control_blind.jsonl").read_text().splitlines()]
     assert len(blind) == 16 * 2
     # fve_nrm is consistent with the recorded B_rv
@@ -123,7 +127,8 @@ def test_config_guard_and_force(reference_run, fixture_pairs, tmp_path):
     assert log.read_text() == first  # redone, same seed -> same rows
     res = run_study(cfg_for(p, out, controls=[], seed=7), overwrite=True)
     assert log.read_text() != first
-    assert res["random_gaussian"] is None and res["directions"] is None  # controls=[] runs none
+    # controls=[] runs only the always-on ones
+    assert {n for n, v in res["controls"].items() if v} == {"recall_permutation"}
     assert json.loads((out / "config.json").read_text())["config"]["seed"] == 7
 
 

@@ -13,7 +13,7 @@ from nlalab.testing import torch_threads
 from nlalab.train import TrainConfig, apply_overrides, train_pair
 from nlalab.train.export import export_ar, export_av, materialize_adapter_pack
 from nlalab.train.models import load_trainable_ar, load_trainable_av
-from nlalab.verbalize.generate import GenerationSettings, verbalize
+from nlalab.verbalize import GenerationSettings, verbalize
 
 CPU = torch.device("cpu")
 WORDS = ("the quick brown fox jumps over the lazy dog while a small cat sleeps near the warm fire and the river "

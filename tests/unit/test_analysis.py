@@ -14,7 +14,7 @@ import torch
 from nlalab.corpus import by_category, load_corpus
 from nlalab.scorers.keyword import content_words, keyword_hit, keyword_recall
 from nlalab.stats import min_detectable_difference
-from nlalab.study.analysis import analyze, opening_phrases, recall_matrix
+from nlalab.study.analysis import analyze, analyze_rows, opening_phrases, recall_matrix
 from nlalab.study.directions import category_directions, category_distances, most_distant_pair
 from nlalab.study.report import print_summary, render_report
 
@@ -50,7 +50,7 @@ def make_rows(expl_fn, metric_fn=None, flag_fn=None):
 def run(rows, **kw):
     kw.setdefault("n_perm", 1000)
     kw.setdefault("n_boot", 500)
-    return analyze(rows, categories=CATS, b_rv=B_RV, b_rv_source="unit-test reference", **kw)
+    return analyze_rows(rows, categories=CATS, b_rv=B_RV, b_rv_source="unit-test reference", **kw)
 
 
 def derangement():
@@ -72,14 +72,14 @@ def test_explanations_equal_prompts_give_recall_one_and_a_large_significant_gap(
         r = res["per_category"][c]["recall"]
         assert r["mean"] == 1.0 and r["lo"] == 1.0 and r["hi"] == 1.0
         assert res["per_category"][c]["hit"]["mean"] == 1.0
-    o = res["permutation"]["overall"]
+    o = res["controls"]["recall_permutation"]["overall"]
     assert o["real"] == pytest.approx(1.0)
     assert o["gap_cross"] > 0.5 and o["gap_within"] > 0.5
     assert o["floor_cross"]["mean"] < o["floor_within"]["mean"] < 0.5  # category vocabulary helps a bit
     assert o["p_cross"] <= 2 / (n_perm + 1)
     assert o["p_within"] <= 2 / (n_perm + 1)
     for c in CATS:
-        pc = res["permutation"]["per_category"][c]
+        pc = res["controls"]["recall_permutation"]["per_category"][c]
         assert pc["real"] == pytest.approx(1.0)
         assert pc["p_within"] <= 2 / (n_perm + 1)
         assert pc["gap_within"] == pytest.approx(1.0 - pc["floor_within"]["mean"])
@@ -99,7 +99,7 @@ def _expected_within_floor(expl_of):
 def test_derangement_within_category_has_no_signal_above_the_within_floor():
     der = derangement()
     res = run(make_rows(lambda it, k: der[it.id]))
-    o = res["permutation"]["overall"]
+    o = res["controls"]["recall_permutation"]["overall"]
     # No item-specific signal: not significant, and the real pairing is not above the floor.
     assert o["p_within"] > 0.05
     assert o["gap_within"] < 0.05
@@ -121,7 +121,7 @@ def test_exchangeable_category_vocabulary_gives_gap_near_zero():
     pools = {c: sorted(set().union(*(content_words(i.prompt) for i in its))) for c, its in by_category(ITEMS).items()}
     expl = {(it.id, k): " ".join(rng.choice(pools[it.category], size=6, replace=False)) for it in ITEMS for k in range(K)}
     res = run(make_rows(lambda it, k: expl[(it.id, k)]))
-    o = res["permutation"]["overall"]
+    o = res["controls"]["recall_permutation"]["overall"]
     assert abs(o["gap_within"]) < 0.05
     assert o["p_within"] > 0.05
     assert o["floor_within"]["mean"] > 0.05  # the floor itself is not trivially zero
@@ -263,7 +263,7 @@ DIR_SPEC = [
 
 def test_direction_analysis_alignment_and_negation_counts():
     res = run(make_rows(lambda it, k: it.prompt), direction_rows=_dir_rows(DIR_SPEC), lexicon=LEX)
-    d = res["directions"]
+    d = res["controls"]["directions"]
     assert d["alignment"]["k"] == 3 and d["alignment"]["n"] == 4 and d["alignment"]["text"] == "3/4"
     assert d["negation_symmetry"]["k"] == 2 and d["negation_symmetry"]["n"] == 4
     assert d["cross"]["k"] == 1 and d["cross"]["n"] == 2
@@ -389,7 +389,7 @@ def test_random_gaussian_section_and_format_attractor():
     real = make_rows(lambda it, k: it.prompt)
     rnd = _random_rows()
     res = run(real, random_rows=rnd)
-    rg = res["random_gaussian"]
+    rg = res["controls"]["random_gaussian"]
     assert rg["n"] == 6 and rg["ci_method"] == "bootstrap over rows"
     assert rg["metrics"]["cos"]["mean"] == pytest.approx(np.mean([r["cos"] for r in rnd]))
     assert rg["metrics"]["fve_nrm"]["mean"] == pytest.approx(np.mean([r["fve_nrm"] for r in rnd]))
@@ -458,7 +458,7 @@ def test_deterministic_and_json_serialisable():
     b = run(rows, random_rows=_random_rows(), direction_rows=_dir_rows(DIR_SPEC), lexicon=LEX, n_perm=200)
     assert json.dumps(a, allow_nan=False, sort_keys=True) == json.dumps(b, allow_nan=False, sort_keys=True)
     c = run(rows, n_perm=200, seed=7)
-    assert c["permutation"]["overall"]["floor_within"] != a["permutation"]["overall"]["floor_within"]
+    assert c["controls"]["recall_permutation"]["overall"]["floor_within"] != a["controls"]["recall_permutation"]["overall"]["floor_within"]
 
 
 def test_timing_150_rows_1000_permutations_under_3s():
@@ -489,26 +489,28 @@ def _table_rows(md: str, first_header: str) -> dict[str, list[str]]:
 def test_report_tables_match_results_and_missing_controls_say_not_run():
     res = run(_metric_rows())
     md = render_report(res, META)
-    for s in ("test/pair-L20", "seed50_v1", "unit-test reference", "| OVERALL |", "| Spread |"):
+    for s in ("test/pair-L20", "seed50_v1", "unit-test reference", "| OVERALL |", "| Spread (max − min) |"):
         assert s in md
     for c in CATS:
         assert f"| {c} |" in md
-    assert "Random-Gaussian control: not run" in md
-    assert "Direction-injection control: not run" in md
+    assert "Random-Gaussian control (seed §4.2): not run" in md
+    assert "Direction-injection control (seed §4.3): not run" in md
     table = _table_rows(md, "Category")
-    assert set(CATS + ["OVERALL", "Spread"]) <= set(table)
+    assert set(CATS + ["OVERALL", "Spread (max − min)"]) <= set(table)
     cols = ["cos", "fve_nrm", "fve_nrm_seed", "recall", "hit"]
     for c in CATS + ["OVERALL"]:
         e = res["per_category"][c]
-        assert table[c][1] == str(e["n"])
+        assert table[c][1] == f"{e['n']} ({e['n_items']} items)"
         for j, m in enumerate(cols):
             est = e[m]
-            assert table[c][2 + j] == f"{est['mean']:.3f} [{est['lo']:.3f}, {est['hi']:.3f}]", (c, m)
-            assert re.fullmatch(r"-?\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]", table[c][2 + j])
+            # n= is shown only where a metric leaves rows out
+            want = f"{est['mean']:.3f} [{est['lo']:.3f}, {est['hi']:.3f}]" + ("" if est["n"] == e["n"] else f" n={est['n']}")
+            assert table[c][2 + j] == want, (c, m)
+            assert re.fullmatch(r"-?\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]( n=\d+)?", table[c][2 + j])
     for j, m in enumerate(cols):
-        assert table["Spread"][2 + j] == f"{res['spread'][m]:.3f}"
-    o = res["permutation"]["overall"]
-    assert f"| Real | {o['real']:.3f} |" in md
+        assert table["Spread (max − min)"][2 + j] == f"{res['spread'][m]:.3f}"
+    o = res["controls"]["recall_permutation"]["overall"]
+    assert f"| Real | {o['real']:.3f}" in md
     assert f"{o['gap_cross']:+.3f}" in md
 
 
@@ -517,8 +519,8 @@ def test_report_with_all_controls_and_summary():
     res = run(make_rows(lambda it, k: der[it.id]), random_rows=_random_rows(),
               direction_rows=_dir_rows(DIR_SPEC), lexicon=LEX)
     md = render_report(res, META)
-    assert "not run" not in md.split("## 9.")[0]  # section 9 (reconstruction controls) comes from the pipeline
-    assert "**3/4**" in md and "**2/4**" in md
+    assert "not run" not in md.split("## Item-specific")[0]  # reconstruction controls come from the pipeline
+    assert "Alignment (self): 3/4" in md and "Negation symmetry: 2/4" in md
     assert '"structured article format"' in md
     assert "| agent_vs_other |" in md and "code ✗ (should be agent)" in md
     # Confabulation quotes are verbatim.

@@ -4,7 +4,7 @@ strings, and str.splitlines() would cut such a record in two (seen on the GPU wi
 import json
 
 from nlalab.corpus import load_corpus
-from nlalab.report.load import read_jsonl
+from nlalab.rundir.io import read_jsonl
 
 ODD = "a\u2028b\u2029c\x85d\x1ce\r"
 

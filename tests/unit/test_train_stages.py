@@ -12,7 +12,7 @@ from nlalab.train.grpo import GRPOSettings, GRPOTrainer, group_advantages, nla_r
 from nlalab.train.models import (
     av_sequences, load_trainable_ar, load_trainable_av, response_ids, response_logprobs,
 )
-from nlalab.verbalize.generate import GenerationSettings, Verbalization, verbalize
+from nlalab.verbalize import GenerationSettings, Verbalization, verbalize
 
 CPU = torch.device("cpu")
 CAT, DOG = "The text is about a cat.", "The text is about a dog."

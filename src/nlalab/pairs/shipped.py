@@ -95,7 +95,7 @@ def materialize(name: str = DEFAULT) -> tuple[Path, Path, Path]:
         except ImportError as e:
             raise NLALabError("The shipped trained pair is stored as LoRA adapters, which need `peft`. "
                               "Fix: pip install 'peft>=0.13' (or pip install -e '.[offline]').") from e
-        from nlalab.train.export import materialize_adapter_pack
+        from nlalab.pairs.adapter_pack import materialize_adapter_pack
 
         materialize_adapter_pack(d, base, out)
         return {"pack": sp.pack, "base": str(base), "base_id": sp.base_id, "layer": sp.layer}

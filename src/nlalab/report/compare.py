@@ -60,8 +60,10 @@ import numpy as np
 
 from nlalab import stats as ST
 from nlalab.report import pattern as PT
-from nlalab.report.load import Run, item_means, load_runs
-from nlalab.report.tables import FVE_DENOMINATORS, fmt_num, fmt_p
+from nlalab.rundir.load import Run, item_means, load_runs
+from nlalab.errors import UsageError
+from nlalab.format import Table, fmt_num, fmt_p
+from nlalab.study.sections import FVE_DENOMINATORS
 
 __all__ = [
     "compare_runs",
@@ -195,54 +197,11 @@ def _row(key: str, label: str, section: str, cells: list, kind: str = "est", dig
             "values": cells}
 
 
-def _perm_cells(runs: list[Run], field: str) -> list:
-    out = []
-    for r in runs:
-        pm = r.results.get("permutation") or {}
-        o = pm.get("overall")
-        if not o:
-            out.append(None)
-        elif field.startswith("floor"):
-            e = o[field]
-            out.append({"mean": e["mean"], "lo": e["lo"], "hi": e["hi"], "n": pm.get("n_perm")})
-        else:
-            pk = "p_cross" if field == "gap_cross" else "p_within"
-            ci = o.get(f"{field}_ci") or {}
-            out.append({"mean": o[field], "p": o[pk], "n": o.get("n_items"), "lo": ci.get("lo"), "hi": ci.get("hi")})
-    return out
-
-
-def _recon_rows(runs: list[Run]) -> list[dict]:
-    """Reconstruction-side controls: item specificity of fve_nrm and the baseline ladder."""
-    rows = []
-
-    def recon_cell(r: Run, field: str) -> Optional[dict]:
-        o = ((((r.results.get("recon_permutation") or {}).get("metrics") or {}).get("fve_nrm") or {})
-             .get("overall"))
-        if not o:
-            return None
-        if field == "floor_within":
-            e = o[field]
-            return {"mean": e["mean"], "lo": e["lo"], "hi": e["hi"], "n": e.get("n")}
-        return {"mean": o[field], "p": o["p_within" if field == "gap_within" else "p_cross"], "n": o.get("n_items")}
-
-    rows.append(_row("recon.floor_within", "fve_nrm from other items' explanations (within-category floor)",
-                     "Reconstruction controls", [recon_cell(r, "floor_within") for r in runs], kind="floor"))
-    rows.append(_row("recon.gap_within", "fve_nrm item-specific gap above the within-category floor",
-                     "Reconstruction controls", [recon_cell(r, "gap_within") for r in runs], kind="gap", signed=True))
-    for rung, label in (("mean_direction", "predict the mean direction"), ("empty_explanation", "empty explanation"),
-                        ("source_text", "source text as explanation"),
-                        ("blind_explanation", "blind explanation (no activation)")):
-        rows.append(_row(f"baseline.{rung}", f"fve_nrm, baseline: {label}", "Reconstruction controls",
-                         [_est(((r.results.get("baselines") or {}).get(rung) or {}).get("fve_nrm")) for r in runs]))
-    return rows
-
-
 def _scorer_rows(runs: list[Run]) -> list[dict]:
-    common = set.intersection(*[set((r.results.get("scorers") or {}).keys()) for r in runs]) if runs else set()
+    common = set.intersection(*[set((r.results_dict().get("scorers") or {}).keys()) for r in runs]) if runs else set()
     rows = []
     for name in sorted(common):
-        secs = [r.results["scorers"][name] for r in runs]
+        secs = [r.results_dict()["scorers"][name] for r in runs]
         metrics = [m for m in secs[0].get("metrics") or [] if all(m in (s.get("metrics") or []) for s in secs)]
         for m in metrics:
             label = (secs[0].get("labels") or {}).get(m, f"{name} {m}")
@@ -264,18 +223,6 @@ def _scorer_rows(runs: list[Run]) -> list[dict]:
     return rows
 
 
-def _direction_cells(runs: list[Run], key: str) -> list:
-    out = []
-    for r in runs:
-        d = r.results.get("directions")
-        if not d or not d.get(key) or not d[key].get("n"):
-            out.append(None)
-            continue
-        k, n = d[key]["k"], d[key]["n"]
-        out.append({"mean": k / n, "k": k, "n": n, "text": f"{k}/{n}"})
-    return out
-
-
 # ----------------------------------------------------------------------------- differences
 
 
@@ -285,7 +232,7 @@ def _differences(runs: list[Run], pairing: list[dict], n_boot: int, seed: int) -
         a, b = runs[i], runs[i + 1]
         entry = {"from": a.name, "to": b.name, "paired": pr["paired"], "metrics": {}}
         for m in DIFF_METRICS:
-            ma, mb = item_means(a.samples, m), item_means(b.samples, m)
+            ma, mb = item_means(a.sample_dicts(), m), item_means(b.sample_dicts(), m)
             s = _subseed(seed, "compare_diff", i, m)
             if not ma or not mb:
                 entry["metrics"][m] = None
@@ -310,26 +257,94 @@ def _differences(runs: list[Run], pairing: list[dict], n_boot: int, seed: int) -
 # ----------------------------------------------------------------------------- public entry point
 
 
+#: Settings that must agree for two runs' items to be compared: what each one measures. A difference in
+#: position or layer/hook means the activations are different vectors, so items are not paired across it
+#: unless ``allow_mismatch``; every other difference is stated.
+COMPARABILITY = (
+    ("position", "capture position", True),
+    ("layer", "layer", True),
+    ("hook", "hook point", True),
+    ("b_rv", "B_rv value", False),
+    ("b_rv_source", "B_rv source", False),
+    ("mse_scale", "mse_scale", False),
+    ("corpus", "corpus (sha256)", False),
+    ("k", "K samples per item", False),
+    ("max_new_tokens", "max_new_tokens", False),
+    ("sampling", "sampling settings (temperature, top_p, greedy)", False),
+)
+
+
+def comparability(run) -> dict:
+    """The values of :data:`COMPARABILITY` for one run (None where the run did not record one)."""
+    res, cfg = run.results_dict(), (run.config_dict().get("config") or {})
+    cap = res.get("capture") or {}
+    b = res.get("b_rv")
+    return {
+        "position": cap.get("positions", cfg.get("positions")),
+        "layer": cap.get("layer", run.layer),
+        "hook": cap.get("hook"),
+        "b_rv": None if b is None else round(float(b), 6),
+        "b_rv_source": res.get("b_rv_source"),
+        "mse_scale": None if res.get("mse_scale") is None else round(float(res["mse_scale"]), 6),
+        "corpus": run.corpus_sha256,
+        "k": res.get("k"),
+        "max_new_tokens": cfg.get("max_new_tokens"),
+        "sampling": None if not cfg else {"temperature": cfg.get("temperature"), "top_p": cfg.get("top_p"),
+                                          "greedy": cfg.get("greedy")},
+    }
+
+
+def mismatches(runs: list) -> list[dict]:
+    """Every setting of :data:`COMPARABILITY` that differs between the runs, with each run's value."""
+    vals = [comparability(r) for r in runs]
+    out = []
+    for key, label, blocking in COMPARABILITY:
+        seen = [v[key] for v in vals]
+        if len({json.dumps(x, sort_keys=True, default=str) for x in seen}) > 1:
+            out.append({"key": key, "label": label, "blocking": blocking,
+                        "values": {r.name: v for r, v in zip(runs, seen)}})
+    return out
+
+
 def compare_runs(run_dirs: Iterable[Union[str, Path]], names: Optional[Sequence[str]] = None, *,
-                 n_boot: int = 2000, seed: int = 0, tol: float = DEFAULT_TOL) -> dict:
-    """The seed's table 3.2 for the given runs (in trajectory order). See the module docstring."""
+                 n_boot: int = 2000, seed: int = 0, tol: float = DEFAULT_TOL, allow_mismatch: bool = False) -> dict:
+    """The seed's table 3.2 for the given runs (in trajectory order). See the module docstring.
+
+    Runs captured at different positions, layers or hook points measure different vectors: that is refused
+    (one line naming each difference) unless ``allow_mismatch``; then they are compared unpaired and every
+    difference is stated in ``warnings`` and ``mismatches``."""
     runs = load_runs(run_dirs, list(names) if names is not None else None)
     run_names = [r.name for r in runs]
     warnings: list[str] = []
+    mism = mismatches(runs)
+    blocking = [m for m in mism if m["blocking"]]
+    if blocking and not allow_mismatch:
+        desc = "; ".join(f"{m['label']}: " + ", ".join(f"{n}={v}" for n, v in m["values"].items()) for m in blocking)
+        raise UsageError(f"the runs measure different activations ({desc}); their items cannot be paired. Fix: "
+                         "compare runs captured at the same position and layer, or pass --allow-mismatch to compare "
+                         "them unpaired with the differences stated.")
+    for m in mism:
+        warnings.append(f"runs differ in {m['label']}: " + ", ".join(f"{n}={v}" for n, v in m["values"].items())
+                        + (" (compared unpaired: --allow-mismatch)" if m["blocking"] else ""))
 
-    # ---- corpus pairing
+    # ---- corpus pairing (never across positions or layers)
     pairing = []
     for i in range(len(runs) - 1):
         a, b = runs[i], runs[i + 1]
         ha, hb = a.corpus_sha256, b.corpus_sha256
-        if ha is None or hb is None:
+        ca, cb = comparability(a), comparability(b)
+        diff_vec = [lab for key, lab, blk in COMPARABILITY if blk and ca[key] != cb[key]]
+        if diff_vec:
+            pr = {"from": a.name, "to": b.name, "paired": False,
+                  "reason": "different activations (" + ", ".join(diff_vec) + ")"}
+        elif ha is None or hb is None:
             pr = {"from": a.name, "to": b.name, "paired": False, "reason": "corpus sha256 missing from config.json"}
         elif ha != hb:
             pr = {"from": a.name, "to": b.name, "paired": False,
                   "reason": f"different corpora (sha256 {ha[:12]}… vs {hb[:12]}…)"}
         else:
-            common = set(item_means(a.samples, "cos")) & set(item_means(b.samples, "cos"))
-            pr = {"from": a.name, "to": b.name, "paired": True, "reason": "same corpus sha256",
+            common = set(item_means(a.sample_dicts(), "cos")) & set(item_means(b.sample_dicts(), "cos"))
+            pr = {"from": a.name, "to": b.name, "paired": True, "reason": "same corpus sha256, position and layer",
                   "n_common_items": len(common)}
         pairing.append(pr)
     hashes = {r.corpus_sha256 for r in runs}
@@ -347,13 +362,13 @@ def compare_runs(run_dirs: Iterable[Union[str, Path]], names: Optional[Sequence[
             "runs on different corpora are UNPAIRED and mix the model effect with the prompt effect; "
             "per-category and permutation numbers are not directly comparable."
         )
-    srcs = [str(r.results.get("b_rv_source") or "") for r in runs]
+    srcs = [str(r.results_dict().get("b_rv_source") or "") for r in runs]
     ref_kinds = {s.startswith("reference vectors") for s in srcs}
     if len(ref_kinds) > 1:
         warnings.append("fve_nrm denominators differ in kind: some runs use a reference vector file for B_rv, "
                         "others their own activations (" + "; ".join(f"{n}: {s}" for n, s in zip(run_names, srcs))
                         + "). fve_nrm_seed does not depend on B_rv.")
-    for key in ("k", "n_perm"):
+    for key in ("n_perm",):
         vals = {r.info()[key] for r in runs}
         if len(vals) > 1:
             warnings.append(f"runs differ in {key}: " + ", ".join(f"{r.name}={r.info()[key]}" for r in runs))
@@ -364,44 +379,30 @@ def compare_runs(run_dirs: Iterable[Union[str, Path]], names: Optional[Sequence[
     rows: list[dict] = []
 
     def overall(metric: str) -> list:
-        return [_est(((r.results.get("per_category") or {}).get(OVERALL) or {}).get(metric)) for r in runs]
+        return [_est(((r.results_dict().get("per_category") or {}).get(OVERALL) or {}).get(metric)) for r in runs]
 
     rows.append(_row("fve_nrm", "Overall fve_nrm (÷ B_rv)", "Reconstruction", overall("fve_nrm")))
     rows.append(_row("fve_nrm_seed", "Overall fve_nrm_seed (÷ per-vector variance)", "Reconstruction",
                      overall("fve_nrm_seed")))
     rows.append(_row("cos", "Overall cos", "Reconstruction", overall("cos"), signed=True))
     rows.append(_row("spread.fve_nrm", "fve_nrm spread (max − min over categories)", "Reconstruction",
-                     [spread_ci(r.samples, "fve_nrm", r.categories, n_boot, _subseed(seed, "spread", i, "fve_nrm"))
+                     [spread_ci(r.sample_dicts(), "fve_nrm", r.categories, n_boot, _subseed(seed, "spread", i, "fve_nrm"))
                       for i, r in enumerate(runs)]))
     rows.append(_row("recall", "Overall recall", "Content", overall("recall")))
     rows.append(_row("spread.recall", "Recall spread (max − min over categories)", "Content",
-                     [spread_ci(r.samples, "recall", r.categories, n_boot, _subseed(seed, "spread", i, "recall"))
+                     [spread_ci(r.sample_dicts(), "recall", r.categories, n_boot, _subseed(seed, "spread", i, "recall"))
                       for i, r in enumerate(runs)]))
     rows.append(_row("hit", "Overall recall (≥1 hit)", "Content", overall("hit")))
-    rows.append(_row("perm.floor_within", "Permuted within-category recall (floor)", "Permutation",
-                     _perm_cells(runs, "floor_within"), kind="floor"))
-    rows.append(_row("perm.floor_cross", "Permuted cross-category recall (floor)", "Permutation",
-                     _perm_cells(runs, "floor_cross"), kind="floor"))
-    rows.append(_row("perm.gap_cross", "Permutation gap above floor (cross)", "Permutation",
-                     _perm_cells(runs, "gap_cross"), kind="gap", signed=True))
-    rows.append(_row("perm.gap_within", "Permutation gap above floor (within)", "Permutation",
-                     _perm_cells(runs, "gap_within"), kind="gap", signed=True))
-    for m, lab in (("fve_nrm", "Random Gaussian fve_nrm"), ("fve_nrm_seed", "Random Gaussian fve_nrm_seed"),
-                   ("cos", "Random Gaussian cos")):
-        rows.append(_row(f"random.{m}", lab, "Random Gaussian",
-                         [_est(((r.results.get("random_gaussian") or {}).get("metrics") or {}).get(m)) for r in runs],
-                         signed=(m == "cos")))
     cats: list[str] = []
     for r in runs:
         cats += [c for c in r.categories if c not in cats]
     for c in cats:
         rows.append(_row(f"recall.{c}", f"{c} recall", "Per-category recall",
-                         [_est(((r.results.get("per_category") or {}).get(c) or {}).get("recall")) for r in runs]))
-    rows.append(_row("directions.alignment", "Direction-injection self-category alignment", "Directions",
-                     _direction_cells(runs, "alignment"), kind="count"))
-    rows.append(_row("directions.negation", "Direction-injection negation symmetry", "Directions",
-                     _direction_cells(runs, "negation_symmetry"), kind="count"))
-    rows += _recon_rows(runs)
+                         [_est(((r.results_dict().get("per_category") or {}).get(c) or {}).get("recall")) for r in runs]))
+    from nlalab.study.controls import registry
+
+    for ctl in registry().values():
+        rows += ctl.compare_rows(runs, _row)
     rows += _scorer_rows(runs)
     diffs = _differences(runs, pairing, int(n_boot), seed)
     paired_steps = {m: [d["metrics"].get(m) for d in diffs] for m in DIFF_METRICS}
@@ -428,6 +429,7 @@ def compare_runs(run_dirs: Iterable[Union[str, Path]], names: Optional[Sequence[
         "names": run_names,
         "same_corpus": same_corpus,
         "pairing": pairing,
+        "mismatches": mism,
         "warnings": warnings,
         "rows": rows,
         "differences": diffs,
@@ -480,11 +482,11 @@ def _table_rows(cmp: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def _runs_table(cmp: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["Run", "Pair", "Layer", "Corpus (sha256)", "N (items × K)", "Seed", "B_rv (source)", "Dir"]
+    header = ["Run", "Pair", "Layer", "Position", "Corpus (sha256)", "N (items × K)", "Seed", "B_rv (source)", "Dir"]
     body = []
     for r in cmp["runs"]:
         sha = (r.get("corpus_sha256") or "?")[:12]
-        body.append([r["name"], str(r["pair"]), str(r["layer"]), f"{r.get('corpus')} ({sha}…)",
+        body.append([r["name"], str(r["pair"]), str(r["layer"]), str(r.get("position")), f"{r.get('corpus')} ({sha}…)",
                      f"{r.get('n_samples')} ({r.get('n_items')} × {r.get('k')})", str(r.get("seed")),
                      f"{fmt_num(r.get('b_rv'), 5)} ({r.get('b_rv_source')})", r["dir"]])
     return header, body
@@ -505,6 +507,19 @@ def _footer(cmp: dict) -> list[str]:
     ]
 
 
+def comparison_tables(cmp: dict) -> list[Table]:
+    """The comparison as Tables: runs, differences in what they measure, the scaling table."""
+    rh, rb = _runs_table(cmp)
+    out = [Table("Runs", rh, rb, key="compare_runs", wrap=True)]
+    if cmp.get("mismatches"):
+        out.append(Table("What differs between the runs", ["Setting"] + list(cmp["names"]),
+                         [[m["label"]] + [str(m["values"].get(n)) for n in cmp["names"]] for m in cmp["mismatches"]],
+                         key="compare_mismatches", wrap=True))
+    th, tb = _table_rows(cmp)
+    out.append(Table("Scaling table (seed §3.2)", th, tb, _footer(cmp), key="compare", wrap=True))
+    return out
+
+
 def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
     def c(x: str) -> str:
         return str(x).replace("|", "\\|").replace("\n", " ")
@@ -518,6 +533,11 @@ def to_markdown(cmp: dict, title: str = "Cross-run comparison (seed §3.2)") -> 
     for w in cmp["warnings"]:
         lines += [f"> **WARNING:** {w}", ""]
     lines += _md_table(*_runs_table(cmp)) + [""]
+    if cmp.get("mismatches"):
+        lines += ["What differs between the runs:", ""]
+        lines += _md_table(["Setting"] + list(cmp["names"]),
+                           [[m["label"]] + [str(m["values"].get(n)) for n in cmp["names"]] for m in cmp["mismatches"]])
+        lines += [""]
     lines += _md_table(*_table_rows(cmp)) + [""]
     lines += [f"- {x}" for x in _footer(cmp)]
     return "\n".join(lines) + "\n"

@@ -18,8 +18,10 @@ import unicodedata
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from nlalab.report.load import Run, load_runs
-from nlalab.report.tables import FVE_DENOMINATORS, Table, fmt_num, run_tables
+from nlalab.format import Table, fmt_num
+from nlalab.rundir.load import Run, load_runs
+from nlalab.report.tables import scorer_tables
+from nlalab.study.sections import FVE_DENOMINATORS
 
 __all__ = ["write_report", "render_html", "clean_text"]
 
@@ -44,6 +46,7 @@ table.t tr:nth-child(even) td { background: #fafafc; }
 table.t td:first-child { font-weight: 600; }
 .wide { overflow-x: auto; }
 p.note { color: var(--muted); font-size: 12px; margin: 4px 0 10px; max-width: 1100px; }
+.verdict { background: #eef5ff; border-left: 4px solid var(--accent); padding: 6px 12px; margin: 8px 0; }
 .warn { background: var(--warn); border-left: 4px solid var(--warnline); padding: 8px 12px; margin: 8px 0; }
 figure { margin: 12px 0 18px; } figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
 figcaption { color: var(--muted); font-size: 12px; margin-top: 4px; }
@@ -77,22 +80,7 @@ def _img(path: Path, alt: str, caption: str) -> str:
 
 
 def _table_html(t: Optional[Table], level: int = 3) -> str:
-    return f'<div class="wide">{t.to_html(level)}</div>' if t is not None else ""
-
-
-def _opening_phrases(results: dict) -> str:
-    rg = results.get("random_gaussian") or {}
-    ft = rg.get("format_templates") or {}
-    rows = []
-    for side in ("real", "random"):
-        block = (ft.get(side) or {}).get("first3") or {}
-        for t in block.get("top") or []:
-            rows.append([side, f"\"{t['phrase']}\"", f"{t['count']}/{block.get('n')}", fmt_num(t["share"])])
-    if not rows:
-        return ""
-    return _table_html(Table("Most frequent opening phrases (first 3 words)", ["Inputs", "Phrase", "Count", "Share"],
-                             rows, ["A format prior shows as a few openings dominating even for random vectors "
-                                    "(seed §4.2)."], key="openings"), 4)
+    return t.to_html(level) if t is not None else ""
 
 
 def _confab(results: dict) -> str:
@@ -118,7 +106,7 @@ def _confab(results: dict) -> str:
 
 def _meta(run: Run) -> str:
     info = run.info()
-    env = (run.config.get("environment") or {})
+    env = (run.config_dict().get("environment") or {})
     versions = env.get("versions") or {}
     items = [
         ("Run directory", info["dir"]),
@@ -137,65 +125,66 @@ def _meta(run: Run) -> str:
         + "</dl>"
 
 
-def render_html(run: Run, plots: dict[str, Path], cmp: Optional[dict] = None) -> str:
-    """The report page for a loaded run, its plot PNGs (name -> path) and an optional comparison."""
-    res = run.results
-    tables = {t.key: t for t in run_tables(res)}
+def _figs(figs: dict, prefix: str = "", names: Sequence[str] = ()) -> str:
+    """Embedded figures: those whose key starts with ``prefix:`` (a control's), or those named."""
+    keys = [k for k in figs if (prefix and k.startswith(prefix + ":")) or k in names]
+    return "".join(_img(figs[k].path, figs[k].alt, figs[k].caption) for k in keys)
+
+
+def _control_html(c, sec: Optional[dict], results: dict, figs: dict) -> str:
+    if not sec:
+        return f"<p>{_html.escape(c.title)}: not run (select it with <code>--controls</code>).</p>"
+    parts = []
+    if sec.get("verdict"):
+        parts.append(f'<p class="verdict"><b>Verdict:</b> {clean_text(sec["verdict"])}</p>')
+    parts += [_table_html(t) for t in c.tables(sec, results)]
+    parts.append(_figs(figs, c.name))
+    parts += [f'<div class="warn"><b>Warning:</b> {clean_text(w)}</div>' for w in c.warnings(sec)]
+    return "\n".join(parts)
+
+
+def render_html(run: Run, figs: dict, cmp: Optional[dict] = None) -> str:
+    """The report page for a loaded run, its figures (name -> Figure) and an optional comparison: every core
+    section, one section per registered control (from the registry), power, flags, scorers, the sample
+    browser and the comparison."""
+    from nlalab.study.controls import registry
+    from nlalab.study.sections import confab_markdown, core_tables  # noqa: F401
+
+    res = run.results_dict()
+    t = core_tables(res)
     sections: list[tuple[str, str, str]] = []
-
-    def fig(name: str, alt: str, caption: str) -> str:
-        return _img(plots[name], alt, caption) if name in plots else ""
-
-    sections.append(("percat", "1. Per-category reconstruction and recall",
-                     _table_html(tables.get("per_category"))
-                     + fig("category_fve_recall", "Bar plot of fve and keyword recall by category",
-                           "fve_nrm (both denominators) and keyword recall per category; error bars: 95% "
-                           "cluster-bootstrap intervals over items.")))
-    sections.append(("perm", "2. Permutation control (seed §4.1)",
-                     (_table_html(tables.get("permutation")) + _table_html(tables.get("permutation_per_category"))
-                      + fig("permutation_floors", "Real recall against permutation floors",
-                            "Real recall vs the within- and cross-category permutation floors; error bars on floors: "
-                            "2.5–97.5% of the permutation distribution."))
-                     if "permutation" in tables else "<p>Permutation control: not available.</p>"))
-    sections.append(("random", "3. Random-Gaussian control (seed §4.2)",
-                     (_table_html(tables.get("random_gaussian"))
-                      + fig("real_vs_random", "Histograms of cos and fve_nrm, real vs random Gaussian",
-                            "Distributions of cos and fve_nrm for real activations and L2-matched random vectors.")
-                      + _opening_phrases(res))
-                     if "random_gaussian" in tables else "<p>Random-Gaussian control: not run.</p>"))
-    sections.append(("dirs", "4. Direction injection (seed §4.3)",
-                     (_table_html(tables.get("directions"))
-                      + fig("direction_heatmap", "Heatmap of keyword hits per direction and category",
-                            "Mean lexicon hits per explanation; red outline: the category the direction points to."))
-                     if "directions" in tables else "<p>Direction-injection control: not run.</p>"))
-    sections.append(("stab", "5. Within-prompt stability (seed §3.4)",
-                     _table_html(tables.get("stability"))
-                     + fig("stability", "Within- vs cross-prompt standard deviations",
-                           "Left: within-prompt vs cross-prompt std; right: each item's K fve_nrm samples.")))
-    scorer_html = "".join(_table_html(t) for k, t in tables.items() if k.startswith("scorer_"))
-    sections.append(("scorers", "6. Content scorers",
-                     (scorer_html + fig("scorers", "Per-category means of the content scorers",
-                                        "Per-category means (95% CI) with permutation floors and chance levels."))
-                     if scorer_html else "<p>Only the default keyword scorer was run. Add one with "
-                                         "<code>nlalab score RUN_DIR --scorer embedding|retrieval|quote</code>.</p>"))
-    sections.append(("confab", "7. Confabulation examples (seed §3.5)", _confab(res)))
+    sections.append(("percat", "Per-category reconstruction and recall (seed §3.1)",
+                     _table_html(t["per_category"]) + _table_html(t["rates"])
+                     + _figs(figs, names=("category_fve_recall",))))
+    sections.append(("stab", "Within-prompt stability (seed §3.4)",
+                     _table_html(t["stability"]) + _figs(figs, names=("stability",))))
+    controls = res.get("controls") or {}
+    for name, c in registry().items():
+        if name in controls:
+            sections.append((f"ctl-{name}", c.title, _control_html(c, controls.get(name), res, figs)))
+    sections.append(("power", "Power", _table_html(t["power"]) + _figs(figs, names=("power",))))
+    sections.append(("flags", "Failure flags", _table_html(t["flags"]) + _figs(figs, names=("flags",))))
+    scorer_html = "".join(_table_html(x) for x in scorer_tables(res))
+    sections.append(("scorers", "Content scorers",
+                     (scorer_html + _figs(figs, names=("scorers",))) if scorer_html else
+                     "<p>Only the default keyword scorer was run. Add one with "
+                     "<code>nlalab score RUN_DIR --scorer embedding|retrieval|quote</code>.</p>"))
+    sections.append(("confab", "Confabulation examples (seed §3.5)", _confab(res)))
+    browser = _browser(run)
+    if browser:
+        sections.append(("samples", "Every sample", browser))
     if cmp is not None:
-        from nlalab.report.compare import _runs_table, _table_rows, _footer
+        from nlalab.report.compare import comparison_tables
 
         warn = "".join(f'<div class="warn"><b>WARNING:</b> {clean_text(w)}</div>' for w in cmp["warnings"])
-        rh, rb = _runs_table(cmp)
-        th, tb = _table_rows(cmp)
-        body = (warn + _table_html(Table("Runs", rh, rb, key="compare_runs", wrap=True))
-                + _table_html(Table("Scaling table (seed §3.2)", th, tb, _footer(cmp), key="compare", wrap=True))
-                + fig("trajectories", "Trajectory plots across runs",
-                      "Each key metric across the compared runs, with 95% intervals and the computed pattern."))
-        sections.append(("compare", "8. Comparison across runs", body))
+        body = warn + "".join(_table_html(x) for x in comparison_tables(cmp)) + _figs(figs, names=("trajectories",))
+        sections.append(("compare", "Comparison across runs", body))
 
     warnings = "".join(f'<div class="warn"><b>Warning:</b> {clean_text(w)}</div>'
                        for w in list(res.get("warnings") or []) + run.score_warnings())
-    nav = "<nav>" + "".join(f'<a href="#{a}">{_html.escape(t.split(". ", 1)[-1])}</a>' for a, t, _ in sections) \
-        + "</nav>"
-    body = "\n".join(f'<section id="{a}"><h2>{_html.escape(t)}</h2>\n{b}</section>' for a, t, b in sections)
+    nav = "<nav>" + "".join(f'<a href="#{a}">{_html.escape(title)}</a>' for a, title, _ in sections) + "</nav>"
+    body = "\n".join(f'<section id="{a}"><h2>{i}. {_html.escape(title)}</h2>\n{b}</section>'
+                      for i, (a, title, b) in enumerate(sections, 1))
     title = f"NLA evaluation report: {run.name}"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -208,23 +197,34 @@ def render_html(run: Run, plots: dict[str, Path], cmp: Optional[dict] = None) ->
     )
 
 
+def _browser(run: Run) -> str:
+    """The sample browser (every sample, sortable and searchable), when the module is available."""
+    try:
+        from nlalab.report.browser import sample_browser_html
+    except ImportError:
+        return ""
+    from nlalab.study.controls import registry
+
+    ctl = {n: rows for n in registry() if (rows := run.control_rows(n)) and all("explanation" in r for r in rows)}
+    return sample_browser_html(run.sample_dicts(), categories=run.categories, controls=ctl)
+
+
 def _markdown(run: Run, cmp: Optional[dict], plots: dict[str, Path]) -> str:
     from nlalab.report.compare import to_markdown
-    from nlalab.report.tables import scorer_tables
     from nlalab.study.report import render_report
 
-    pair = run.config.get("pair") or {}
-    cfg = run.config.get("config") or {}
+    pair = run.config_dict().get("pair") or {}
+    cfg = run.config_dict().get("config") or {}
     meta = {"pair": pair.get("name") or (pair.get("av") or {}).get("path") or run.pair_label,
             "layer": pair.get("layer"), "corpus": cfg.get("corpus"), "config": cfg}
-    text = render_report(run.results, meta).rstrip() + "\n\n"
-    extra = scorer_tables(run.results)
+    text = render_report(run.results_dict(), meta).rstrip() + "\n\n"
+    extra = scorer_tables(run.results_dict())
     if extra:
         text += "## Content scorers\n\n" + "\n".join(t.to_markdown(3) for t in extra) + "\n"
     if cmp is not None:
         text += to_markdown(cmp) + "\n"
     if plots:
-        text += "## Plots\n\n" + "\n".join(f"![{n}](plots/{p.name})" for n, p in plots.items()) + "\n"
+        text += "## Plots\n\n" + "\n".join(f"![{f.alt}](plots/{f.path.name})" for f in plots.values()) + "\n"
     return text
 
 
@@ -245,7 +245,7 @@ def write_report(run_dir: Union[str, Path], compare_dirs: Optional[Sequence[Unio
         from nlalab.report.compare import compare_runs
 
         cmp = compare_runs(dirs, [r.name for r in runs], n_boot=n_boot, seed=seed)
-    plots = run_plots(run.results, run.samples, run.random_rows, run.dir / "plots", cmp)
+    plots = run_plots(run.results_dict(), run.sample_dicts(), run.dir / "plots", cmp, run=run)
     target = Path(out) if out is not None else run.dir / "report.html"
     atomic_write_text(target, render_html(run, plots, cmp))
     if markdown:

@@ -1,9 +1,10 @@
-"""Matplotlib figures of one run (and of a comparison), saved as ``plots/<name>.png`` and ``.svg``.
+"""Matplotlib figures of one run's core sections (and of a comparison), saved as ``plots/<name>.png`` (200 dpi)
+and ``.svg``. The controls draw their own figures (``Control.figures``); :func:`run_plots` collects both.
 
 Every function takes plain dicts (results.json, sample rows, the output of
-:func:`nlalab.report.compare.compare_runs`) and returns the PNG path, or None when the run lacks the data
-(e.g. no random-Gaussian control). The Agg backend is used, so no display is needed. Error bars are the
-95% intervals stored with each mean (cluster bootstrap over items) or the permutation interval of a floor.
+:func:`nlalab.report.compare.compare_runs`) and returns the PNG path, or None when the run lacks the data.
+Error bars are the 95% intervals stored with each mean (cluster bootstrap over items) or the permutation
+interval of a floor. fve_nrm and fve_nrm_seed have different denominators and never share an axis.
 """
 
 from __future__ import annotations
@@ -13,191 +14,81 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = [
-    "category_bars",
-    "permutation_floors",
-    "real_vs_random",
-    "direction_heatmap",
-    "stability",
-    "scorer_bars",
-    "trajectories",
-    "run_plots",
-    "PALETTE",
-]
+from nlalab.format import OVERALL
+from nlalab.plotting import PALETTE, bars as _bars, err as _err, legend_below as _legend_below, min_span as _min_span
+from nlalab.plotting import plt as _plt, save as _save
 
-OVERALL = "OVERALL"
-PALETTE = {"fve_nrm": "#1f77b4", "fve_nrm_seed": "#9ecae1", "recall": "#d62728", "hit": "#fc9272",
-           "real": "#2b2b2b", "within": "#ff7f0e", "cross": "#2ca02c", "random": "#9467bd"}
-DPI = 110
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
-                         "axes.spines.top": False, "axes.spines.right": False, "svg.hashsalt": "nlalab"})
-    return plt
-
-
-def _save(fig, plots_dir: Path, name: str) -> Path:
-    plt = _plt()
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    png = plots_dir / f"{name}.png"
-    fig.savefig(png, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
-    fig.savefig(plots_dir / f"{name}.svg", bbox_inches="tight", metadata={"Date": None})
-    plt.close(fig)
-    return png
-
-
-def _err(e: Optional[dict]) -> tuple[float, float, float]:
-    """(mean, minus, plus) for an errorbar; zeros when missing."""
-    if not e or e.get("mean") is None:
-        return np.nan, 0.0, 0.0
-    m = float(e["mean"])
-    lo = float(e["lo"]) if e.get("lo") is not None else m
-    hi = float(e["hi"]) if e.get("hi") is not None else m
-    return m, max(0.0, m - lo), max(0.0, hi - m)
-
-
-def _bars(ax, labels, series: list[tuple[str, list[Optional[dict]], str]], ylabel: str, zero_line=True):
-    x = np.arange(len(labels))
-    w = 0.8 / max(1, len(series))
-    for k, (name, ests, color) in enumerate(series):
-        vals = [_err(e) for e in ests]
-        m = [v[0] for v in vals]
-        yerr = np.array([[v[1] for v in vals], [v[2] for v in vals]])
-        ax.bar(x + (k - (len(series) - 1) / 2) * w, m, w, yerr=yerr, capsize=3, color=color, label=name,
-               edgecolor="white", linewidth=0.5, error_kw={"elinewidth": 1, "ecolor": "#333"})
-    ax.set_xticks(x)
-    ax.set_xticklabels(labels, rotation=0)
-    ax.set_ylabel(ylabel)
-    if zero_line:
-        ax.axhline(0, color="#888", linewidth=0.6)
-    _legend_below(ax, ncol=len(series))
-
-
-def _legend_below(ax, ncol: int = 2, fontsize: int = 8) -> None:
-    """Legend under the axes, so it never hides a bar or a line."""
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(handles, labels, frameon=False, fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.11),
-                  ncol=max(1, min(ncol, len(handles))))
+__all__ = ["category_bars", "stability", "scorer_bars", "power_bars", "flag_rates", "trajectories", "run_plots"]
 
 
 def category_bars(results: dict, plots_dir: Path) -> Optional[Path]:
-    """fve_nrm (both denominators) next to keyword recall (mean and ≥1 hit), per category, with 95% CIs."""
+    """fve_nrm, fve_nrm_seed (each on its own axis) and keyword recall per category, with 95% CIs."""
     cats = list(results.get("categories") or []) + [OVERALL]
     pc = results.get("per_category") or {}
     plt = _plt()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    _bars(a1, cats, [("fve_nrm (÷ B_rv)", [(pc.get(c) or {}).get("fve_nrm") for c in cats], PALETTE["fve_nrm"]),
-                     ("fve_nrm_seed (÷ var(gold))", [(pc.get(c) or {}).get("fve_nrm_seed") for c in cats],
-                      PALETTE["fve_nrm_seed"])], "fve")
-    a1.set_title("Reconstruction by category (95% CI)")
-    _bars(a2, cats, [("recall (mean)", [(pc.get(c) or {}).get("recall") for c in cats], PALETTE["recall"]),
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.6))
+    _bars(a1, cats, [("fve_nrm (÷ B_rv)", [(pc.get(c) or {}).get("fve_nrm") for c in cats], PALETTE["fve_nrm"])],
+          "fve_nrm (÷ B_rv)")
+    a1.set_title("fve_nrm, training-repo definition (95% CI)")
+    _bars(a2, cats, [("fve_nrm_seed (÷ var(gold))", [(pc.get(c) or {}).get("fve_nrm_seed") for c in cats],
+                      PALETTE["fve_nrm_seed"])], "fve_nrm_seed (÷ var(gold))")
+    a2.set_title("fve_nrm_seed, the seed's definition (95% CI)")
+    _bars(a3, cats, [("recall (mean)", [(pc.get(c) or {}).get("recall") for c in cats], PALETTE["recall"]),
                      ("recall (≥1 hit)", [(pc.get(c) or {}).get("hit") for c in cats], PALETTE["hit"])],
           "keyword recall")
-    a2.set_title("Content (keyword recall) by category (95% CI)")
-    a2.set_ylim(0, max(1.0, a2.get_ylim()[1]))
-    fig.suptitle(f"fve vs recall by category (N={results.get('n_samples')}, {results.get('n_items')} items)",
+    a3.set_title("Content: keyword recall (95% CI)")
+    a3.set_ylim(0, max(1.0, a3.get_ylim()[1]))
+    for ax in (a1, a2, a3):
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(f"Reconstruction vs content by category (N={results.get('n_samples')}, {results.get('n_items')} items)",
                  fontsize=10)
     fig.tight_layout()
     return _save(fig, plots_dir, "category_fve_recall")
 
 
-def permutation_floors(results: dict, plots_dir: Path) -> Optional[Path]:
-    """Real recall against the within- and cross-category permutation floors, per category and overall."""
-    pm = results.get("permutation") or {}
-    if not pm.get("overall"):
-        return None
-    cats = list(results.get("categories") or [])
-    blocks = [(c, (pm.get("per_category") or {}).get(c)) for c in cats] + [(OVERALL, pm["overall"])]
-    labels = [c for c, _ in blocks]
-    pc = results.get("per_category") or {}
-
-    def real_est(c: str, b: Optional[dict]) -> Optional[dict]:
-        if not b:
-            return None
-        e = (pc.get(c) or {}).get("recall")  # same rows, with its cluster-bootstrap interval
-        return e if e and abs(float(e["mean"]) - b["real"]) < 1e-9 else {"mean": b["real"]}
-
-    real = [real_est(c, b) for c, b in blocks]
-    within = [b["floor_within"] if b else None for _, b in blocks]
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    series = [("real (95% CI)", real, PALETTE["real"]), ("permuted within-category", within, PALETTE["within"])]
-    # The cross-category floor is defined for the whole set; per category it is the block's own cross floor.
-    series.append(("permuted cross-category", [b["floor_cross"] if b else None for _, b in blocks], PALETTE["cross"]))
-    _bars(ax, labels, series, "keyword recall")
-    ax.set_ylim(0, max(0.05, ax.get_ylim()[1] * 1.3))
-    for i, (_, b) in enumerate(blocks):
-        if b:
-            top = max([b["real"], 0.0] + [float(e["hi"]) for e in (real[i], within[i], b["floor_cross"])
-                                          if e and e.get("hi") is not None])
-            ax.annotate(f"Δw {b['gap_within']:+.3f}\np {b['p_within']:.3f}", (i, top),
-                        textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7, color="#555")
-    ax.set_title(f"Recall vs permutation floors ({pm.get('n_perm')} permutations; bars: 2.5–97.5% of the null)")
-    fig.tight_layout()
-    return _save(fig, plots_dir, "permutation_floors")
-
-
-def real_vs_random(samples: list[dict], random_rows: Optional[list[dict]], plots_dir: Path) -> Optional[Path]:
-    """Histograms of cos and fve_nrm: real activations vs L2-matched random-Gaussian vectors."""
-    if not random_rows:
+def power_bars(results: dict, plots_dir: Path) -> Optional[Path]:
+    """Observed category spread against the minimum detectable difference, per metric."""
+    pw = (results.get("power") or {}).get("metrics") or {}
+    keys = [m for m, e in pw.items() if e.get("mdd") is not None]
+    if not keys:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    for ax, m in zip(axes, ("cos", "fve_nrm")):
-        real = np.array([r[m] for r in samples if r.get(m) is not None], dtype=float)
-        rnd = np.array([r[m] for r in random_rows if r.get(m) is not None], dtype=float)
-        both = np.concatenate([real, rnd]) if real.size + rnd.size else np.zeros(1)
-        lo, hi = float(np.min(both)), float(np.max(both))
-        if hi - lo < 1e-9:
-            lo, hi = lo - 0.5, hi + 0.5
-        bins = np.linspace(lo, hi, 25)
-        ax.hist(real, bins=bins, alpha=0.65, color=PALETTE["fve_nrm"], label=f"real (n={real.size})", density=True)
-        ax.hist(rnd, bins=bins, alpha=0.65, color=PALETTE["random"], label=f"random Gaussian (n={rnd.size})",
-                density=True)
-        for arr, c in ((real, PALETTE["fve_nrm"]), (rnd, PALETTE["random"])):
-            if arr.size:
-                ax.axvline(arr.mean(), color=c, linestyle="--", linewidth=1)
-        ax.set_ylabel("density")
-        _legend_below(ax, ncol=2)
-        ax.set_title(f"{m}: real vs random Gaussian (dashed: means)")
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    x = np.arange(len(keys))
+    ax.bar(x - 0.2, [pw[m].get("observed_spread") or 0 for m in keys], 0.4, color=PALETTE["fve_nrm"],
+           label="observed spread (max − min)")
+    ax.bar(x + 0.2, [pw[m]["mdd"] for m in keys], 0.4, color="#bbb", label="minimum detectable difference")
+    ax.set_xticks(x)
+    ax.set_xticklabels(keys)
+    _legend_below(ax, ncol=2)
+    ax.set_title(f"Power at {results.get('power', {}).get('n_per_group')} items per category")
     fig.tight_layout()
-    return _save(fig, plots_dir, "real_vs_random")
+    return _save(fig, plots_dir, "power")
 
 
-def direction_heatmap(results: dict, plots_dir: Path) -> Optional[Path]:
-    """Direction x lexicon-category mean keyword hits (seed §4.3), intended category outlined."""
-    d = results.get("directions")
-    if not d or not d.get("rows"):
+def flag_rates(results: dict, plots_dir: Path) -> Optional[Path]:
+    """Failure-flag rates of the explanations and of every control that generated text."""
+    from nlalab.study.sections import FLAG_NAMES, flag_blocks
+
+    blocks = [(n, b) for n, b in flag_blocks(results) if b.get("n")]
+    if not blocks:
         return None
-    lc = list(d.get("lexicon_categories") or [])
-    rows = d["rows"]
-    M = np.array([[e["mean_hits"].get(c, 0.0) for c in lc] for e in rows], dtype=float)
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(lc), 0.9 + 0.38 * len(rows)))
-    im = ax.imshow(M, cmap="Blues", aspect="auto", vmin=0, vmax=max(1.0, float(M.max()) if M.size else 1.0))
-    ax.set_xticks(range(len(lc)))
-    ax.set_xticklabels(lc)
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{e['direction']} {'✓' if e['ok'] else '✗'}" for e in rows], fontsize=8)
-    for i, e in enumerate(rows):
-        for j in range(len(lc)):
-            ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if M[i, j] > 0.6 * max(1.0, M.max()) else "#222")
-        if e["category"] in lc and e["kind"] != "neg":
-            j = lc.index(e["category"])
-            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#d62728", linewidth=1.5))
-    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="mean hits / explanation")
-    ax.set_title(f"Direction × category keyword hits (alignment {d['alignment']['text']}, "
-                 f"negation {d['negation_symmetry']['text']})")
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    x = np.arange(len(FLAG_NAMES))
+    w = 0.8 / len(blocks)
+    for k, (name, b) in enumerate(blocks):
+        rates = b.get("rates") or {}
+        ax.bar(x + (k - (len(blocks) - 1) / 2) * w, [rates.get(f) or 0.0 for f in FLAG_NAMES], w,
+               label=f"{name} (n={b.get('n')})")
+    ax.set_xticks(x)
+    ax.set_xticklabels(FLAG_NAMES)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share of rows")
+    _legend_below(ax, ncol=3, fontsize=7)
+    ax.set_title("Failure flags")
     fig.tight_layout()
-    return _save(fig, plots_dir, "direction_heatmap")
+    return _save(fig, plots_dir, "flags")
 
 
 def stability(results: dict, samples: list[dict], plots_dir: Path) -> Optional[Path]:
@@ -325,29 +216,33 @@ def trajectories(cmp: dict, plots_dir: Path) -> Optional[Path]:
     return _save(fig, plots_dir, "trajectories")
 
 
-def _min_span(ax, ys: list[float], tol: float) -> None:
-    """Show at least ± tol around the data, so that a change the pattern rules call flat also looks flat."""
-    ys = [y for y in ys if y is not None and np.isfinite(y)]
-    if not ys:
-        return
-    lo, hi = min(ys), max(ys)
-    if hi - lo < 2 * tol:
-        mid = (hi + lo) / 2
-        ax.set_ylim(mid - 1.25 * tol, mid + 1.25 * tol)
+def run_plots(results: dict, samples: list[dict], plots_dir: Path, cmp: Optional[dict] = None,
+              run=None) -> dict[str, "object"]:
+    """Every figure of one run: core ones, each control's own (registry order), the comparison's; name ->
+    :class:`nlalab.study.controls.Figure`."""
+    from nlalab.study.controls import Figure, registry
 
-
-def run_plots(results: dict, samples: list[dict], random_rows: Optional[list[dict]], plots_dir: Path,
-              cmp: Optional[dict] = None) -> dict[str, Path]:
-    """Every plot of one run (plus the trajectories of ``cmp``): name -> PNG path."""
-    out = {}
-    for name, fn in (("category_fve_recall", lambda: category_bars(results, plots_dir)),
-                     ("permutation_floors", lambda: permutation_floors(results, plots_dir)),
-                     ("real_vs_random", lambda: real_vs_random(samples, random_rows, plots_dir)),
-                     ("direction_heatmap", lambda: direction_heatmap(results, plots_dir)),
-                     ("stability", lambda: stability(results, samples, plots_dir)),
-                     ("scorers", lambda: scorer_bars(results, plots_dir)),
-                     ("trajectories", lambda: trajectories(cmp, plots_dir) if cmp else None)):
+    out: dict = {}
+    core = (("category_fve_recall", lambda: category_bars(results, plots_dir), "fve and keyword recall by category",
+             "fve_nrm (÷ B_rv), fve_nrm_seed (÷ the gold vector's own variance) and keyword recall per category, each "
+             "on its own axis; error bars: 95% cluster-bootstrap intervals over items."),
+            ("stability", lambda: stability(results, samples, plots_dir), "Within- vs cross-prompt standard deviations",
+             "Left: within-prompt vs cross-prompt std; right: each item's K fve_nrm samples."),
+            ("power", lambda: power_bars(results, plots_dir), "Observed spread vs minimum detectable difference",
+             "Per metric: the observed spread between categories beside the smallest difference this n detects "
+             "with 80% power."),
+            ("flags", lambda: flag_rates(results, plots_dir), "Failure-flag rates", "Share of rows with each flag."),
+            ("scorers", lambda: scorer_bars(results, plots_dir), "Per-category means of the content scorers",
+             "Per-category means (95% CI) with permutation floors and chance levels."),
+            ("trajectories", lambda: trajectories(cmp, plots_dir) if cmp else None, "Trajectory plots across runs",
+             "Each key metric across the compared runs, with 95% intervals and the computed pattern."))
+    for name, fn, alt, caption in core:
         p = fn()
         if p is not None:
-            out[name] = p
+            out[name] = Figure(p, alt, caption)
+    for cname, c in registry().items():
+        sec = (results.get("controls") or {}).get(cname)
+        if sec:
+            for f in c.figures(sec, results, plots_dir, run):
+                out[f"{cname}:{f.path.stem}"] = f
     return out

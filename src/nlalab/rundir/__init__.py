@@ -4,3 +4,28 @@
 one lock), ``schema`` types them (pydantic, with ``schema_version``), ``load`` returns a typed run.
 report/, scorers/ and compare read runs only through this package.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+# Loaded on first use: writers import nlalab.rundir.io often and need neither pydantic models nor the loader.
+_EXPORTS = {
+    "SCHEMA_VERSION": "schema", "CONTROL_SECTIONS": "schema", "FILE_MODELS": "schema", "ConfigRecord": "schema",
+    "Results": "schema", "SampleRow": "schema", "ControlRow": "schema", "ScoreRow": "schema",
+    "Estimate": "schema",
+    "Run": "load", "load_run": "load", "load_runs": "load", "migrate": "load", "item_means": "load",
+    "field_reference": "reference", "key_paths": "reference",
+    "RunLayout": "layout",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'nlalab.rundir' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"nlalab.rundir.{mod}"), name)

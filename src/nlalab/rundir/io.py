@@ -101,6 +101,17 @@ def read_json(path: Path, fix: str = "rerun the command that wrote it") -> Any:
         raise NLALabError(f"{path}: malformed JSON{where}. Fix: {fix}.") from None
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (how a scorer section records the samples.jsonl it was computed from)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def atomic_save_tensors(path: Path, tensors: dict, metadata: Optional[dict[str, str]] = None) -> None:
     from safetensors.torch import save_file
 

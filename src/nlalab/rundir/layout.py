@@ -67,3 +67,7 @@ class RunLayout:
 
     def stage(self, name: str) -> Path:
         return self.stages / name
+
+#: Version of the run-directory format written now (config.json, results.json, vectors.safetensors
+#: metadata). 0: before the field existed (control sections top-level); 1: sections under ``controls``.
+SCHEMA_VERSION = 1

@@ -743,9 +743,6 @@ def analyze(
     categories: list[str],
     b_rv: float,
     b_rv_source: str,
-    random_rows: Optional[list[dict]] = None,
-    direction_rows: Optional[list[dict]] = None,
-    lexicon: Optional[dict[str, list[str]]] = None,
     stopwords: Optional[Iterable[str]] = None,
     n_perm: int = 1000,
     n_boot: int = 2000,
@@ -757,9 +754,9 @@ def analyze(
     """All tables of the seed paper (sections 3-4) from the rows of one run; JSON-serialisable.
 
     Top-level keys: ``b_rv``, ``b_rv_source``, ``n_samples``, ``n_items``, ``k``, ``categories``,
-    ``settings``, ``per_category``, ``spread``, ``spread_test``, ``stability``, ``permutation``, ``random_gaussian``
-    (None if not run), ``directions`` (None if not run), ``confabulation``, ``power``, ``flags``,
-    ``warnings``. See the module docstring for the statistical conventions.
+    ``settings``, ``per_category``, ``spread``, ``spread_test``, ``stability``, ``confabulation``, ``power``, ``flags``,
+    ``warnings``. The controls' sections come from :func:`recall_permutation`,
+    :func:`random_gaussian_section` and :func:`directions_section` (called by the control plug-ins). See the module docstring for the statistical conventions.
 
     Raises ValueError on empty ``samples``, a row whose category is not in ``categories``, missing
     keys, duplicate (item_id, sample) rows, or an item with inconsistent category/prompt.
@@ -776,18 +773,6 @@ def analyze(
         warnings.append(f"categories without rows: {empty_cats}")
 
     per_cat, spread = _per_category(rows, cats, items, int(n_boot), seed)
-    perm, w = _permutation(rows, cats, items, stopwords, int(n_perm), seed)
-    warnings += w
-
-    rg = None
-    if random_rows:
-        rg, w = _random_gaussian(list(random_rows), per_cat, rows, int(n_boot), seed)
-        warnings += w
-    dirs = None
-    if direction_rows:
-        lex = lexicon if lexicon is not None else load_lexicon()
-        dirs, w = _directions(list(direction_rows), cats, lex)
-        warnings += w
 
     flags = _flag_counts(rows)
     warnings = flags["warnings"] + warnings
@@ -812,9 +797,6 @@ def analyze(
         "spread": spread,
         "spread_test": {m: _spread_test(rows, cats, m, int(n_perm), int(n_boot), seed) for m in ("fve_nrm", "recall")},
         "stability": _stability(rows, cats, items),
-        "permutation": perm,
-        "random_gaussian": rg,
-        "directions": dirs,
         "confabulation": _confabulation(rows, cats, float(confab_fve_quantile), float(confab_max_recall),
                                         int(confab_per_category)),
         "power": _power(rows, cats, items, spread),
@@ -822,3 +804,60 @@ def analyze(
         "warnings": warnings,
     }
     return _clean(results)
+
+
+# ----------------------------------------------------------------------------- entry points of the controls
+
+
+def recall_permutation(samples: list[dict], *, categories: list[str], n_perm: int = 1000, seed: int = 42,
+                       stopwords: Optional[Iterable[str]] = None) -> dict:
+    """The keyword-recall permutation control's section (seed §4.1); ``warnings`` inside."""
+    rows, cats, items = _validate_samples(samples, categories)
+    if int(n_perm) < 1:
+        raise ValueError(f"n_perm must be >= 1; found {n_perm}")
+    perm, w = _permutation(rows, cats, items, stopwords, int(n_perm), seed)
+    perm["warnings"] = w
+    return _clean(perm)
+
+
+def random_gaussian_section(random_rows: list[dict], samples: list[dict], *, categories: list[str],
+                            n_boot: int = 2000, seed: int = 42, per_category: Optional[dict] = None) -> dict:
+    """The random-Gaussian control's section (seed §4.2) against the real rows' overall means."""
+    rows, cats, items = _validate_samples(samples, categories)
+    if per_category is None:
+        per_category, _ = _per_category(rows, cats, items, int(n_boot), seed)
+    rg, w = _random_gaussian(list(random_rows), per_category, rows, int(n_boot), seed)
+    rg["warnings"] = w
+    return _clean(rg)
+
+
+def directions_section(direction_rows: list[dict], *, categories: list[str],
+                       lexicon: Optional[dict[str, list[str]]] = None) -> dict:
+    """The direction-injection control's section (seed §4.3)."""
+    dirs, w = _directions(list(direction_rows), list(categories), lexicon if lexicon is not None else load_lexicon())
+    dirs["warnings"] = w
+    return _clean(dirs)
+
+
+def analyze_rows(samples: list[dict], *, categories: list[str], b_rv: float, b_rv_source: str,
+                 random_rows: Optional[list[dict]] = None, direction_rows: Optional[list[dict]] = None,
+                 lexicon: Optional[dict[str, list[str]]] = None, n_perm: int = 1000, n_boot: int = 2000,
+                 seed: int = 42, **kw) -> dict:
+    """:func:`analyze` plus the controls that need only rows (recall permutation, random Gaussian,
+    directions) under ``controls``, in the layout of results.json: the study's tables from rows made
+    elsewhere, with no model."""
+    res = analyze(samples, categories=categories, b_rv=b_rv, b_rv_source=b_rv_source, n_perm=n_perm,
+                  n_boot=n_boot, seed=seed, **kw)
+    ctl = {"recall_permutation": recall_permutation(samples, categories=categories, n_perm=n_perm, seed=seed,
+                                                    stopwords=kw.get("stopwords")),
+           "random_gaussian": None, "directions": None}
+    if random_rows:
+        ctl["random_gaussian"] = random_gaussian_section(random_rows, samples, categories=categories, n_boot=n_boot,
+                                                         seed=seed, per_category=res["per_category"])
+    if direction_rows:
+        ctl["directions"] = directions_section(direction_rows, categories=categories, lexicon=lexicon)
+    for sec in ctl.values():
+        if sec:
+            res["warnings"] += [w for w in sec.get("warnings") or [] if w not in res["warnings"]]
+    res["controls"] = ctl
+    return res

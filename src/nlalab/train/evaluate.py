@@ -15,7 +15,7 @@ import torch
 from nlalab import metrics
 from nlalab.pairs.load import AR, AV
 from nlalab.reconstruct import reconstruct
-from nlalab.verbalize.generate import GenerationSettings, verbalize
+from nlalab.verbalize import GenerationSettings, verbalize
 
 
 def _summary(pred: torch.Tensor, gold: torch.Tensor, scale: float, b_rv: Optional[float],

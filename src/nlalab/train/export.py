@@ -22,21 +22,13 @@ import torch
 import yaml
 
 from nlalab.errors import NLALabError
+from nlalab.pairs.adapter_pack import DTYPES, clear_dir, dtype_of, materialize_adapter_pack  # noqa: F401
 from nlalab.pairs.build import VALUE_HEAD_NAME, save_truncated_backbone
 from nlalab.pairs.load import AR, AV
 from nlalab.pairs.sidecar import DEFAULT_AR_TEMPLATE, DEFAULT_AV_TEMPLATE, Sidecar, sidecar_dict, write_sidecar
 from nlalab.train.common import merged_copy
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise NLALabError(f"export dtype {name!r}: use fp32, bf16 or fp16.") from None
-
-
+_dtype = dtype_of
 def _sidecar(sc: Sidecar, role: str, *, stage: str, trained_on: list[str], training: Optional[dict],
              critic_suffix_ids=None) -> dict[str, Any]:
     t = sc.tokens
@@ -54,10 +46,15 @@ def _sidecar(sc: Sidecar, role: str, *, stage: str, trained_on: list[str], train
     return d
 
 
-def _clear(d: Path) -> None:
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
+_clear = clear_dir
+
+
+def _recast_safetensors(path: Path, dtype: torch.dtype) -> None:
+    from safetensors.torch import load_file, save_file
+
+    if path.is_file():
+        save_file({k: v.to(dtype).contiguous() for k, v in load_file(str(path)).items()}, str(path),
+                  metadata={"format": "pt"})
 
 
 def export_av(av: AV, out_dir: str | Path, *, peft=None, stage: str = "rl", trained_on: Optional[list[str]] = None,
@@ -122,55 +119,6 @@ def export_adapter_pack(out_dir: str | Path, *, av_adapters: list[Path], ar_adap
     shutil.copy2(ar_sidecar, out / "ar_nla_meta.yaml")
     (out / "pack.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return out
-
-
-def _recast_safetensors(path: Path, dtype: torch.dtype) -> None:
-    from safetensors.torch import load_file, save_file
-
-    if path.is_file():
-        save_file({k: v.to(dtype).contiguous() for k, v in load_file(str(path)).items()}, str(path),
-                  metadata={"format": "pt"})
-
-
-def materialize_adapter_pack(pack_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
-                             dtype: str = "fp32") -> tuple[Path, Path]:
-    """Base model + pack -> ``out_dir/{av,ar}`` in the release layout (adapters merged)."""
-    from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from nlalab.pairs import arch
-
-    pack, base, out = Path(pack_dir), Path(base_dir), Path(out_dir)
-    man = yaml.safe_load((pack / "pack.yaml").read_text())
-    layer = int(man["layer"])
-    tok = AutoTokenizer.from_pretrained(base)
-    # AV: full base + AV adapters in order.
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    for name in man["av_adapters"]:
-        model = PeftModel.from_pretrained(model, pack / name).merge_and_unload()
-    av_dir = out / "av"
-    _clear(av_dir)
-    dt = _dtype(dtype)
-    model.save_pretrained(av_dir, state_dict={k: v.to(dt).contiguous() for k, v in model.state_dict().items()})
-    tok.save_pretrained(av_dir)
-    shutil.copy2(pack / "av_nla_meta.yaml", av_dir / "nla_meta.yaml")
-    # AR: truncated base (K+1 blocks) + AR adapters in order + value head.
-    cfg = arch.truncated_text_config(AutoConfig.from_pretrained(base), layer + 1)
-    from nlalab.pairs.load import quiet_transformers
-
-    with quiet_transformers():  # blocks after K are "unexpected" by design
-        ar_model = AutoModelForCausalLM.from_pretrained(base, config=cfg, dtype=torch.float32)
-    arch.strip_head_and_norm(ar_model)
-    for name in man["ar_adapters"]:
-        ar_model = PeftModel.from_pretrained(ar_model, pack / name).merge_and_unload()
-    ar_dir = out / "ar"
-    _clear(ar_dir)
-    save_truncated_backbone(ar_model, ar_dir, layer + 1, dtype=dt)
-    shutil.copy2(pack / VALUE_HEAD_NAME, ar_dir / VALUE_HEAD_NAME)
-    tok.padding_side = "right"
-    tok.save_pretrained(ar_dir)
-    shutil.copy2(pack / "ar_nla_meta.yaml", ar_dir / "nla_meta.yaml")
-    return av_dir, ar_dir
 
 
 def write_json(path: Path, obj: Any) -> None:

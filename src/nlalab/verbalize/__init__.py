@@ -1,5 +1,6 @@
 """AV side: canonical prompt, injection, batched K-sample generation, explanation extraction."""
 
+from nlalab.verbalize.dispatch import verbalize  # noqa: F401
 from nlalab.verbalize.extract import extract_explanation  # noqa: F401
-from nlalab.verbalize.generate import GenerationSettings, Verbalization, verbalize  # noqa: F401
+from nlalab.verbalize.generate import GenerationSettings, Verbalization  # noqa: F401
 from nlalab.verbalize.inject import injected_embeds, rescale  # noqa: F401

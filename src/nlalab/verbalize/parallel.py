@@ -58,6 +58,7 @@ from torch import nn
 from nlalab.errors import NLALabError
 from nlalab.pairs import arch
 from nlalab.verbalize import engine as fast
+from nlalab.verbalize.generate import iter_rows
 
 DeviceSpec = Union[None, str, int, Sequence[Union[str, torch.device]]]
 
@@ -281,7 +282,6 @@ def _worker(j: int, av_j, device: torch.device, vectors: torch.Tensor, shard: li
             settings, engine: str, out: "queue.Queue", stop: threading.Event) -> None:
     t0 = time.perf_counter()
     try:
-        from nlalab.verbalize.generate import iter_rows
 
         if device.type == "cuda":
             torch.cuda.set_device(device)  # this thread's current device (Triton, graph capture)
@@ -306,7 +306,6 @@ def iter_parallel(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], ke
     ``engine`` is resolved (fast, loop); ``devices`` as from ``resolve_devices``; ``on_rows(n)`` is called
     (in the calling thread) as soon as a worker finishes n rows, before they are yielded in order (for a
     progress bar). Close the generator when stopping early: it stops the workers and frees the replicas."""
-    from nlalab.verbalize.generate import iter_rows
 
     todo = list(todo)
     if not todo:

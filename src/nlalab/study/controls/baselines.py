@@ -1,0 +1,89 @@
+"""Baseline ladder (nlalab): the same metrics for predictions that carry no item-specific explanation —
+the mean direction, an empty explanation, the prompt's own text, and (with the blind control) blind
+explanations — beside the real pair, each with its gap to the real pair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from nlalab.format import Table, fmt_est, fmt_num
+from nlalab.study.controls.base import Control, Figure, StudyContext, estimate_cell, register
+
+RUNGS = {"real_pair": "the real pair", "mean_direction": "predict the mean direction",
+         "empty_explanation": "empty explanation", "source_text": "source text as explanation",
+         "blind_explanation": "blind explanation (no activation)"}
+
+
+@register
+class Baselines(Control):
+    name = "baselines"
+    title = "Baseline ladder (nlalab)"
+    help = "mean direction, empty explanation and source text reconstructed like the real pair (+ blind rung)"
+
+    def texts(self, ctx: StudyContext) -> list[str]:
+        return [""] + [it.prompt for it in ctx.items]
+
+    def analyze(self, ctx: StudyContext) -> Optional[dict]:
+        import numpy as np
+
+        from nlalab import metrics as M
+        from nlalab.study import recon_controls as RC
+
+        tr = ctx.text_recons[self.name]
+        n = len(ctx.items)
+        rows = ctx.corpus_rows
+        preds = {"real_pair": (ctx.recons["corpus"], [r["vector_index"] for r in rows]),
+                 "mean_direction": (M.mean_direction(ctx.acts)[None].float(), list(range(n))),
+                 "empty_explanation": (tr[[0]], list(range(n))),
+                 "source_text": (tr[1:1 + n], list(range(n)))}
+        extra = {"real_pair": {"recall": [np.nan if s["recall"] is None else s["recall"] for s in ctx.samples]}}
+        out = RC.baseline_ladder(ctx.acts, preds, ctx.mse_scale, ctx.b_rv, ctx.center, n_boot=ctx.cfg.n_boot,
+                                 seed=ctx.seed, extra=extra)
+        blind = ctx.section("blind")
+        if blind and blind.get("rung"):
+            out["blind_explanation"] = blind["rung"]
+        return {"rungs": out}
+
+    def tables(self, section: dict, results: dict) -> list[Table]:
+        rows = []
+        for name, r in (section.get("rungs") or {}).items():
+            rows.append([RUNGS.get(name, name), fmt_est(r.get("cos")), fmt_est(r.get("centered_cos")),
+                         fmt_est(r.get("fve_nrm")), fmt_num((r.get("fve_nrm") or {}).get("gap_real_minus_this"),
+                                                            signed=True),
+                         fmt_est(r.get("recall")), r.get("note", "")])
+        return [Table("Each rung scored like the real pair (gap = real − rung)",
+                      ["rung", "cos", "centered cos", "fve_nrm", "real − rung (fve_nrm)", "recall", "note"], rows,
+                      key="baselines", wrap=True)]
+
+    def summary(self, section: dict, results: dict) -> list[str]:
+        rungs = [f"{k} {fmt_num((v.get('fve_nrm') or {}).get('mean'))}" for k, v in (section.get("rungs") or {}).items()]
+        return ["fve_nrm ladder: " + ", ".join(rungs)]
+
+    def figures(self, section: dict, results: dict, plots_dir: Path, run=None) -> list[Figure]:
+        from nlalab import plotting as P
+
+        rungs = section.get("rungs") or {}
+        if not rungs:
+            return []
+        labels = [RUNGS.get(k, k) for k in rungs]
+        plt = P.plt()
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+        P.bars(a1, labels, [("fve_nrm (÷ B_rv)", [r.get("fve_nrm") for r in rungs.values()], P.PALETTE["fve_nrm"])],
+               "fve_nrm", rotation=20)
+        a1.set_title("fve_nrm by rung (95% CI)")
+        P.bars(a2, labels, [("cos", [r.get("cos") for r in rungs.values()], P.PALETTE["cos"]),
+                            ("centered cos", [r.get("centered_cos") for r in rungs.values()], P.PALETTE["within"])],
+               "cosine", rotation=20)
+        a2.set_title("cos and centered cos by rung (95% CI)")
+        fig.tight_layout()
+        return [Figure(P.save(fig, plots_dir, "baselines"), "Baseline ladder",
+                       "Each rung reconstructed and scored like the real pair; error bars: 95% cluster-bootstrap "
+                       "intervals over items.")]
+
+    def compare_rows(self, runs: list, row) -> list[dict]:
+        def est(r, rung):
+            return estimate_cell((((r.section(self.name) or {}).get("rungs") or {}).get(rung) or {}).get("fve_nrm"))
+
+        return [row(f"baseline.{rung}", f"fve_nrm, baseline: {label}", "Reconstruction controls",
+                    [est(r, rung) for r in runs]) for rung, label in RUNGS.items() if rung != "real_pair"]

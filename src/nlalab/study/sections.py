@@ -1,0 +1,116 @@
+"""The study's core sections (everything that is not a control): per-category table, stability,
+confabulation examples, power and failure flags, as Tables that the terminal summary, report.md and the
+HTML report all render."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from nlalab.format import OVERALL, Table, fmt_est, fmt_num, md_quote
+
+FVE_DENOMINATORS = (
+    "fve_nrm = 1 − mse_nrm / B_rv, B_rv = mean squared distance of the reference vectors (normalised to "
+    "mse_scale = √d) from their mean (training-repo definition; the reference set is named per run); "
+    "fve_nrm_seed = 1 − mse_nrm / var_d(gold), the per-vector variance of the single normalised gold vector "
+    "(seed §2.3). The two are not interchangeable."
+)
+FLAG_NAMES = ("truncated", "missing_close_tag", "empty", "cjk_smell")
+
+
+def per_category_table(results: dict) -> Table:
+    cats = list(results.get("categories") or [])
+    pc = results.get("per_category") or {}
+    sp = results.get("spread") or {}
+    cols = ["cos", "fve_nrm", "fve_nrm_seed", "recall", "hit"]
+    rows = []
+    for c in cats + [OVERALL]:
+        e = pc.get(c) or {}
+        n = e.get("n", 0)
+        rows.append([c, f"{n} ({e.get('n_items', '?')} items)"] + [fmt_est(e.get(m), n_expected=n) for m in cols])
+    rows.append(["Spread (max − min)", ""] + [fmt_num(sp.get(m)) for m in cols])
+    return Table("Per-category reconstruction and recall (seed §3.1)",
+                 ["Category", "N", "cos", "fve_nrm", "fve_nrm_seed", "recall (mean)", "recall (≥1 hit)"], rows,
+                 [f"Mean [95% cluster-bootstrap interval over items]; n= appears where a metric leaves rows out. "
+                  f"B_rv = {fmt_num(results.get('b_rv'), 6)} from {results.get('b_rv_source')}. " + FVE_DENOMINATORS],
+                 key="per_category")
+
+
+def rates_table(results: dict) -> Table:
+    cats = list(results.get("categories") or [])
+    pc = results.get("per_category") or {}
+    sp = results.get("spread") or {}
+    other = ["mse_nrm", "length_words"] + list(FLAG_NAMES)
+    rows = [[c] + [fmt_est((pc.get(c) or {}).get(m), 1 if m == "length_words" else 3, n=False) for m in other]
+            for c in cats + [OVERALL]]
+    rows.append(["Spread"] + [fmt_num(sp.get(m), 1 if m == "length_words" else 3) for m in other])
+    return Table("Other per-category rates", ["Category", "mse_nrm", "words", "truncated", "missing close tag",
+                                               "empty", "cjk_smell"], rows, key="rates")
+
+
+def stability_table(results: dict) -> Table:
+    st = results.get("stability") or {}
+    rows = []
+    for c in list(results.get("categories") or []) + [OVERALL]:
+        e = st.get(c) or {}
+        r = [c, str((e.get("fve_nrm") or {}).get("n_items", "n/a"))]
+        for m in ("cos", "fve_nrm", "recall"):
+            r += [fmt_num((e.get(m) or {}).get("within")), fmt_num((e.get(m) or {}).get("cross"))]
+        rows.append(r)
+    note = (results.get("settings") or {}).get("stability_note") or (
+        "within = mean over items of the std over the item's K samples; cross = std over items of the item means.")
+    return Table("Within-prompt stability (seed §3.4)",
+                 ["Category", "items", "cos within", "cos cross", "fve_nrm within", "fve_nrm cross", "recall within",
+                  "recall cross"], rows, [note], key="stability")
+
+
+def power_table(results: dict) -> Table:
+    pw = results.get("power") or {}
+    rows = []
+    for m, e in (pw.get("metrics") or {}).items():
+        ex = e.get("spread_exceeds_mdd")
+        rows.append([m, fmt_num(e.get("pooled_std"), 4), fmt_num(e.get("mdd"), 4), fmt_num(e.get("observed_spread"), 4),
+                     "n/a" if ex is None else ("yes" if ex else "no")])
+    return Table("Power: minimum detectable difference between two categories",
+                 ["Metric", "Pooled std", "MDD", "Observed spread", "Spread > MDD"], rows,
+                 [f"Two-sided alpha {pw.get('alpha')}, power {pw.get('power')}, at n = {pw.get('n_per_group')} items "
+                  "per category (the smallest category), with the pooled within-category std of item means. A spread "
+                  "below the MDD is not evidence of uniformity: this n could not have detected it."], key="power")
+
+
+def flag_blocks(results: dict) -> list[tuple[str, dict]]:
+    """(rows name, flag counts) for the explanations and for every control that counted flags."""
+    blocks = [("explanations", results.get("flags") or {})]
+    for name, sec in (results.get("controls") or {}).items():
+        if isinstance(sec, dict) and isinstance(sec.get("flags"), dict):
+            blocks.append((name, sec["flags"]))
+    return blocks
+
+
+def flags_table(results: dict) -> Table:
+    rows = []
+    for name, b in flag_blocks(results):
+        cnt, rates = b.get("counts") or {}, b.get("rates") or {}
+        rows.append([name, str(b.get("n", 0))] + [f"{cnt.get(f, 0)} ({fmt_num(rates.get(f))})" for f in FLAG_NAMES])
+    return Table("Failure flags", ["Rows", "N"] + list(FLAG_NAMES), rows,
+                 ["count (rate). truncated: the AV hit max_new_tokens; missing_close_tag: no closing tag; cjk_smell: "
+                  "mostly CJK-looking output, a sign the injection failed."], key="flags")
+
+
+def confab_markdown(results: dict) -> list[str]:
+    cf = results.get("confabulation") or {}
+    lines = [f"Rows with fve_nrm ≥ {fmt_num(cf.get('fve_threshold'))} (the {cf.get('quantile')} quantile) and recall ≤ "
+             f"{cf.get('max_recall')}, highest fve_nrm first; {cf.get('n_candidates', 0)} rows qualify. Verbatim:", ""]
+    any_ex = False
+    for c, exs in (cf.get("per_category") or {}).items():
+        for ex in exs:
+            any_ex = True
+            lines += [f"**{c}** `{ex['item_id']}` sample {ex['sample']}: fve_nrm {fmt_num(ex['fve_nrm'])}, cos "
+                      f"{fmt_num(ex['cos'])}, recall {fmt_num(ex['recall'])}", ""]
+            lines += ["> **Prompt:**"] + md_quote(ex["prompt"]) + [">", "> **Explanation:**"] + md_quote(ex["explanation"])
+            lines.append("")
+    return lines + ([] if any_ex else ["(none)", ""])
+
+
+def core_tables(results: dict) -> dict[str, Optional[Table]]:
+    return {"per_category": per_category_table(results), "rates": rates_table(results),
+            "stability": stability_table(results), "power": power_table(results), "flags": flags_table(results)}

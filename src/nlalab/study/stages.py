@@ -1,0 +1,123 @@
+"""The study's model stages, each resumable from its files: capture (and target-model generation),
+verbalize (every AV job, the AV loaded once), reconstruct (every job and every control text, the AR loaded
+once). A stage output is reused when the content it was computed from is unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from nlalab.errors import NLALabError
+from nlalab.rundir.io import JsonlLog, atomic_save_tensors, load_tensors
+from nlalab.study.controls.base import GenJob, PlainJob
+from nlalab.verbalize import GenerationSettings, verbalize
+
+CAPTURE = "capture.safetensors"
+CORPUS_LOG = "verbalize.jsonl"
+CORPUS_RECON = "reconstruct.safetensors"
+EXTRAS_RECON = "reconstruct_extras.safetensors"
+FORCE_FIX = "Fix: rerun with --force {stage} to recompute it."
+
+
+def digest(texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def job_log(stages: Path, name: str) -> JsonlLog:
+    return JsonlLog(stages / (CORPUS_LOG if name == "corpus" else f"control_{name}.jsonl"))
+
+
+def job_recon_path(stages: Path, name: str) -> Path:
+    return stages / (CORPUS_RECON if name == "corpus" else f"control_{name}.safetensors")
+
+
+def done_keys(log: JsonlLog) -> set[tuple[int, int]]:
+    return {(r["vector_index"], r["sample"]) for r in log.read()}
+
+
+def sorted_rows(log: JsonlLog, n_vectors: int, k: int) -> list[dict]:
+    """A job's rows in (vector, sample) order, deduplicated; exactly n_vectors × k or an error."""
+    uniq = {(r["vector_index"], r["sample"]): r for r in log.read()}
+    rows = [uniq[key] for key in sorted(uniq)]
+    if len(rows) != n_vectors * k:
+        raise NLALabError(f"{log.path} has {len(rows)} rows, expected {n_vectors * k}. "
+                          + FORCE_FIX.format(stage="verbalize"))
+    return rows
+
+
+def capture_activations(tg, items, layer: int, cfg, path: Path) -> None:
+    from nlalab.capture import capture
+
+    pos = cfg.positions if cfg.positions == "last" else [int(cfg.positions)]
+    cap = capture(tg.model, tg.tokenizer, [it.prompt for it in items], layer, ids=[it.id for it in items],
+                  positions=pos, seed=cfg.seed, batch_size=cfg.capture_batch_size, progress=cfg.progress)
+    if [m["item_id"] for m in cap.meta] != [it.id for it in items]:
+        raise NLALabError("Capture must give one vector per item; use positions=last for the study.")
+    atomic_save_tensors(path, {"activations": cap.vectors},
+                        {"meta": json.dumps(cap.meta, ensure_ascii=False), "hook": cap.hook_name})
+
+
+def load_capture(path: Path) -> tuple[torch.Tensor, list[dict], dict]:
+    tensors, meta = load_tensors(path, fix=FORCE_FIX.format(stage="capture")[5:])
+    if "activations" not in tensors or "meta" not in meta:
+        raise NLALabError(f"{path}: not a capture file of nlalab. " + FORCE_FIX.format(stage="capture"))
+    return tensors["activations"], json.loads(meta["meta"]), meta
+
+
+def run_plain(tg, template: str, job: PlainJob, k: int, gs: GenerationSettings, log: JsonlLog) -> None:
+    """Target-model texts in the AV's format from ``job.prompts`` (no activation), appended per batch."""
+    from nlalab.pairs.load import av_eos_ids
+    from nlalab.pairs.markers import av_prompt_ids
+    from nlalab.verbalize.plain import generate_texts
+
+    prompts = [av_prompt_ids(tg.tokenizer, p, template) for p in job.prompts]
+    generate_texts(tg.model, tg.tokenizer, prompts, av_eos_ids(tg.tokenizer, tg.model), k,
+                   [job.key_base + i for i in range(len(prompts))], gs, skip=done_keys(log),
+                   on_batch=lambda recs: log.append([r.to_dict() for r in recs]))
+
+
+def run_verbalize(av, jobs: list[GenJob], stages: Path, k: int, gs: GenerationSettings, progress: bool,
+                  on_job: Optional[Callable[[str, int], None]] = None) -> dict[str, list]:
+    """Every pending AV job; returns the devices each job ran on."""
+    from nlalab.verbalize import parallel
+
+    devices = {}
+    for job in jobs:
+        log = job_log(stages, job.name)
+        done = done_keys(log)
+        if len(done) >= job.vectors.shape[0] * k:
+            continue
+        if on_job is not None:
+            on_job(job.name, job.vectors.shape[0] * k - len(done))
+        keys = [job.key_base + i for i in range(job.vectors.shape[0])]
+        verbalize(av, job.vectors, k=k, settings=replace(gs, seed=job.seed), vector_keys=keys, skip=done,
+                  on_batch=lambda recs, log=log: log.append([r.to_dict() for r in recs]), progress=progress)
+        devices[job.name] = parallel.last_info()["devices"]
+    return devices
+
+
+def recon_current(path: Path, dig: str) -> bool:
+    if not path.exists():
+        return False
+    try:
+        return load_tensors(path)[1].get("explanations_sha256") == dig
+    except NLALabError:
+        return False  # a torn or corrupt stage file is recomputed
+
+
+def save_recon(path: Path, rec: torch.Tensor, dig: str, mse_scale: float) -> None:
+    atomic_save_tensors(path, {"reconstructions": rec}, {"explanations_sha256": dig, "mse_scale": repr(mse_scale)})
+
+
+def load_recon(path: Path) -> tuple[torch.Tensor, float]:
+    t, meta = load_tensors(path, fix=FORCE_FIX.format(stage="reconstruct")[5:])
+    return t["reconstructions"], float(meta["mse_scale"])
