@@ -95,7 +95,9 @@ def test_undocumented_key_is_reported():
 
 def test_key_paths_known_answers():
     assert key_paths(S.Estimate) == {"mean", "lo", "hi", "n", "p", "n_clusters"}
-    assert key_paths(S.PrefixSection) == {"curve", "curve.*", "curve.*.cos", "curve.*.fve_nrm", "curve.*.n"}
+    assert {"curve", "curve.*", "curve.*.cos", "curve.*.fve_nrm", "curve.*.n", "curve.*.n_carried_full", "verdict",
+            "full_minus_first.*.mean", "full_minus_first.*.p"} <= key_paths(S.PrefixSection)
+    assert key_paths(S.StabilityEntry) == {"within", "cross", "ratio", "n_items", "ddof"}
     assert key_paths(S.BlindCategory) == {"n", "*"}
     kp = key_paths(S.Results)
     for p in ("per_category.*.n", "per_category.*.*.lo", "stability.*.*.ratio",

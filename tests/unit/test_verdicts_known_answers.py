@@ -274,7 +274,7 @@ def test_grounding_verdict_rests_on_same_category_false():
 
 def test_negation_symmetry_is_judged_against_its_chance_rate():
     neg = A.direction_chance("neg", 4, 4, 4)
-    assert neg["chance_rate"] == pytest.approx(0.75) and neg["p"] == pytest.approx(0.75 ** 4)
+    assert neg["chance"] == pytest.approx(0.75) and neg["p"] == pytest.approx(0.75 ** 4)
     assert neg["verdict"].startswith("no evidence of negation symmetry at this n")
     assert "no count out of 4" in neg["verdict"]
     al = A.direction_chance("self", 4, 4, 4)

@@ -45,10 +45,35 @@ class Estimate(_Model):
     n_clusters: Optional[int] = _f("Number of bootstrap clusters (items); None for a plain row bootstrap.")
 
 
+class GapInterval(_Model):
+    """A gap (real minus the mean of other items') with its bootstrap interval over items."""
+
+    mean: Num = _f("Weighted mean over items of own score minus the mean score of other items' explanations.")
+    lo: Num = _f("Lower end of the 95% bootstrap interval over items.")
+    hi: Num = _f("Upper end of the 95% bootstrap interval over items.")
+    n: Optional[int] = _f("Items.")
+    method: Optional[str] = _f("How the interval is computed.")
+
+
+class PairedGap(_Model):
+    """A paired difference over items (real minus a baseline, true minus false, full minus first)."""
+
+    mean: Num = _f("Mean paired difference over items.")
+    lo: Num = _f("Lower end of the 95% paired bootstrap interval.")
+    hi: Num = _f("Upper end of the 95% paired bootstrap interval.")
+    n: Optional[int] = _f("Items paired.")
+    p: Num = _f("Two-sided bootstrap p-value of a zero difference.")
+    p_holm: Num = _f("p after Holm's correction across the family (e.g. the rungs of the ladder).")
+    mdd: Num = _f("Minimum detectable difference (80% power, two-sided, this n).")
+    n_boot: Optional[int] = _f("Bootstrap resamples.")
+    method: Optional[str] = _f("How the interval is computed.")
+
+
 class BaselineEstimate(Estimate):
     """An :class:`Estimate` of one rung of the baseline ladder, with its gap to the real pair."""
 
     gap_real_minus_this: Num = _f("Real pair's mean minus this rung's mean (absent on the real pair itself).")
+    gap_ci: Optional[PairedGap] = _f("Paired interval and p of real minus this rung over items.")
 
 
 class NullDistribution(_Model):
@@ -72,6 +97,17 @@ class FloorBlock(_Model):
     gap_cross: Num = _f("real minus floor_cross.mean: the part beyond any explanation of the corpus.")
     p_within: Num = _f("Permutation p-value of real against the within-category null.")
     p_cross: Num = _f("Permutation p-value of real against the cross-category null.")
+    floor_kind: Optional[str] = _f("What the floors average over: derangements (no item keeps its own set).")
+    p_kind: Optional[str] = _f("What the p-values are computed over (full permutations) and their floor.")
+    gap_within_ci: Optional[GapInterval] = _f("Per-item gap above the within-category floor, with its interval.")
+    gap_cross_ci: Optional[GapInterval] = _f("Per-item gap above the cross-category floor, with its interval.")
+    mdd_within: Num = _f("Minimum detectable within gap (80% power, one-sided, α / number of categories).")
+    mdd_cross: Num = _f("Minimum detectable cross gap (80% power, one-sided).")
+    p_within_holm: Num = _f("Per category: p_within after Holm's correction across categories.")
+    alpha: Num = _f("Significance level of the verdict.")
+    verdict: Optional[str] = _f("One line: evidence of item-specific content (gap, CI, p) or no evidence at "
+                                "this n (minimum detectable gap); see docs/verdicts.md.")
+    verdict_cross: Optional[str] = _f("Overall only: the same for content beyond chance (cross floor).")
 
 
 class PermutationFloors(_Model):
@@ -80,6 +116,8 @@ class PermutationFloors(_Model):
     overall: Optional[FloorBlock] = _f("All items.")
     per_category: dict[str, Optional[FloorBlock]] = _f("Category -> its floor block (None: too few items).",
                                                        default_factory=dict)
+    correction: Optional[str] = _f("Multiple-comparison correction of the per-category verdicts.")
+    alpha: Num = _f("Significance level of the verdicts.")
 
 
 class FlagCounts(_Model):
@@ -107,10 +145,12 @@ class CategoryStats(_Model):
 class StabilityEntry(_Model):
     """Within- vs cross-item variability of one metric: does the metric separate items at all?"""
 
-    within: Num = _f("Mean spread of the metric among one item's K samples.")
-    cross: Num = _f("Spread of the item means across items.")
+    within: Num = _f("Pooled std of the metric among one item's K samples: sqrt(mean over items of the ddof=1 "
+                     "variance).")
+    cross: Num = _f("Std (ddof=1) of the item means across items.")
     ratio: Num = _f("within / cross (None when undefined); well below 1 means items differ more than samples.")
     n_items: Optional[int] = _f("Items that enter the comparison.")
+    ddof: Optional[int] = _f("Delta degrees of freedom of both stds (1: sample variance).")
 
 
 class ConfabCandidate(_Model):
@@ -350,6 +390,8 @@ class RandomGaussianSection(_Model):
         "real|random -> first3|first5 (opening length in words) -> opening-phrase statistics.",
         default_factory=dict)
     flags: Optional[FlagCounts] = _f("Failure flags of the random rows.")
+    verdict: Optional[str] = _f("One line quoting fve_nrm_seed first (fve_nrm of a random direction is "
+                                "about 1 - 2/B_rv by construction).")
     warnings: list[str] = _f("The control's warnings, one line each.", default_factory=list)
 
 
@@ -375,6 +417,10 @@ class DirectionTally(_Model):
     text: Optional[str] = _f("'k/n'.")
     directions: list[str] = _f("The directions counted.", default_factory=list)
     chance: Num = _f("Rate of right answers expected by chance, where one is defined.")
+    chance_k: Num = _f("Right answers expected by chance (chance x n).")
+    p: Num = _f("Exact binomial P(X >= k) at the chance rate.")
+    alpha: Num = _f("Significance level of the verdict.")
+    verdict: Optional[str] = _f("One line: k/n against chance with its p; see docs/verdicts.md.")
 
 
 class DirectionsSection(_Model):
@@ -397,6 +443,7 @@ class ReconPermutationSection(_Model):
     n_perm: Optional[int] = _f("Permutations.")
     metrics: dict[str, PermutationFloors] = _f("Metric -> floors.", default_factory=dict)
     verdicts: dict[str, str] = _f("Category -> one-line verdict on fve_nrm.", default_factory=dict)
+    verdict: Optional[str] = _f("One line: the overall fve_nrm verdict.")
 
 
 class BaselineRung(_Model):
@@ -408,6 +455,7 @@ class BaselineRung(_Model):
     note: Optional[str] = _f("How to read this rung, where needed.")
     raw_fve_of_dataset_mean: Num = _f("mean_direction only: raw fve of predicting the dataset mean (0 by "
                                       "construction; a check).")
+    verdict: Optional[str] = _f("One line: does the real pair beat this rung on fve_nrm (Holm across rungs).")
 
 
 class BaselineRungs(_Model):
@@ -453,7 +501,9 @@ class PrefixPoint(_Model):
 
     cos: Num = _f("Mean cosine.")
     fve_nrm: Num = _f("Mean fve_nrm.")
-    n: Optional[int] = _f("Explanations with at least L sentences.")
+    n: Optional[int] = _f("Explanations averaged (all of them: shorter ones are carried at full length).")
+    n_carried_full: Optional[int] = _f("Of those, explanations shorter than L sentences, entered with their "
+                                       "full text.")
 
 
 class PrefixSection(_Model):
@@ -461,6 +511,11 @@ class PrefixSection(_Model):
 
     curve: dict[str, PrefixPoint] = _f("Prefix length in sentences ('1', '2', ...) or 'full' -> its point.",
                                        default_factory=dict)
+    full_minus_first: dict[str, PairedGap] = _f("Metric -> full text minus first sentence, paired over "
+                                                "explanations.", default_factory=dict)
+    verdict: Optional[str] = _f("One line: do the sentences after the first change the reconstruction.")
+    method: Optional[str] = _f("How the curve is built (same explanations at every point).")
+    warning: Optional[str] = _f("Set when the rows carried no explanation id (composition not controlled).")
 
 
 class GroundingDeltas(_Model):
@@ -468,17 +523,25 @@ class GroundingDeltas(_Model):
 
     true: dict[str, Optional[Estimate]] = _f("Metric -> change with a true sentence (the item's prompt).",
                                              default_factory=dict)
-    false: dict[str, Optional[Estimate]] = _f("Metric -> change with another category's prompt.",
-                                              default_factory=dict)
+    false: dict[str, Optional[Estimate]] = _f("Metric -> change with another item's prompt of the same "
+                                              "category.", default_factory=dict)
+    false_cross: dict[str, Optional[Estimate]] = _f("Metric -> change with another category's prompt.",
+                                                    default_factory=dict)
     neutral: dict[str, Optional[Estimate]] = _f("Metric -> change with a fixed neutral sentence.",
                                                 default_factory=dict)
-    true_minus_false: dict[str, Optional[Estimate]] = _f("Metric -> true minus false.", default_factory=dict)
+    true_minus_false: dict[str, Optional[PairedGap]] = _f("Metric -> true minus same-category false (item-level "
+                                                          "claims).", default_factory=dict)
+    true_minus_false_cross: dict[str, Optional[PairedGap]] = _f("Metric -> true minus cross-category false "
+                                                                "(item and category signal).", default_factory=dict)
 
 
 class GroundingSection(_Model):
     """controls.grounding: does the AR read claims? Change of each metric when a sentence is appended."""
 
     deltas: Optional[GroundingDeltas] = _f("Appended sentence -> metric changes.")
+    verdict: Optional[str] = _f("One line: does the AR track item-level claims (true minus same-category false).")
+    n_false_same_category: Optional[int] = _f("Items whose false sentence is from their own category (the "
+                                              "others are alone in their category and use another's).")
 
 
 class SeedSpread(_Model):
@@ -490,6 +553,7 @@ class SeedSpread(_Model):
     max: Num = _f("Largest value.")
     n_seeds: Optional[int] = _f("Seeds with a finite value.")
     values: list[Num] = _f("The value under each seed.", default_factory=list)
+    verdict: Optional[str] = _f("One line: how much of a difference between two single-seed runs is seed noise.")
 
 
 class SeedsSection(_Model):
@@ -517,6 +581,28 @@ CONTROL_SECTIONS: dict[str, type[BaseModel]] = {
 # ----------------------------------------------------------------------------- results.json
 
 
+class SpreadTest(_Model):
+    """Is a metric uniform across categories? The spread with a permutation test and an interval that can
+    reach 0."""
+
+    mean: Num = _f("max - min of the category means.")
+    lo: Num = _f("Lower end of the simultaneous 95% interval (Bonferroni-Welch over pairwise differences).")
+    hi: Num = _f("Upper end of that interval.")
+    n: Optional[int] = _f("Rows.")
+    n_items: Optional[int] = _f("Items.")
+    n_categories: Optional[int] = _f("Categories with values.")
+    estimate_bc: Num = _f("Bootstrap bias-corrected spread, clipped at 0.")
+    bias: Num = _f("Bootstrap estimate of the upward bias of max - min.")
+    p: Num = _f("Permutation p (category labels shuffled over items).")
+    n_perm: Optional[int] = _f("Permutations.")
+    null_mean: Num = _f("Mean spread under the permutation null (what equal categories show).")
+    mdd: Num = _f("Minimum detectable difference between two categories (80% power).")
+    alpha: Num = _f("Significance level of the verdict.")
+    method: Optional[str] = _f("How p and the interval are computed.")
+    verdict: Optional[str] = _f("One line: evidence that the metric differs between categories, or no "
+                                "evidence at this n with the minimum detectable difference.")
+
+
 class Results(_Model):
     """results.json: every number of the run, written when the run finishes."""
 
@@ -534,6 +620,8 @@ class Results(_Model):
     per_category: dict[str, CategoryStats] = _f("Category or OVERALL -> counts and an Estimate per metric.",
                                                 default_factory=dict)
     spread: dict[str, Num] = _f("Metric -> max - min of the category means.", default_factory=dict)
+    spread_test: dict[str, Optional[SpreadTest]] = _f("Metric (fve_nrm, recall) -> spread test (None with fewer "
+                                                      "than two categories).", default_factory=dict)
     stability: dict[str, dict[str, StabilityEntry]] = _f("Category or OVERALL -> metric -> within/cross spread.",
                                                          default_factory=dict)
     confabulation: Optional[Confabulation] = _f("Confabulation candidates.")

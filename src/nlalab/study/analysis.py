@@ -636,7 +636,7 @@ def direction_chance(kind: str, k: int, n: int, n_categories: int, alpha: float 
     """
     rate = (n_categories - 1) / n_categories if kind == "neg" else 1.0 / n_categories
     if n == 0:
-        return {"chance_rate": rate, "chance_k": None, "p": None, "verdict": "not run"}
+        return {"chance": rate, "chance_k": None, "p": None, "verdict": "not run"}
     p = S.binomial_tail(int(k), int(n), rate)
     what = {"self": "alignment with the injected category", "neg": "negation symmetry",
             "cross": "cross-category alignment"}.get(kind, kind)
@@ -648,7 +648,7 @@ def direction_chance(kind: str, k: int, n: int, n_categories: int, alpha: float 
         lim = (f"{need}/{n} would be needed" if need is not None
                else f"no count out of {n} could reach p ≤ {alpha:g}: add directions or categories")
         verdict = f"no evidence of {what} at this n: {head}; {lim}"
-    return {"chance_rate": rate, "chance_k": rate * n, "p": p, "alpha": alpha, "verdict": verdict}
+    return {"chance": rate, "chance_k": rate * n, "p": p, "alpha": alpha, "verdict": verdict}
 
 
 # ----------------------------------------------------------------------------- 6. confabulation

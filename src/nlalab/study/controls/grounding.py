@@ -13,7 +13,7 @@ from nlalab.study.controls.base import Control, Figure, StudyContext, register
 
 # A fixed, content-free sentence.
 NEUTRAL_SENTENCE = "The text is written in English."
-VARIANTS = ("true", "false", "neutral")
+VARIANTS = ("true", "false", "false_cross", "neutral")
 
 
 @register
@@ -23,22 +23,19 @@ class Grounding(Control):
     help = "reconstruction change when a true / false / neutral sentence is appended to the explanation"
 
     def texts(self, ctx: StudyContext) -> list[str]:
-        rng = np.random.default_rng(ctx.seed)
-        items = ctx.items
-        plan, texts = [], []
-        for j, r in enumerate(ctx.corpus_rows):
-            if r["sample"] != 0:
-                continue
-            it = items[r["vector_index"]]
-            others = [o for o in items if o.category != it.category] or [o for o in items if o.id != it.id] or [it]
-            false = others[int(rng.integers(len(others)))].prompt
-            base = r["explanation"].rstrip()
+        from nlalab.study.recon_controls import grounding_texts
+
+        first = [(j, r) for j, r in enumerate(ctx.corpus_rows) if r["sample"] == 0]
+        plan, texts, same = [], [], 0
+        # false = another item of the same category (item-level claims); false_cross = another category's
+        for j, variants, info in grounding_texts(ctx.items, first, ctx.seed, NEUTRAL_SENTENCE):
             idx = {}
-            for name, sentence in (("true", it.prompt), ("false", false), ("neutral", NEUTRAL_SENTENCE)):
+            for name in VARIANTS:
                 idx[name] = len(texts)
-                texts.append(f"{base} {sentence}")
+                texts.append(variants[name])
             plan.append((j, idx))
-        ctx.state.setdefault(self.name, {})["plan"] = plan
+            same += bool(info["false_same_category"])
+        ctx.state.setdefault(self.name, {}).update(plan=plan, n_false_same_category=same)
         return texts
 
     def analyze(self, ctx: StudyContext) -> Optional[dict]:
@@ -52,7 +49,9 @@ class Grounding(Control):
         base = ctx.score(ctx.recons["corpus"][js], ctx.acts[gi])
         rec = ctx.text_recons[self.name]
         variants = {name: ctx.score(rec[[v[name] for _, v in plan]], ctx.acts[gi]) for name in VARIANTS}
-        return {"deltas": RC.grounding(base, variants, ctx.cfg.n_boot, ctx.seed, np.asarray(gi))}
+        deltas = RC.grounding(base, variants, ctx.cfg.n_boot, ctx.seed, np.asarray(gi))
+        return {"deltas": deltas, "verdict": deltas.pop("verdict", None),
+                "n_false_same_category": ctx.state[self.name].get("n_false_same_category")}
 
     def tables(self, section: dict, results: dict) -> list[Table]:
         d = section.get("deltas") or {}
@@ -60,7 +59,9 @@ class Grounding(Control):
                       ["appended", "Δ cos", "Δ centered cos", "Δ fve_nrm"],
                       [[k, fmt_est(v.get("cos")), fmt_est(v.get("centered_cos")), fmt_est(v.get("fve_nrm"))]
                        for k, v in d.items()],
-                      ["true = the item's own prompt, false = another item's prompt, neutral = a fixed sentence."],
+                      ["true = the item's own prompt, false = another item's prompt of the same category, "
+                       "false_cross = another category's, neutral = a fixed sentence."]
+                      + ([section["verdict"]] if section.get("verdict") else []),
                       key="grounding", wrap=True)]
 
     def figures(self, section: dict, results: dict, plots_dir: Path, run=None) -> list[Figure]:

@@ -17,16 +17,18 @@ class Prefix(Control):
     help = "fve_nrm of the first 1..N sentences of each explanation (--max-prefix-sentences)"
 
     def texts(self, ctx: StudyContext) -> list[str]:
-        from nlalab.study.recon_controls import prefixes
+        from nlalab.study.recon_controls import prefix_texts
 
-        plan, texts = [], []
+        plan, texts, index = [], [], {}
         for j, r in enumerate(ctx.corpus_rows):
             if r["sample"] != 0:
                 continue
-            pre = prefixes(r["explanation"], ctx.cfg.max_prefix_sentences)
-            for L, t in enumerate(pre, start=1):
-                plan.append((j, L, L == len(pre), len(texts)))
-                texts.append(t)
+            # every L for every explanation (shorter ones carried at full length; is_full = the scored text)
+            for L, full, t in prefix_texts(r["explanation"], ctx.cfg.max_prefix_sentences):
+                if t not in index:  # one AR call per distinct text
+                    index[t] = len(texts)
+                    texts.append(t)
+                plan.append((j, L, full, index[t]))
         ctx.state.setdefault(self.name, {})["plan"] = plan
         return texts
 
@@ -39,9 +41,11 @@ class Prefix(Control):
         rec = ctx.text_recons[self.name]
         gold = ctx.acts[[ctx.corpus_rows[j]["vector_index"] for j, _, _, _ in plan]]
         s = ctx.score(rec[[t for _, _, _, t in plan]], gold, centered=False)
-        rows = [{"n_sentences": L, "is_full": full, "cos": float(s["cos"][i]), "fve_nrm": float(s["fve_nrm"][i])}
-                for i, (_, L, full, _) in enumerate(plan)]
-        return {"curve": RC.prefix_curve(rows)}
+        rows = [{"row": j, "n_sentences": L, "is_full": full, "cos": float(s["cos"][i]),
+                 "fve_nrm": float(s["fve_nrm"][i])} for i, (j, L, full, _) in enumerate(plan)]
+        curve = RC.prefix_curve(rows, n_boot=ctx.cfg.n_boot, seed=ctx.seed)
+        extra = {k: curve.pop(k) for k in ("full_minus_first", "verdict", "method", "warning") if k in curve}
+        return {"curve": curve, **extra}
 
     def tables(self, section: dict, results: dict) -> list[Table]:
         curve = section.get("curve") or {}
