@@ -123,8 +123,9 @@ class RecallPermutation(Control):
                     e = o[field]
                     out.append({"mean": e["mean"], "lo": e["lo"], "hi": e["hi"], "n": sec.get("n_perm")})
                 else:
+                    ci = o.get(f"{field}_ci") or {}  # per-item interval: lets compare's Pattern test the step
                     out.append({"mean": o[field], "p": o["p_cross" if field == "gap_cross" else "p_within"],
-                                "n": o.get("n_items")})
+                                "n": o.get("n_items"), "lo": ci.get("lo"), "hi": ci.get("hi")})
             return out
 
         sec = "Permutation"

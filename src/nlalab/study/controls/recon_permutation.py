@@ -87,7 +87,9 @@ class ReconPermutation(Control):
             if field == "floor_within":
                 e = o[field]
                 return {"mean": e["mean"], "lo": e["lo"], "hi": e["hi"], "n": e.get("n")}
-            return {"mean": o[field], "p": o["p_within" if field == "gap_within" else "p_cross"], "n": o.get("n_items")}
+            ci = o.get(f"{field}_ci") or {}  # per-item interval: lets compare's Pattern test the step
+            return {"mean": o[field], "p": o["p_within" if field == "gap_within" else "p_cross"], "n": o.get("n_items"),
+                    "lo": ci.get("lo"), "hi": ci.get("hi")}
 
         sec = "Reconstruction controls"
         return [row("recon.floor_within", "fve_nrm from other items' explanations (within-category floor)", sec,
