@@ -11,7 +11,7 @@ import pytest
 from nlalab.testing.calibrate import ALPHA, VERDICTS, measure
 from nlalab.testing.simulate import SEED_DESIGN, simulate_rows, simulate_vectors
 
-# Verdicts that run the whole analyze() per study are ~0.3 s each: fewer fast repetitions.
+# Verdicts that score keyword recall from text per study are ~0.2 s each: fewer fast repetitions.
 _HEAVY = {"recall_item_specific", "recall_item_specific_per_category", "recall_beyond_chance"}
 _IDS = [v.key for v in VERDICTS]
 
@@ -33,7 +33,7 @@ def test_simulated_design_is_the_seeds():
 
 @pytest.mark.parametrize("verdict", VERDICTS, ids=_IDS)
 def test_false_positive_rate_fast(verdict):
-    reps = 8 if verdict.key in _HEAVY else 40
+    reps = 16 if verdict.key in _HEAVY else 40
     res = measure(verdict, reps, effect=False, n_perm=99)
     assert res["rate"] <= _bound(reps), (verdict.key, res)
 
@@ -42,7 +42,7 @@ def test_false_positive_rate_fast(verdict):
                          ids=[k for k in _IDS if k != "negation_symmetry"])
 def test_verdict_can_fire_under_its_effect_fast(verdict):
     # a verdict that never says "evidence" would pass any false-positive test: check it has power
-    reps = 4 if verdict.key in _HEAVY else 20
+    reps = 6 if verdict.key in _HEAVY else 20
     assert measure(verdict, reps, effect=True, n_perm=99)["rate"] > ALPHA, verdict.key
 
 

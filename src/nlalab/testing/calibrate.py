@@ -34,29 +34,29 @@ class Verdict:
     fires: Callable[[int, bool, int], bool]  # (seed, with_effect, n_perm) -> said "evidence"
 
 
-def _analyze(rows, n_perm: int, seed: int) -> dict:
-    from nlalab.study.analysis import analyze
+def _recall_section(rows, n_perm: int, seed: int) -> dict:
+    """controls.recall_permutation exactly as the control plug-in computes it."""
+    from nlalab.study.analysis import recall_permutation
 
-    return analyze(rows, categories=SEED_DESIGN.categories, b_rv=1.0, b_rv_source="simulation", n_perm=n_perm,
-                   n_boot=max(200, n_perm), seed=seed)
+    return recall_permutation(rows, categories=SEED_DESIGN.categories, n_perm=n_perm, seed=seed)
 
 
 def _recall_within(seed: int, effect: bool, n_perm: int) -> bool:
     rows = simulate_rows(seed=seed, corpus_seed=seed, item_content=0.08 if effect else 0.0,
                          category_content=0.35 if effect else 0.5)
-    return _analyze(rows, n_perm, seed)["permutation"]["overall"]["verdict"].startswith("evidence")
+    return _recall_section(rows, n_perm, seed)["overall"]["verdict"].startswith("evidence")
 
 
 def _recall_within_cat(seed: int, effect: bool, n_perm: int) -> bool:
     rows = simulate_rows(seed=seed, corpus_seed=seed, item_content=0.08 if effect else 0.0,
                          category_content=0.35 if effect else 0.5)
-    pc = _analyze(rows, n_perm, seed)["permutation"]["per_category"]
+    pc = _recall_section(rows, n_perm, seed)["per_category"]
     return any(b and b["verdict"].startswith("evidence") for b in pc.values())
 
 
 def _recall_cross(seed: int, effect: bool, n_perm: int) -> bool:
     rows = simulate_rows(seed=seed, corpus_seed=seed, category_content=0.1 if effect else 0.0)
-    return _analyze(rows, n_perm, seed)["permutation"]["overall"]["verdict_cross"].startswith("evidence")
+    return _recall_section(rows, n_perm, seed)["overall"]["verdict_cross"].startswith("evidence")
 
 
 def _recon(seed: int, effect: bool, n_perm: int, per_category: bool) -> bool:
