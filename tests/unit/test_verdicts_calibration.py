@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from nlalab.testing.calibrate import ALPHA, VERDICTS, measure
+from nlalab.report.calibrate import ALPHA, VERDICTS, measure
 from nlalab.testing.simulate import SEED_DESIGN, simulate_rows, simulate_vectors
 
 # Verdicts that score keyword recall from text per study are ~0.2 s each: fewer fast repetitions.

@@ -26,7 +26,7 @@ Conventions (all deterministic given ``seed``):
   over items of the item means (ddof=1, the sample std, as used by the power calculation).
 - **Spread.** max − min of the category means (None with fewer than two categories), and in
   ``spread_test`` its permutation p (category labels shuffled over items), simultaneous interval and
-  verdict (:func:`nlalab.report.pattern.spread_test`).
+  verdict (:func:`nlalab.stats.spread_test`).
 - **Power.** Minimum detectable difference between two categories
   (:func:`nlalab.stats.min_detectable_difference`, alpha 0.05, power 0.8) at the *smallest* number of
   items per category in this run, with the pooled within-category std (ddof=1) of item means.
@@ -227,7 +227,7 @@ def _per_category(rows, cats, items, n_boot, seed) -> tuple[dict, dict]:
 
 
 def _spread_test(rows, cats, metric, n_perm, n_boot, seed) -> Optional[dict]:
-    from nlalab.report.pattern import spread_from_rows
+    from nlalab.stats import spread_from_rows
 
     vals = [{"item_id": r["item_id"], "category": r["category"], metric: _row_value(r, metric)} for r in rows]
     return spread_from_rows(vals, metric, cats, n_perm=n_perm, n_boot=n_boot, seed=_subseed(seed, "spread", metric))

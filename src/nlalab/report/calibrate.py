@@ -78,7 +78,7 @@ def _recon(seed: int, effect: bool, n_perm: int, per_category: bool) -> bool:
 
 
 def _spread(seed: int, effect: bool, n_perm: int) -> bool:
-    from nlalab.report.pattern import spread_from_rows
+    from nlalab.stats import spread_from_rows
 
     rows = simulate_rows(seed=seed, corpus_seed=seed, category_shift=0.08 if effect else 0.0, with_text=False)
     return spread_from_rows(rows, "fve_nrm", SEED_DESIGN.categories, n_perm=n_perm, n_boot=200,
@@ -87,7 +87,7 @@ def _spread(seed: int, effect: bool, n_perm: int) -> bool:
 
 def _spread_interval(seed: int, effect: bool, n_perm: int) -> bool:
     """'fires' when the interval excludes 0: under the null that is a non-coverage of the true spread 0."""
-    from nlalab.report.pattern import spread_from_rows
+    from nlalab.stats import spread_from_rows
 
     rows = simulate_rows(seed=seed, corpus_seed=seed, category_shift=0.08 if effect else 0.0, with_text=False)
     return spread_from_rows(rows, "fve_nrm", SEED_DESIGN.categories, n_perm=50, n_boot=200, seed=seed)["lo"] > 0
