@@ -8,11 +8,95 @@ Every consumer now reads the defaults and the ranges below, so a bad value (``te
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from nlalab.errors import UsageError
+
+# ------------------------------------------------------------------------------------------ messages
+# Shared by every settings model (RunConfig, SamplingSettings): a pydantic error becomes one line that
+# names the setting, what was found, what is allowed, and the flag that fixes it.
+
+# Fields whose flag is not `--` + the name with dashes.
+FLAG_OF = {"positions": "--position"}
+
+
+def flag_of(name: str) -> str:
+    return FLAG_OF.get(name, "--" + name.replace("_", "-"))
+
+
+def nearest(word: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest valid spelling, or nothing."""
+    m = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {m[0]!r}?)" if m else ""
+
+
+def _num(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def field_range(name: str, fields: dict) -> str:
+    """The declared range of a numeric setting, e.g. ``0 < top_p <= 1``; empty when it has none."""
+    info = fields.get(name)
+    lo = hi = ""
+    for m in getattr(info, "metadata", []) if info is not None else []:
+        if getattr(m, "ge", None) is not None:
+            lo = f"{_num(m.ge)} <= "
+        if getattr(m, "gt", None) is not None:
+            lo = f"{_num(m.gt)} < "
+        if getattr(m, "le", None) is not None:
+            hi = f" <= {_num(m.le)}"
+        if getattr(m, "lt", None) is not None:
+            hi = f" < {_num(m.lt)}"
+    if not (lo or hi):
+        return ""
+    if lo and not hi:  # `k >= 1` reads better than `1 <= k`
+        op = "> " if lo.endswith("< ") else ">= "
+        return f"{name} {op}{lo.split(' ')[0]}"
+    return f"{lo}{name}{hi}"
+
+
+_KIND = {"int": "a whole number", "float": "a number", "bool": "true or false", "string": "a text",
+         "list": "a list", "finite": "a finite number"}
+
+
+def problem_line(err: dict, fields: dict) -> str:
+    """One pydantic error as one line: the setting, what was found, what is allowed, the flag."""
+    loc = err.get("loc") or ("<config>",)
+    name = str(loc[0])
+    flag = flag_of(name)
+    found = err.get("input")
+    t = err["type"]
+    if t == "extra_forbidden":
+        return (f"unknown setting {name!r}{nearest(name, fields)}. Fix: remove it or use one of the settings "
+                f"listed by `nlalab run --help`.")
+    if t == "missing":
+        return f"setting {name!r} is required. Fix: pass {flag}."
+    if t == "value_error":
+        # our own validators already say what is allowed: keep their sentence, drop pydantic's prefix
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        return f"{flag}: {msg}. Fix: pass a valid {flag}."
+    rng = field_range(name, fields)
+    if t in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        return f"{flag}: found {found!r}, allowed {rng}. Fix: pass {flag} within that range."
+    if t == "literal_error":
+        allowed = (err.get("ctx") or {}).get("expected", "")
+        return f"{flag}: found {found!r}, allowed {allowed}. Fix: pass {flag} with one of these."
+    if t == "string_too_short":
+        return f"{flag}: found an empty value. Fix: pass {flag} with a value."
+    kind = next((v for k, v in _KIND.items() if t.startswith(k)), "a valid value")
+    extra = f" ({rng})" if rng else ""
+    return f"{flag}: found {found!r}, expected {kind}{extra}. Fix: pass {flag} with {kind}."
+
+
+def settings_error_line(e: ValidationError, fields: dict) -> str:
+    """A pydantic ValidationError as one line per problem (joined by '; ')."""
+    return "; ".join(problem_line(err, fields) for err in e.errors(include_url=False))
+
 
 # ------------------------------------------------------------------------------------------ sampling
 
@@ -41,6 +125,12 @@ class SamplingSettings(BaseModel):
     greedy: bool = DEFAULT_GREEDY
     max_new_tokens: MaxNewTokens = DEFAULT_MAX_NEW_TOKENS
     seed: Seed = DEFAULT_SEED
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise UsageError(settings_error_line(e, type(self).model_fields)) from None
 
     @property
     def is_greedy(self) -> bool:
@@ -123,7 +213,7 @@ def _position_text(value: object) -> str:
 StudyPosition = Annotated[str, BeforeValidator(_position_text)]
 
 __all__ = [
-    "DEFAULT_GREEDY", "DEFAULT_MAX_NEW_TOKENS", "DEFAULT_SEED", "DEFAULT_TEMPERATURE", "DEFAULT_TOP_P",
+    "flag_of", "nearest", "settings_error_line", "DEFAULT_GREEDY", "DEFAULT_MAX_NEW_TOKENS", "DEFAULT_SEED", "DEFAULT_TEMPERATURE", "DEFAULT_TOP_P",
     "MaxNewTokens", "NAMED_POSITIONS", "Position", "PositionError", "SAMPLING_FIELDS", "SamplingSettings", "Seed",
     "StudyPosition", "Temperature", "TopP",
 ]

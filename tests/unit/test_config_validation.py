@@ -92,9 +92,15 @@ def test_sampling_settings_declared_once():
     c = RunConfig(out="x")
     assert c.sampling() == s  # RunConfig's flat fields default to the same values
     assert RunConfig(out="x", temperature=0.0).sampling().is_greedy
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match="--top-p: found 1.5, allowed 0 < top_p <= 1"):
         SamplingSettings(top_p=1.5)
     from nlalab.verbalize import GenerationSettings
+
+    # the generation backends check the same ranges (explain, GRPO and evaluate build these directly)
+    with pytest.raises(UsageError, match="--max-new-tokens: found 0"):
+        GenerationSettings(max_new_tokens=0)
+    with pytest.raises(UsageError, match="--temperature: found -1"):
+        GenerationSettings(temperature=-1)
 
     assert GenerationSettings().max_new_tokens == DEFAULT_MAX_NEW_TOKENS
     g = GenerationSettings.from_sampling(RunConfig(out="x", temperature=0.7, seed=3).sampling(), batch_size=4)

@@ -7,7 +7,6 @@ with one line per problem, naming the setting, what was found, what is allowed a
 
 from __future__ import annotations
 
-import difflib
 import json
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -17,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from nlalab.errors import UsageError
 from nlalab.settings import (DEFAULT_GREEDY, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFAULT_TEMPERATURE,
                              DEFAULT_TOP_P, POSITION_HELP, MaxNewTokens, SamplingSettings, Seed, StudyPosition,
-                             Temperature, TopP)
+                             Temperature, TopP, flag_of, nearest as _nearest, settings_error_line)
+from nlalab.settings import field_range as _field_range
 
 # Selectable controls. The recall permutation control is always computed (it costs no model call).
 CONTROLS = ("random_gaussian", "directions", "recon_permutation", "baselines", "blind", "prefix", "grounding",
@@ -29,20 +29,6 @@ DTYPES = ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32")
 # Values that change results: a rerun into an existing run dir must match them (or pass --overwrite).
 NON_IDENTITY = {"out", "batch_size", "capture_batch_size", "ar_batch_size", "device", "dtype", "device_map",
                 "max_memory", "progress", "force", "verbalize_devices"}
-
-# Fields whose flag is not `--` + the name with dashes.
-FLAG_OF = {"positions": "--position"}
-
-
-def flag_of(name: str) -> str:
-    return FLAG_OF.get(name, "--" + name.replace("_", "-"))
-
-
-def _nearest(word: str, choices) -> str:
-    """`` (did you mean 'x'?)`` for the closest valid spelling, or nothing."""
-    m = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {m[0]!r}?)" if m else ""
-
 
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -143,69 +129,14 @@ class RunConfig(BaseModel):
 # ---------------------------------------------------------------------------------------- messages
 
 
-def _num(x: Any) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
 def field_range(name: str, fields=None) -> str:
-    """The declared range of a numeric setting, e.g. ``0 < top_p <= 1``; empty when it has none."""
-    fields = RunConfig.model_fields if fields is None else fields
-    info = fields.get(name)
-    lo = hi = ""
-    for m in getattr(info, "metadata", []) if info is not None else []:
-        if getattr(m, "ge", None) is not None:
-            lo = f"{_num(m.ge)} <= "
-        if getattr(m, "gt", None) is not None:
-            lo = f"{_num(m.gt)} < "
-        if getattr(m, "le", None) is not None:
-            hi = f" <= {_num(m.le)}"
-        if getattr(m, "lt", None) is not None:
-            hi = f" < {_num(m.lt)}"
-    if not (lo or hi):
-        return ""
-    if lo and not hi:  # `k >= 1` reads better than `1 <= k`
-        op = "> " if lo.endswith("< ") else ">= "
-        return f"{name} {op}{lo.split(' ')[0]}"
-    return f"{lo}{name}{hi}"
-
-
-_KIND = {"int": "a whole number", "float": "a number", "bool": "true or false", "string": "a text",
-         "list": "a list", "finite": "a finite number"}
-
-
-def problem_line(err: dict, fields=None) -> str:
-    """One pydantic error as one line: the setting, what was found, what is allowed, the flag."""
-    fields = RunConfig.model_fields if fields is None else fields
-    loc = err.get("loc") or ("<config>",)
-    name = str(loc[0])
-    flag = flag_of(name)
-    found = err.get("input")
-    t = err["type"]
-    if t == "extra_forbidden":
-        return (f"unknown setting {name!r}{_nearest(name, fields)}. Fix: remove it or use one of the settings "
-                f"listed by `nlalab run --help`.")
-    if t == "missing":
-        return f"setting {name!r} is required. Fix: pass {flag}."
-    if t == "value_error":
-        # our own validators already say what is allowed: keep their sentence, drop pydantic's prefix
-        msg = str(err.get("msg", "")).removeprefix("Value error, ")
-        return f"{flag}: {msg}. Fix: pass a valid {flag}."
-    rng = field_range(name, fields)
-    if t in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        return f"{flag}: found {found!r}, allowed {rng}. Fix: pass {flag} within that range."
-    if t == "literal_error":
-        allowed = (err.get("ctx") or {}).get("expected", "")
-        return f"{flag}: found {found!r}, allowed {allowed}. Fix: pass {flag} with one of these."
-    if t == "string_too_short":
-        return f"{flag}: found an empty value. Fix: pass {flag} with a value."
-    kind = next((v for k, v in _KIND.items() if t.startswith(k)), "a valid value")
-    extra = f" ({rng})" if rng else ""
-    return f"{flag}: found {found!r}, expected {kind}{extra}. Fix: pass {flag} with {kind}."
+    """The declared range of a RunConfig setting, e.g. ``0 < top_p <= 1``; empty when it has none."""
+    return _field_range(name, RunConfig.model_fields if fields is None else fields)
 
 
 def config_error_line(e: ValidationError) -> str:
     """A pydantic ValidationError of RunConfig as one line per problem (joined by '; ')."""
-    return "; ".join(problem_line(err) for err in e.errors(include_url=False))
+    return settings_error_line(e, RunConfig.model_fields)
 
 
 # ---------------------------------------------------------------------------------------- --config

@@ -58,6 +58,11 @@ class GenerationSettings:
     devices: Union[None, str, int, Sequence[str]] = field(
         default_factory=lambda: os.environ.get("NLALAB_VERBALIZE_DEVICES", "auto"))
 
+    def __post_init__(self) -> None:
+        """Sampling values checked against the one declaration of their ranges (UsageError, one line)."""
+        SamplingSettings(temperature=self.temperature, top_p=self.top_p, greedy=self.greedy,
+                         max_new_tokens=self.max_new_tokens, seed=self.seed)
+
     @classmethod
     def from_sampling(cls, sampling: SamplingSettings, **execution) -> "GenerationSettings":
         """The checked sampling settings plus how to run them (batch_size, engine, devices, ...)."""
