@@ -302,3 +302,89 @@ def test_bad_input(case: Case, fixture_pairs, finished_run, tmp_path):
         assert snapshot(out) == before, "a failed command changed a finished run"
     if case.check:
         case.check(ctx, res)
+
+
+# ------------------------------------------------------------------------------ library-level rows
+
+
+def _st(tmp: Path, tensors=None) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    f = tmp / "w.safetensors"
+    save_file(tensors or {"a": torch.ones(4, 4), "b": torch.zeros(3)}, str(f))
+    return f
+
+
+def test_check_safetensors_known_sizes(tmp_path):
+    from nlalab.errors import FileFault
+    from nlalab.pairs.load import check_safetensors
+
+    f = _st(tmp_path)
+    header = check_safetensors(f)
+    assert set(header) - {"__metadata__"} == {"a", "b"}
+    n = int.from_bytes(f.read_bytes()[:8], "little")
+    assert f.stat().st_size == 8 + n + (16 + 3) * 4  # the size the check expects, by hand
+    data = f.read_bytes()
+    for cut, needle in ((len(data) - 1, "truncated"), (4, "safetensors header"), (8 + n - 1, "safetensors header")):
+        f.write_bytes(data[:cut])
+        with pytest.raises(FileFault, match=needle) as ei:
+            check_safetensors(f)
+        assert str(f) in str(ei.value) and "Fix:" in str(ei.value) and "re-download" in str(ei.value) and ei.value.exit_code == 3
+    f.write_bytes(data + b"\0")
+    with pytest.raises(FileFault, match="longer than its header says"):
+        check_safetensors(f)
+
+
+def test_check_weight_files_missing_shard(tmp_path):
+    from nlalab.errors import FileFault
+    from nlalab.pairs.load import check_weight_files
+
+    _st(tmp_path)
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "w.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(FileFault, match="model-00002-of-00002.safetensors: found no such file"):
+        check_weight_files(tmp_path)
+    (tmp_path / "model.safetensors.index.json").unlink()
+    assert [p.name for p in check_weight_files(tmp_path)] == ["w.safetensors"]
+
+
+def test_check_layer_against_the_ar(fixture_pairs):
+    from nlalab.errors import ValidationProblem
+    from nlalab.pairs.load import check_layer
+
+    p = fixture_pairs["qwen2"]
+    assert check_layer(p.ar, p.layer, p.target) == 2
+    with pytest.raises(ValidationProblem, match="found 2 \\(the AR's layer K\\), expected 1.*pass --layer 2"):
+        check_layer(p.ar, 1)
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda f: f.write_bytes(b"\x93NUMPY\x01\x00garbage"), "unreadable .npy"),
+    (lambda f: np.save(f, np.array(["a", "b"])), "holds <U1 values, expected numbers"),
+    (lambda f: np.save(f, np.ones((0, 4), np.float32)), "expected [d] or [n, d] with n, d >= 1"),
+    (lambda f: np.save(f, np.array([[1.0, np.inf]], np.float32)), "(n=1, d=2) contain NaN or Inf values (rows [0])"),
+    (lambda f: np.save(f, np.array([[1.0, 2.0], [0, 0], [3, 4]], np.float32)), "rows [1] are all zeros"),
+])
+def test_vector_file_faults(tmp_path, make, needle):
+    from nlalab.errors import UsageError
+    from nlalab.vectors_io import load_vectors
+
+    f = tmp_path / "v.npy"
+    make(f)
+    with pytest.raises(UsageError) as ei:
+        load_vectors(f)
+    assert needle in str(ei.value) and "Fix:" in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_vector_file_truncated_safetensors(tmp_path):
+    import torch
+
+    from nlalab.errors import UsageError
+    from nlalab.vectors_io import load_vectors
+
+    f = _st(tmp_path, {"v": torch.ones(2, 8)})
+    assert load_vectors(f).shape == (2, 8)
+    truncate(f, 0.8)
+    with pytest.raises(UsageError, match="file size: found .* \\(truncated\\).*Fix: save the vectors again"):
+        load_vectors(f)
