@@ -195,6 +195,7 @@ CASES = [
          "expected a mapping", xfail=CLI_WIRING),
     Case("run-config-missing", lambda c: run_argv(c, config=c.tmp / "nope.yaml"), 2, "not found",
          xfail=CLI_WIRING),
+    Case("run-max-memory-bad", lambda c: run_argv(c, max_memory="70GiB"), 2, "is not DEVICE=SIZE"),
     Case("run-corpus-empty-prompt", lambda c: run_argv(c, c.tmp / "e", corpus=corpus_file(
         c, [{"category": "chat", "prompt": " "}])), 2, "empty prompt"),
     # ---- run: faults found at resolution or capture --------------------------------------------------
@@ -388,3 +389,14 @@ def test_vector_file_truncated_safetensors(tmp_path):
     truncate(f, 0.8)
     with pytest.raises(UsageError, match="file size: found .* \\(truncated\\).*Fix: save the vectors again"):
         load_vectors(f)
+
+
+def test_load_option_faults():
+    from nlalab.errors import UsageError
+    from nlalab.pairs.load import LoadOptions, parse_max_memory
+
+    assert parse_max_memory("0=70GiB,cpu=1GiB") == {0: "70GiB", "cpu": "1GiB"}
+    with pytest.raises(UsageError, match="'70GiB' is not DEVICE=SIZE. Fix:"):
+        parse_max_memory("70GiB")
+    with pytest.raises(UsageError, match="Unknown dtype 'f16'. Fix:"):
+        LoadOptions(device="cpu", dtype="f16").resolved_dtype()

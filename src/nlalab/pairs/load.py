@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from nlalab.errors import FileFault, NLALabError, ValidationProblem
+from nlalab.errors import FileFault, NLALabError, UsageError, ValidationProblem
 from nlalab.pairs import arch
 from nlalab.pairs.markers import av_prompt_ids, locate_marker
 from nlalab.pairs.sidecar import DEFAULT_AR_TEMPLATE, DEFAULT_AV_TEMPLATE, Sidecar, read_sidecar
@@ -59,7 +59,7 @@ class LoadOptions:
             return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
                     "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[self.dtype]
         except KeyError:
-            raise NLALabError(f"Unknown dtype {self.dtype!r}. Use one of auto, bf16, fp16, fp32.") from None
+            raise UsageError(f"Unknown dtype {self.dtype!r}. Fix: use one of auto, bf16, fp16, fp32.") from None
 
 
 def parse_max_memory(spec: Optional[str]) -> Optional[dict]:
@@ -69,7 +69,7 @@ def parse_max_memory(spec: Optional[str]) -> Optional[dict]:
     for part in spec.split(","):
         key, _, val = part.partition("=")
         if not val:
-            raise NLALabError(f"--max-memory entry {part!r} is not DEVICE=SIZE (e.g. 0=70GiB).")
+            raise UsageError(f"--max-memory entry {part!r} is not DEVICE=SIZE. Fix: write e.g. 0=70GiB,1=70GiB.")
         key = key.strip()
         out[int(key) if key.isdigit() else key] = val.strip()
     return out
@@ -510,7 +510,8 @@ def load_target(path: Path, layer: int, opts: LoadOptions = LoadOptions(), trunc
     config = AutoConfig.from_pretrained(path)
     n = arch.n_layers_of(config)
     if not 0 <= layer < n:
-        raise NLALabError(f"Layer {layer} is out of range for {path} ({n} blocks: 0..{n - 1}).")
+        raise UsageError(f"Layer {layer} is out of range for {path} ({n} blocks: 0..{n - 1}). Fix: pass a --layer "
+                         "of this target (the pair's own layer).")
     model = load_text_causal_lm(path, opts, n_layers=layer + 1 if truncate else None)
     tok = load_tokenizer(path, padding_side="right")
     return Target(model=model, tokenizer=tok, layer=layer, path=path, truncated=truncate, revision=revision)
