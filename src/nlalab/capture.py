@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nlalab.batching import length_buckets, right_padded
-from nlalab.errors import NLALabError
+from nlalab.errors import NLALabError, UsageError
 from nlalab.pairs import arch
 from nlalab.pairs.markers import chat_ids
 
@@ -97,7 +97,8 @@ def select_positions(ids: Sequence[int], positions: Positions, doc_id: str, seed
     for p in positions:
         q = p + n if p < 0 else p
         if not 0 <= q < n:
-            raise NLALabError(f"Position {p} is outside item {doc_id!r} ({n} tokens).")
+            raise UsageError(f"--position {p} is outside item {doc_id!r}, which has {n} tokens (valid: {-n} to "
+                             f"{n - 1}). Fix: pass --position last, or an index every prompt reaches.")
         out.append(q)
     return out
 
