@@ -204,7 +204,7 @@ def run(
     """Run the decoupling study (capture, K samples, metrics, controls) into a resumable run directory."""
     import torch
 
-    from nlalab.study.config import CONTROLS, RunConfig
+    from nlalab.study.config import RunConfig, control_names
     from nlalab.study.pipeline import run_study
 
     try:
@@ -215,7 +215,7 @@ def run(
             base = yaml.safe_load(config.read_text()) or {}
         demo = not (pair or av or ar or base.get("pair") or base.get("av")) and not torch.cuda.is_available()
         defaults = OFFLINE_DEMO if demo else SEED_PROTOCOL
-        ctl = list(CONTROLS) if controls == "all" else [] if controls == "none" else [
+        ctl = control_names() if controls == "all" else [] if controls == "none" else [
             c.strip() for c in controls.split(",") if c.strip()]
         given = dict(out=str(out), pair=pair, av=av, ar=ar, target=target, layer=layer, revision=revision,
                      untrained_baseline=untrained_baseline, corpus=corpus, limit_per_category=limit_per_category,

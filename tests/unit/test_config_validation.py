@@ -4,7 +4,7 @@ import pytest
 
 from nlalab.errors import EXIT_USAGE, UsageError
 from nlalab.settings import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, Position, PositionError, SamplingSettings
-from nlalab.study.config import CONTROLS, RunConfig, field_range, load_config_file
+from nlalab.study.config import RunConfig, control_names, field_range, load_config_file
 
 
 def bad(**kw) -> str:
@@ -64,7 +64,7 @@ def test_good_values_pass_and_keep_their_form():
     c = RunConfig(out="x", temperature=0, top_p=1, positions=-3, controls="random_gaussian, blind", k=1)
     assert (c.positions, c.controls, c.temperature) == ("-3", ["random_gaussian", "blind"], 0)
     assert RunConfig(out="x", positions=" LAST ").positions == "last"
-    assert RunConfig(out="x", controls="all").controls == list(CONTROLS)
+    assert RunConfig(out="x", controls="all").controls == control_names()
     assert RunConfig(out="x", controls="none").controls == []
     assert Position.parse(RunConfig(out="x", positions="7").positions).capture_arg() == [7]
 

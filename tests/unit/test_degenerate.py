@@ -109,3 +109,22 @@ def test_scan_and_merge_into_results():
     g = torch.Generator().manual_seed(1)
     healthy = torch.randn(4, 64, generator=g)
     assert dg.scan(healthy, items(["a", "a", "b", "b"]), b_rv=metrics.brv(healthy, 8.0), mse_scale=8.0) == []
+
+
+def test_without_fve_nrm_blanks_every_fve_nrm_and_nothing_else():
+    from nlalab.study.degenerate import without_fve_nrm
+
+    res = {"per_category": {"chat": {"fve_nrm": {"mean": -3.8e32}, "fve_nrm_seed": {"mean": 0.2}, "cos": 0.9}},
+           "controls": {"seeds": {"spread": {"fve_nrm[chat]": {"mean": -1e30}, "recall": {"mean": 0.1}}},
+                        "random_gaussian": {"comparison": [{"metric": "fve_nrm", "real": {"mean": -1e31}, "diff": 3.0},
+                                                           {"metric": "cos", "real": {"mean": 0.1}, "diff": 0.0}]},
+                        "recon_permutation": {"verdicts": {"chat": "chat: evidence ..."}}},
+           "confabulation": {"fve_threshold": -2e31}}
+    out = without_fve_nrm(res)
+    assert out["per_category"]["chat"] == {"fve_nrm": None, "fve_nrm_seed": {"mean": 0.2}, "cos": 0.9}
+    assert out["controls"]["seeds"]["spread"] == {"fve_nrm[chat]": None, "recall": {"mean": 0.1}}
+    assert out["controls"]["random_gaussian"]["comparison"] == [
+        {"metric": "fve_nrm", "real": None, "diff": None}, {"metric": "cos", "real": {"mean": 0.1}, "diff": 0.0}]
+    assert "n/a" in out["controls"]["recon_permutation"]["verdicts"]["chat"]
+    assert out["confabulation"]["fve_threshold"] is None
+    assert res["per_category"]["chat"]["fve_nrm"] == {"mean": -3.8e32}  # the input is not changed

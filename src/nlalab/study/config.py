@@ -16,12 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from nlalab.errors import UsageError
 from nlalab.settings import (DEFAULT_GREEDY, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFAULT_TEMPERATURE,
                              DEFAULT_TOP_P, POSITION_HELP, MaxNewTokens, SamplingSettings, Seed, StudyPosition,
-                             Temperature, TopP, flag_of, nearest as _nearest, settings_error_line)
+                             Temperature, TopP, nearest as _nearest, settings_error_line)
 from nlalab.settings import field_range as _field_range
 
-# Selectable controls. The recall permutation control is always computed (it costs no model call).
-CONTROLS = ("random_gaussian", "directions", "recon_permutation", "baselines", "blind", "prefix", "grounding",
-            "seeds")
+
+
+def control_names() -> list[str]:
+    """The selectable controls: every registered control plug-in but the always-on ones (the recall
+    permutation control costs no model call and always runs)."""
+    from nlalab.study.controls import selectable
+
+    return selectable()
+
 # Stages --force can redo (the same names as nlalab.study.pipeline.STAGES).
 STAGES = ("capture", "verbalize", "reconstruct", "controls")
 DTYPES = ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32")
@@ -55,7 +61,7 @@ class RunConfig(BaseModel):
     seed: Seed = DEFAULT_SEED
     engine: Literal["auto", "fast", "loop", "hf"] = Field(
         "auto", description="auto (fast on CUDA, loop on CPU), fast, loop or hf (transformers.generate, the reference).")
-    controls: list[str] = Field(default_factory=lambda: list(CONTROLS))
+    controls: list[str] = Field(default_factory=control_names, description="Controls to run (nlalab.study.controls).")
     n_random: int = Field(30, ge=1, description="Random-Gaussian vectors.")
     n_seeds: int = Field(2, ge=1, description="Extra verbalization seeds for the noise-floor control.")
     max_prefix_sentences: int = Field(5, ge=1, description="Longest explanation prefix (sentences) in the prefix control.")
@@ -89,17 +95,18 @@ class RunConfig(BaseModel):
         """A config file may say `controls: all`, `none` or a comma list, like the flag."""
         if isinstance(v, str):
             v = v.strip()
-            return list(CONTROLS) if v == "all" else [] if v in ("none", "") else [
+            return control_names() if v == "all" else [] if v in ("none", "") else [
                 c.strip() for c in v.split(",") if c.strip()]
         return v
 
     @field_validator("controls")
     @classmethod
     def _known_controls(cls, v: list[str]) -> list[str]:
-        bad = [c for c in v if c not in CONTROLS]
+        known = control_names()
+        bad = [c for c in v if c not in known]
         if bad:
-            raise ValueError(f"unknown control {bad[0]!r}{_nearest(bad[0], CONTROLS)}; "
-                             f"allowed: all, none, or a comma list of {', '.join(CONTROLS)}")
+            raise ValueError(f"unknown control {bad[0]!r}{_nearest(bad[0], known)}; "
+                             f"allowed: all, none, or a comma list of {', '.join(known)}")
         return v
 
     @field_validator("force")

@@ -233,3 +233,28 @@ def merge_warnings(results: dict, warnings: Iterable[DataWarning]) -> dict:
     typed = list(results.get("data_warnings") or [])
     results["data_warnings"] = typed + [w.to_dict() for w in ws if w.to_dict() not in typed]
     return results
+
+
+def _is_fve_key(k: str) -> bool:
+    return k == "fve_nrm" or k.startswith("fve_nrm[") or k in ("fve_threshold", "gap_real_minus_this")
+
+
+def without_fve_nrm(obj):
+    """``obj`` (results, rows) with every fve_nrm value replaced by None: with a degenerate B_rv the
+    statistic is undefined, and n/a is shown instead of a number that looks like a result. Verdicts that
+    rest on fve_nrm say so."""
+    if isinstance(obj, list):
+        return [without_fve_nrm(x) for x in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {}
+    for k, v in obj.items():
+        if isinstance(k, str) and _is_fve_key(k):
+            out[k] = None
+        elif k == "verdicts" and isinstance(v, dict):  # the item-specific verdicts are about fve_nrm
+            out[k] = {c: f"{c}: n/a (B_rv is degenerate, so fve_nrm is undefined)" for c in v}
+        else:
+            out[k] = without_fve_nrm(v)
+    if out.get("metric") == "fve_nrm":  # comparison rows of the random-Gaussian control
+        out = {k: (v if k == "metric" else None) for k, v in out.items()}
+    return out

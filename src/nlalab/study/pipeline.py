@@ -27,7 +27,9 @@ from nlalab.rundir.io import (JsonlLog, atomic_save_tensors, atomic_write_json, 
 from nlalab.rundir.layout import SCHEMA_VERSION, RunLayout
 from nlalab.rundir.provenance import environment
 from nlalab.study import stages as ST
+from nlalab.study import degenerate
 from nlalab.study.config import RunConfig
+from nlalab.study.identity import check_identity, corpus_record, record_started
 from nlalab.study.controls import Control, GenJob, StudyContext, registry, selectable
 from nlalab.study.models import ModelSource, Preloaded  # noqa: F401  (Preloaded: public API)
 from nlalab.study.resolve import disk_models, offline_default_pair, resolve_run_pair  # noqa: F401  (public API)
@@ -45,16 +47,6 @@ def selected_controls(cfg: RunConfig) -> list[Control]:
     if bad:
         raise UsageError(f"Unknown control(s) {bad}; available: {', '.join(selectable())} (or none).")
     return [c for n, c in reg.items() if c.always or n in cfg.controls]
-
-
-def _check_config(layout: RunLayout, record: dict, overwrite: bool) -> None:
-    if not layout.config.exists() or overwrite:
-        return
-    old = read_json(layout.config, fix="delete it, or pass --overwrite").get("identity", {})
-    diff = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-    if diff:
-        raise UsageError(f"{layout.root} already holds a run with different settings ({', '.join(diff)}). Fix: "
-                         "choose another --out, or pass --overwrite to redo it with the new settings.")
 
 
 def _force(layout: RunLayout, stages: list[str]) -> None:
@@ -137,11 +129,11 @@ def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callab
 def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: bool,
          on_stage: Optional[Callable[[str], None]], models: Optional[ModelSource]) -> dict:
     t0 = time.time()
-    _check_config(layout, cfg.identity(), overwrite)
+    items = _select_items(cfg)
+    check_identity(layout.root, {"identity": cfg.identity()}, items, overwrite)
     if overwrite:
         _force(layout, ["capture"])
     _force(layout, list(cfg.force))
-    items = _select_items(cfg)
     cats = corpus_categories(items)
     if models is None:
         models = disk_models(cfg)
@@ -152,10 +144,11 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
                             devices=cfg.verbalize_devices)
     record = {"schema_version": SCHEMA_VERSION, "identity": cfg.identity(), "config": cfg.model_dump(),
               "pair": provenance,
-              "corpus": {"ref": cfg.corpus, "n_items": len(items), "categories": cats, "sha256": corpus_digest(items)},
+              "corpus": {"ref": cfg.corpus, "n_items": len(items), "categories": cats, "sha256": corpus_digest(items),
+                         **corpus_record(items)},
               "controls": [c.name for c in controls],
               "environment": environment(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write_json(layout.config, record)
+    record_started(layout.root, record)  # binds a rerun only once a stage has written output
     stages = layout.stages
     timings: dict[str, float] = {}
     last: list = [time.time(), None]
@@ -241,11 +234,17 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
     from nlalab.study.analysis import _clean, analyze
     from nlalab.study.report import print_summary, render_report
 
-    ctx.b_rv, b_rv_source = _b_rv(cfg, acts, ctx.mse_scale)
+    b_rv, b_rv_source = _b_rv(cfg, acts, ctx.mse_scale)
+    # a B_rv too small to divide by (identical activations) makes every fve_nrm n/a, never a huge number
+    ctx.b_rv = degenerate.usable_brv(b_rv, ctx.mse_scale, acts.shape[1])
     ctx.center = acts.mean(0)
     samples = ctx.samples = _score_corpus(ctx, cap_meta)
-    results = analyze(samples, categories=cats, b_rv=ctx.b_rv, b_rv_source=b_rv_source, n_perm=cfg.n_perm,
+    results = analyze(samples, categories=cats, b_rv=b_rv, b_rv_source=b_rv_source, n_perm=cfg.n_perm,
                       n_boot=cfg.n_boot, seed=cfg.seed)
+    degenerate.merge_warnings(results, degenerate.scan(
+        acts, items, position=cfg.positions, b_rv=b_rv, mse_scale=ctx.mse_scale, brv_source=b_rv_source,
+        n_tokens={m["item_id"]: m.get("n_tokens") for m in cap_meta if m.get("n_tokens") is not None},
+        context=models.context_length() if hasattr(models, "context_length") else None))
     results = {"schema_version": SCHEMA_VERSION, **results, "mse_scale": ctx.mse_scale,
                "capture": {"layer": layer, "hook": cmeta.get("hook"), "positions": cfg.positions},
                "controls": {n: None for n in registry()}}
@@ -260,6 +259,10 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
         sec = results["controls"][c.name]
         if isinstance(sec, dict):
             results["warnings"] += [w for w in c.warnings(sec) if w not in results["warnings"]]
+    if ctx.b_rv is None:  # degenerate B_rv: every fve_nrm is undefined, shown as n/a
+        results = degenerate.without_fve_nrm(results)
+        samples = degenerate.without_fve_nrm(samples)
+        control_rows = degenerate.without_fve_nrm(control_rows)
     results["provenance"] = {k: record[k] for k in ("config", "pair", "corpus", "environment")}
     note("done")
     results["timings_s_this_invocation"] = timings

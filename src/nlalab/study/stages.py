@@ -57,7 +57,9 @@ def sorted_rows(log: JsonlLog, n_vectors: int, k: int) -> list[dict]:
 def capture_activations(tg, items, layer: int, cfg, path: Path) -> None:
     from nlalab.capture import capture
 
-    pos = cfg.positions if cfg.positions == "last" else [int(cfg.positions)]
+    from nlalab.settings import Position
+
+    pos = Position.parse(cfg.positions).capture_arg()
     cap = capture(tg.model, tg.tokenizer, [it.prompt for it in items], layer, ids=[it.id for it in items],
                   positions=pos, seed=cfg.seed, batch_size=cfg.capture_batch_size, progress=cfg.progress)
     if [m["item_id"] for m in cap.meta] != [it.id for it in items]:
