@@ -52,7 +52,7 @@ def _read_pt(p: Path):
 def _read_safetensors(p: Path):
     from safetensors.torch import load_file
 
-    from nlalab.pairs.load import check_safetensors
+    from nlalab.rundir.io import check_safetensors
 
     fix = "save the vectors again with safetensors.torch.save_file"
     try:
