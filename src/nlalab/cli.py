@@ -107,10 +107,9 @@ def _opts(device: str, dtype: str, device_map: Optional[str], max_memory: Option
 
 def _given(ctx: typer.Context) -> set[str]:
     """Parameters typed on the command line (or set through an environment variable), not defaulted."""
-    from click.core import ParameterSource
-
+    # compared by name: typer may vendor its own click, whose ParameterSource is another enum class
     return {n for n in ctx.params
-            if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+            if getattr(ctx.get_parameter_source(n), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
 
 
 def _pick_format(fmt: str, as_json: bool, allowed: tuple[str, ...]) -> str:
