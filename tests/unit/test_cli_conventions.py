@@ -155,3 +155,21 @@ def test_config_file_values_reach_config_json(fixture_pairs, tmp_path):
     assert res.exit_code == 0, res.output
     c = json.loads((tmp_path / "run2" / "config.json").read_text())["config"]
     assert (c["seed"], c["n_perm"]) == (11, 200)
+
+
+def test_ls_table_format_still_renders():
+    res = runner.invoke(app, ["ls", "--format", "table"], env=WIDE)
+    assert res.exit_code == 0 and "Registered NLA pairs" in res.output and "Shipped with nlalab" in res.output
+
+
+def test_explain_format_json_and_its_hidden_alias(fixture_pairs):
+    p = fixture_pairs["qwen2"]
+    base = ["explain", "--av", str(p.av), "--ar", str(p.ar), "--target", str(p.target), "-p", "Hello there",
+            "--max-new-tokens", "4", "--quiet"]
+    a = runner.invoke(app, base + ["--format", "json"])
+    b = runner.invoke(app, base + ["--json"])
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    rows_a = [json.loads(x) for x in a.stdout.splitlines()]
+    rows_b = [json.loads(x) for x in b.stdout.splitlines()]
+    assert len(rows_a) == 1 and rows_a == rows_b  # same seed (42), same sample
+    assert {"cos", "fve_nrm_seed", "explanation"} <= set(rows_a[0])
