@@ -188,8 +188,8 @@ def ls_cmd(
     except NLALabError as e:
         _fail(e)
     if fmt == "json":
-        typer.echo(json.dumps({"registered": {k: v.model_dump() for k, v in registry().items()},
-                               "shipped": {r["name"]: r for r in shipped}}, indent=2))
+        # the registered pairs at the top level, as before (scripts read it); the shipped pair is in the table/TSV
+        typer.echo(json.dumps({k: v.model_dump() for k, v in registry().items()}, indent=2))
         return
     if fmt == "tsv":
         typer.echo(_tsv(reg, LS_COLUMNS))
