@@ -352,6 +352,17 @@ def build_run_config(params: dict, given: set[str], file_values: dict, demo: boo
     if "controls" in merged:
         merged["controls"] = _parse_controls(merged["controls"])
     merged["force"] = list(merged.get("force") or [])
+    # bad names are usage errors (exit 2), found before any model loads
+    from nlalab.study.config import CONTROLS
+    from nlalab.study.pipeline import STAGES
+
+    bad = [c for c in merged.get("controls", []) if c not in CONTROLS]
+    if bad:
+        raise UsageError(f"Unknown control(s) {bad}. Fix: --controls all, none, or a comma list of "
+                         f"{', '.join(CONTROLS)}.")
+    bad = [f for f in merged["force"] if f not in STAGES]
+    if bad:
+        raise UsageError(f"Unknown stage(s) {bad} for --force. Fix: use one of {', '.join(STAGES)}.")
     merged["progress"] = sys.stderr.isatty() and not quiet
     try:
         return RunConfig(**merged)

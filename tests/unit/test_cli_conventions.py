@@ -135,6 +135,10 @@ def test_build_run_config_precedence():
     assert cfg.controls == [] and cfg.k == 5
     with pytest.raises(UsageError, match="seed"):
         build_run_config(params, set(), {"seed": "seven"}, demo=False)
+    with pytest.raises(UsageError, match=r"Unknown control\(s\) \['blnd'\]"):
+        build_run_config({**params, "controls": "blind,blnd"}, {"controls"}, {}, demo=False)
+    with pytest.raises(UsageError, match=r"Unknown stage\(s\) \['bogus'\] for --force"):
+        build_run_config({**params, "force": ["bogus"]}, {"force"}, {}, demo=False)
 
 
 def test_config_file_values_reach_config_json(fixture_pairs, tmp_path):
