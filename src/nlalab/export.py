@@ -1,6 +1,7 @@
 """``nlalab export``: a run's samples as a table the ecosystem reads (parquet, CSV, JSONL, HF datasets).
 
-One row per sample (item, category, prompt, explanation, reconstruction metrics, recall, failure flags).
+One row per sample (item, category, prompt, explanation, reconstruction metrics, recall, failure flags, and
+the ``score_<scorer>_<metric>`` columns of every ``nlalab score`` scorer the run holds).
 The run's metadata travels with the table so an exported file still says what produced it: the
 config, the pair, the corpus and its sha256, the results schema version and B_rv. It sits in the
 parquet schema metadata (key ``nlalab``), in the HF dataset's ``info.description`` and, for every
@@ -51,6 +52,7 @@ def read_samples(run_dir: Union[str, Path]) -> tuple[list[dict], dict]:
     rows = read_jsonl(run.samples)
     record = read_json(run.config) if run.config.is_file() else {}
     results = read_json(run.results) if run.results.is_file() else {}
+    scorers = _join_scorers(run, rows, results)
     cols = [c for c in LEAD if any(c in r for r in rows)]
     for r in rows:
         for c in r:
@@ -72,8 +74,29 @@ def read_samples(run_dir: Union[str, Path]) -> tuple[list[dict], dict]:
         "b_rv": results.get("b_rv"),
         "b_rv_source": results.get("b_rv_source"),
         "mse_scale": results.get("mse_scale"),
+        "scorers": scorers,
     }
     return table, meta
+
+
+def _join_scorers(run: layout.RunLayout, rows: list[dict], results: dict) -> list[str]:
+    """Add ``score_<scorer>_<metric>`` columns from ``scores/<scorer>.jsonl`` (joined on item_id and sample)
+    for every scorer results.json still lists (a rerun that changed the explanations drops stale ones)."""
+    names = []
+    for name in sorted(results.get("scorers") or {}):
+        path = run.scorer_rows(name)
+        if not path.is_file():
+            continue
+        by_key = {(str(r["item_id"]), int(r["sample"])): r for r in read_jsonl(path)}
+        if len(by_key) != len(rows) or any((str(r["item_id"]), int(r["sample"])) not in by_key for r in rows):
+            continue  # written for other samples: not joinable row by row
+        for r in rows:
+            rec = by_key[(str(r["item_id"]), int(r["sample"]))]
+            for k, v in rec.items():
+                if k not in ("item_id", "sample", "category"):
+                    r[f"score_{name}_{k}"] = v
+        names.append(name)
+    return names
 
 
 def default_out(run_dir: Path, fmt: str) -> Path:

@@ -79,3 +79,22 @@ def test_export_refuses_cleanly(small_run, tmp_path):
     assert res.exit_code == 2 and "parquet, csv, jsonl, hf" in res.output
     res = runner.invoke(app, ["export", str(run), "--format", "jsonl", "--out", "-"])
     assert res.exit_code == 0 and len(res.stdout.splitlines()) == len(rows)
+
+
+def test_scorer_columns_join_on_item_and_sample(small_run, tmp_path):
+    pd = pytest.importorskip("pandas")
+    run, rows, _ = small_run
+    res = runner.invoke(app, ["score", str(run), "--scorer", "keyword", "--n-perm", "20", "--n-boot", "20"])
+    assert res.exit_code == 0, res.output
+    scored = {(r["item_id"], r["sample"]): r for r in map(json.loads, (run / "scores" / "keyword.jsonl").read_text().splitlines())}
+    out = tmp_path / "s.jsonl"
+    assert runner.invoke(app, ["export", str(run), "--format", "jsonl", "--out", str(out)]).exit_code == 0
+    df = pd.read_json(out, lines=True)
+    metrics = [k for k in next(iter(scored.values())) if k not in ("item_id", "sample", "category")]
+    assert metrics and read_export_meta(out)["scorers"] == ["keyword"]
+    assert any(r[m] is not None for r in scored.values() for m in metrics)  # numbers, not only missing values
+    for m in metrics:
+        want = [scored[(i, s)][m] for i, s in zip(df.item_id, df["sample"])]
+        got = df[f"score_keyword_{m}"].tolist()
+        assert [g is None or g != g for g in got] == [w is None for w in want]  # missing stays missing
+        assert [g for g, w in zip(got, want) if w is not None] == pytest.approx([w for w in want if w is not None])
