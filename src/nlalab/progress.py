@@ -114,12 +114,13 @@ class Progress:
         total = self.clock() - self.t_start
         self._write(f"{text + ' ' if text else ''}finished in {fmt_duration(total)}")
 
-    def on_stage(self, name: str) -> None:
-        """The ``run_study(on_stage=...)`` hook: a stage name starts that stage; ``"done"`` ends the run."""
+    def on_stage(self, name: str, total: Optional[int] = None) -> None:
+        """The ``run_study(on_stage=...)`` hook: a stage name starts that stage (``total``, when the caller
+        knows it, enables counts and ETA through :meth:`advance`); ``"done"`` ends the last stage."""
         if name == "done":
             self._close_stage()
         else:
-            self.stage(name)
+            self.stage(name, total)
 
     # ---- internals ---------------------------------------------------------------------------
     def _close_stage(self) -> None:

@@ -59,6 +59,10 @@ def test_on_stage_hook_of_run_study():
     out = buf.getvalue()
     assert "capture: done in 2s" in out and "verbalize: done in 30s" in out and "score: done in 1s" in out
     assert "done: started" not in out
+    p.on_stage("verbalize", 4)  # a caller that knows the count gets counts and ETA
+    clock.t += 8
+    p.advance(4)
+    assert buf.getvalue().splitlines()[-1] == "[nlalab] verbalize: 4/4 (100%), elapsed 8s, ETA 0s"
 
 
 def test_quiet_prints_nothing():
