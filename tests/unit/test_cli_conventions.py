@@ -177,3 +177,24 @@ def test_explain_format_json_and_its_hidden_alias(fixture_pairs):
     rows_b = [json.loads(x) for x in b.stdout.splitlines()]
     assert len(rows_a) == 1 and rows_a == rows_b  # same seed (42), same sample
     assert {"cos", "fve_nrm_seed", "explanation"} <= set(rows_a[0])
+
+
+def test_train_config_file_beats_flag_defaults(fixture_pairs, tmp_path):
+    from nlalab.train.pipeline import TrainConfig
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"id": "p0", "category": "chat", "format": "prompt", "text": "Hi?"}) + "\n")
+    out = tmp_path / "from_file"
+    conf = tmp_path / "train.yaml"
+    conf.write_text(yaml.safe_dump({"out": str(out), "seed": 7, "device": "cpu"}))
+    args = ["train", "--config", str(conf), "--base", str(fixture_pairs["qwen2"].target), "--corpus", str(corpus),
+            "--stop-after", "corpus"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    saved = TrainConfig.model_validate(json.loads((out / "config.json").read_text()))
+    assert (saved.seed, saved.device, saved.out) == (7, "cpu", str(out))
+    typed = tmp_path / "typed"
+    res = runner.invoke(app, args + ["--seed", "3", "--out", str(typed)])
+    assert res.exit_code == 0, res.output
+    saved = TrainConfig.model_validate(json.loads((typed / "config.json").read_text()))
+    assert (saved.seed, saved.out) == (3, str(typed))
