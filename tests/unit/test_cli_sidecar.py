@@ -59,7 +59,7 @@ def test_refuses_to_replace_and_needs_the_av_scale(bare_pair):
 
 
 def test_bad_marker_and_wrong_layer(bare_pair):
-    (av, av_orig), (ar, _) = bare_pair["av"], bare_pair["ar"]
+    (av, _), (ar, _) = bare_pair["av"], bare_pair["ar"]
     res = runner.invoke(app, ["sidecar", "write", "--av", str(av), "--layer", "2", "--injection-scale", "9",
                               "--marker", "xyzzy"])
     assert res.exit_code == 2 and "--marker 'xyzzy' is not one token" in res.output
