@@ -116,18 +116,22 @@ def _b_rv(cfg: RunConfig, acts: torch.Tensor, mse_scale: float) -> tuple[float, 
 
 
 def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callable[[str], None]] = None,
-              models: Optional[ModelSource] = None) -> dict:
+              models: Optional[ModelSource] = None, progress=None) -> dict:
     """The whole study into ``cfg.out``. ``models``: where the target, AV and AR come from (default: the
-    pair named by ``cfg``, loaded from disk stage by stage); the pair fields of ``cfg`` are then unused."""
+    pair named by ``cfg``, loaded from disk stage by stage); the pair fields of ``cfg`` are then unused.
+    ``progress``: a reporter with ``stage(name, total)`` and ``advance(n)`` (``nlalab.progress.Progress``):
+    per-stage counts, elapsed time and ETA; it replaces the per-call bars of ``cfg.progress``."""
     layout = RunLayout(cfg.out)
     controls = selected_controls(cfg)
+    if progress is not None:
+        cfg = cfg.model_copy(update={"progress": False})
     with dir_lock(layout.root, wait=0, what="nlalab run"):
         clean_tmp(layout.root)
-        return _run(cfg, layout, controls, overwrite, on_stage, models)
+        return _run(cfg, layout, controls, overwrite, on_stage, models, progress)
 
 
 def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: bool,
-         on_stage: Optional[Callable[[str], None]], models: Optional[ModelSource]) -> dict:
+         on_stage: Optional[Callable[[str], None]], models: Optional[ModelSource], progress=None) -> dict:
     t0 = time.time()
     items = _select_items(cfg)
     check_identity(layout.root, {"identity": cfg.identity()}, items, overwrite)
@@ -153,7 +157,7 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
     timings: dict[str, float] = {}
     last: list = [time.time(), None]
 
-    def note(stage: str) -> None:
+    def note(stage: str, total: Optional[int] = None) -> None:
         """Record how long the previous stage took (results.json: timings_s) and announce the next."""
         now = time.time()
         if last[1] is not None:
@@ -161,6 +165,12 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
         last[0], last[1] = now, stage
         if on_stage is not None:
             on_stage(stage)
+        if progress is not None:
+            progress.on_stage(stage, total)
+
+    def advance(n: int) -> None:
+        if progress is not None:
+            progress.advance(n)
 
     k = cfg.k
     ctx = StudyContext(cfg=cfg, items=items, categories=cats, acts=None)
@@ -170,13 +180,15 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
     plain_jobs = [j for c in controls for j in c.plain(ctx)]
     plain_todo = [j for j in plain_jobs if len(ST.done_keys(ST.job_log(stages, j.name))) < len(j.prompts) * k]
     if not cap_path.exists() or plain_todo:
-        note("capture")
+        note("capture", len(items) if not cap_path.exists() else None)
         tg = models.target(truncate=not plain_todo)
         if not cap_path.exists():
             ST.capture_activations(tg, items, layer, cfg, cap_path)
+            advance(len(items))
         for job in plain_todo:
-            note(f"{job.name} explanations")
-            ST.run_plain(tg, models.av_template(), job, k, gs, ST.job_log(stages, job.name))
+            log_j = ST.job_log(stages, job.name)
+            note(f"{job.name} explanations", len(job.prompts) * k - len(ST.done_keys(log_j)))
+            ST.run_plain(tg, models.av_template(), job, k, gs, log_j, on_rows=advance)
         models.release(tg)
         del tg
     acts, cap_meta, cmeta = ST.load_capture(cap_path)
@@ -189,10 +201,11 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
     for job in jobs:
         ctx.vectors[job.name] = job.vectors
     verbalize_devices: dict[str, list] = {}
-    if any(len(ST.done_keys(ST.job_log(stages, j.name))) < j.vectors.shape[0] * k for j in jobs):
-        note("verbalize")
+    todo = sum(max(0, j.vectors.shape[0] * k - len(ST.done_keys(ST.job_log(stages, j.name)))) for j in jobs)
+    if todo:
+        note("verbalize", todo)
         av = models.av()
-        verbalize_devices = ST.run_verbalize(av, jobs, stages, k, gs, cfg.progress)
+        verbalize_devices = ST.run_verbalize(av, jobs, stages, k, gs, cfg.progress, on_rows=advance)
         models.release(av)
         del av
     for job in jobs:
@@ -207,7 +220,7 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
                                                              d := ST.digest([r["explanation"] for r in ctx.gen_rows[j.name]]))]
     need_extras = bool(all_texts) and not ST.recon_current(extras_path, extras_dig)
     if need or need_extras:
-        note("reconstruct")
+        note("reconstruct", sum(len(ctx.gen_rows[j.name]) for j, _ in need) + (len(all_texts) if need_extras else 0))
         from nlalab.reconstruct import reconstruct
 
         ar = models.ar()
@@ -215,9 +228,11 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
             rec = reconstruct(ar, [r["explanation"] for r in ctx.gen_rows[job.name]], batch_size=cfg.ar_batch_size,
                               progress=cfg.progress)
             ST.save_recon(ST.job_recon_path(stages, job.name), rec, dig, ar.mse_scale)
+            advance(rec.shape[0])
         if need_extras:
             rec = reconstruct(ar, all_texts, batch_size=cfg.ar_batch_size, progress=cfg.progress)
             ST.save_recon(extras_path, rec, extras_dig, ar.mse_scale)
+            advance(rec.shape[0])
         models.release(ar)
         del ar
     for job in jobs:
