@@ -42,16 +42,18 @@ def _version() -> str:
 
 
 def read_samples(run_dir: Union[str, Path]) -> tuple[list[dict], dict]:
-    """The rows of ``samples.jsonl`` (every row has every column, None where absent) and the run's metadata.
+    """The rows of ``samples.jsonl`` (every row has every column, None where absent) and the run's metadata,
+    read through :func:`nlalab.rundir.load.load_run` (typed, schema-0 runs migrated)."""
+    from nlalab.rundir.load import load_run
 
-    A small reader of its own until ``nlalab.rundir.load.load_run(...).samples_df()`` lands."""
     run = layout.RunLayout(Path(run_dir))
     if not run.samples.is_file():
         raise UsageError(f"{run.root}: no {layout.SAMPLES}. Fix: give a run directory that `nlalab run` finished "
                          "(it writes samples.jsonl at the end).")
-    rows = read_jsonl(run.samples)
-    record = read_json(run.config) if run.config.is_file() else {}
-    results = read_json(run.results) if run.results.is_file() else {}
+    loaded = load_run(run.root)
+    rows = loaded.sample_dicts()
+    record = loaded.config_dict()
+    results = loaded.results_dict()
     scorers = _join_scorers(run, rows, results)
     cols = [c for c in LEAD if any(c in r for r in rows)]
     for r in rows:
