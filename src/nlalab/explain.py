@@ -434,3 +434,47 @@ def render_conversation_json(res: ConversationResult) -> str:
     import json
 
     return json.dumps(res.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+
+def capture_with_reply(model, tokenizer, texts: Sequence[str], layer: int, *, positions: str = "reply",
+                       reply_tokens: int = 32, ids: Optional[Sequence[str]] = None, progress: bool = False):
+    """``nlalab run --position reply|all`` for chat items: each prompt is chat-templated, the target (a *full*
+    model, ``load_target(truncate=False)``) writes its greedy reply of at most ``reply_tokens``, and block-K
+    vectors are taken at the reply's tokens (``reply``) or at every token of prompt + reply (``all``).
+
+    Returns ``nlalab.capture.Captured`` whose meta rows carry, beside capture's keys, ``role``
+    (prompt/reply) and ``reply_index`` (position within the reply, None in the prompt), so rows are keyed by
+    (item_id, token_index). An item whose reply is empty contributes nothing under ``reply``.
+    """
+    from nlalab.capture import Captured
+
+    if positions not in ("reply", "all"):
+        raise NLALabError(f"capture_with_reply: positions must be reply or all, not {positions!r}.")
+    if reply_tokens < 1 and positions == "reply":
+        raise NLALabError("--position reply needs --reply-tokens >= 1.")
+    ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
+    if len(ids) != len(texts):
+        raise NLALabError(f"{len(ids)} ids for {len(texts)} texts.")
+    it = range(len(texts))
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=f"reply + capture L{layer}", unit="item")
+    vecs, meta = [], []
+    for i in it:
+        prompt = conversation_ids(tokenizer, [{"role": "user", "content": texts[i]}])
+        reply = greedy_reply(model, tokenizer, prompt, reply_tokens) if reply_tokens > 0 else []
+        seq = prompt + reply
+        picks = list(range(len(prompt), len(seq))) if positions == "reply" else list(range(len(seq)))
+        if not picks:
+            continue
+        h = block_outputs(model, layer, seq)
+        for p in picks:
+            vecs.append(h[p])
+            meta.append({"item_id": ids[i], "token_index": p, "token_id": seq[p],
+                         "token_text": tokenizer.decode([seq[p]]), "norm": float(h[p].norm()), "n_tokens": len(seq),
+                         "role": ROLE_PROMPT if p < len(prompt) else ROLE_REPLY,
+                         "reply_index": p - len(prompt) if p >= len(prompt) else None})
+    if not vecs:
+        raise NLALabError("No positions were captured: every reply was empty. Fix: raise --reply-tokens.")
+    return Captured(vectors=torch.stack(vecs), meta=meta, layer=layer)

@@ -116,3 +116,24 @@ def test_content_start_and_conversation_files(fixture_pairs, tmp_path):
             check_conversation(bad)
     with pytest.raises(UsageError, match="no such file"):
         load_conversation(tmp_path / "nope.json")
+
+
+def test_capture_with_reply_positions(run):
+    from nlalab.explain import capture_with_reply
+
+    res, models, p = run
+    tg = models["target"]
+    with torch_threads(1):
+        cap = capture_with_reply(tg.model, tg.tokenizer, [CHAT[0]["content"], "Hi"], p.layer, reply_tokens=5,
+                                 ids=["a", "b"])
+        allpos = capture_with_reply(tg.model, tg.tokenizer, [CHAT[0]["content"]], p.layer, positions="all",
+                                    reply_tokens=5, ids=["a"])
+    a_rows = [m for m in cap.meta if m["item_id"] == "a"]
+    # same chat as the conversation run: the reply rows are that run's reply tokens, with the same vectors
+    want = [r for r in res.tokens if r["role"] == "reply"]
+    assert [m["token_index"] for m in a_rows] == [r["position"] for r in want]
+    assert [m["reply_index"] for m in a_rows] == list(range(len(want)))
+    assert all(m["role"] == "reply" for m in cap.meta)
+    assert [m["norm"] for m in a_rows] == pytest.approx([r["norm"] for r in want], rel=1e-5)
+    assert [m["role"] for m in allpos.meta] == [r["role"] for r in res.tokens]
+    torch.testing.assert_close(allpos.vectors[[m["token_index"] for m in a_rows]], cap.vectors[:len(a_rows)])
