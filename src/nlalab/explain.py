@@ -29,6 +29,7 @@ class ExplainResult:
     reconstructions: torch.Tensor
     b_rv: Optional[float]
     b_rv_source: str
+    brv: Optional[dict] = None  # nlalab.study.brv.BrvChoice.to_dict(): used, own and training B_rv with sources
 
 
 def explain(
@@ -40,9 +41,11 @@ def explain(
     k: int = 1,
     settings: GenerationSettings = GenerationSettings(),
     opts: LoadOptions = LoadOptions(),
-    b_rv: Optional[float] = None,
+    b_rv=None,
     progress: bool = False,
 ) -> ExplainResult:
+    """``b_rv``: None (the pair's training B_rv if it has one, else these vectors' own if >= 8), or a
+    ``--brv`` choice as in ``nlalab.study.brv.resolve_brv`` (number, ``own``, ``registry``, FILE)."""
     if (prompts is None) == (vectors is None):
         raise NLALabError("Give either prompts or vectors to explain.")
     if prompts is not None:
@@ -65,11 +68,15 @@ def explain(
     mse_scale = ar.mse_scale
     release(ar)
     gold = vectors[[v.vector_index for v in verbs]]
-    source = "given"
-    if b_rv is None and vectors.shape[0] >= MIN_BRV_SET:
-        b_rv = metrics.brv(vectors, mse_scale)
-        source = f"these {vectors.shape[0]} vectors"
-    elif b_rv is None:
+    from nlalab.study.brv import resolve_brv, training_brv
+
+    train = training_brv(dirs.spec.name) if dirs.spec is not None else None
+    choice = None
+    if b_rv is not None or train is not None or vectors.shape[0] >= MIN_BRV_SET:
+        # a registered pair divides by its training-set B_rv, as the release's figures do
+        choice = resolve_brv(b_rv, train, vectors, mse_scale, own_label="these")
+        b_rv, source = choice.value, choice.source
+    else:
         source = "none (fewer than 8 vectors; pass --brv)"
     scores = metrics.score_pairs(recon, gold, mse_scale, b_rv=b_rv)
     rows = []
@@ -77,7 +84,8 @@ def explain(
         row = {"label": labels[v.vector_index], **v.to_dict()}
         row.update({key: float(val[i]) for key, val in scores.items()})
         rows.append(row)
-    return ExplainResult(rows=rows, vectors=vectors, reconstructions=recon, b_rv=b_rv, b_rv_source=source)
+    return ExplainResult(rows=rows, vectors=vectors, reconstructions=recon, b_rv=b_rv, b_rv_source=source,
+                         brv=choice.to_dict() if choice is not None else None)
 
 
 # ------------------------------------------------------------------------------------ conversations

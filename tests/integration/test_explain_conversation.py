@@ -137,3 +137,22 @@ def test_capture_with_reply_positions(run):
     assert [m["norm"] for m in a_rows] == pytest.approx([r["norm"] for r in want], rel=1e-5)
     assert [m["role"] for m in allpos.meta] == [r["role"] for r in res.tokens]
     torch.testing.assert_close(allpos.vectors[[m["token_index"] for m in a_rows]], cap.vectors[:len(a_rows)])
+
+
+def test_explain_prompts_uses_the_training_brv_of_a_registered_pair(fixture_pairs):
+    from nlalab.explain import explain
+
+    p = fixture_pairs["llama"]
+    gs = GenerationSettings(greedy=True, max_new_tokens=6)
+    with torch_threads(1):
+        with registered("tiny-llama", av=str(p.av), ar=str(p.ar), target=str(p.target), layer=p.layer, n_layers=4,
+                        d_model=64, b_rv=0.5, b_rv_source="fixture constant"):
+            dirs = resolve_pair(PairSpec(name="tiny-llama", av=str(p.av), ar=str(p.ar), target=str(p.target),
+                                         layer=p.layer))
+            res = explain(dirs, prompts=["Hi"], settings=gs)
+        assert res.b_rv == 0.5 and "fixture constant" in res.b_rv_source
+        assert res.brv["own_value"] is None  # one vector: no own B_rv, and it says why
+        assert res.rows[0]["fve_nrm"] == pytest.approx(1 - res.rows[0]["mse_nrm"] / 0.5)
+        anon = resolve_pair(PairSpec(av=str(p.av), ar=str(p.ar), target=str(p.target), layer=p.layer))
+        res2 = explain(anon, prompts=["Hi"], settings=gs)
+    assert res2.b_rv is None and "fve_nrm" not in res2.rows[0]  # unregistered, 1 vector: no denominator
