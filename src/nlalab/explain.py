@@ -238,7 +238,7 @@ def summarize_tokens(rows: list[dict], start: int, score_incomplete: bool = Fals
 
     return {"from_position": start, "score_incomplete": score_incomplete,
             "excluded_incomplete": sum(1 for r, m in zip(rows, mask) if not m and r["position"] >= start),
-            "all": block(sel), "by_role": {role: block([r for r in sel if r["role"] == role])
+            "all": block(sel), "all_rows": block([r for r in rows if r["position"] >= start]), "by_role": {role: block([r for r in sel if r["role"] == role])
                                             for role in (ROLE_PROMPT, ROLE_REPLY)}}
 
 
@@ -386,7 +386,11 @@ def render_conversation_text(res: ConversationResult) -> str:
                 out.append(f"  {role:6s}  n={blk['n']:3d}  fve_nrm mean={_f(blk['fve_nrm']['mean'])}  "
                            f"mse_nrm mean={_f(blk['mse_nrm']['mean'])}")
     else:
-        out.append("  no positions to summarize")
+        out.append("  no complete decode to summarize")
+    ar_ = s["all_rows"]
+    if s["excluded_incomplete"] and ar_["n"]:
+        out.append(f"  with the incomplete decodes (all {ar_['n']} rows): fve_nrm mean={_f(ar_['fve_nrm']['mean'])}  "
+                   f"mse_nrm mean={_f(ar_['mse_nrm']['mean'])}")
     v = res.variance
     if v:
         out += [bar, f"Sampling variance at position {v['position']} (token={v['token']!r}, ||v||={v['norm']:.1f}): "
@@ -422,7 +426,7 @@ def render_conversation_markdown(res: ConversationResult) -> str:
                    f"{r['mse_nrm']:.3f} | {r['cos']:.3f} | {r['fve_nrm']:.3f} | {_md_cell(r['explanation'])}{note} |")
     out += ["", "## Summary", "", "| positions | n | mean mse_nrm | mean cos | mean fve_nrm | median fve_nrm | fve>0.5 |",
             "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, blk in [("all", s["all"]), *s["by_role"].items()]:
+    for name, blk in [("complete", s["all"]), *s["by_role"].items(), ("all rows, incomplete too", s["all_rows"])]:
         if blk["n"]:
             out.append(f"| {name} | {blk['n']} | {blk['mse_nrm']['mean']:.3f} | {blk['cos']['mean']:.3f} | "
                        f"{blk['fve_nrm']['mean']:.3f} | {blk['fve_nrm']['median']:.3f} | {blk['fve_gt_0.5']} |")

@@ -74,6 +74,10 @@ def test_summary_leaves_out_scaffold_and_incomplete(run):
     if kept:
         assert a["fve_nrm"]["mean"] == pytest.approx(sum(r["fve_nrm"] for r in kept) / len(kept))
     assert res.summary["by_role"]["reply"]["n"] + res.summary["by_role"]["prompt"]["n"] == a["n"]
+    everything = [r for r in res.tokens if r["position"] >= start]
+    assert res.summary["all_rows"]["n"] == len(everything) == a["n"] + res.summary["excluded_incomplete"]
+    assert res.summary["all_rows"]["mse_nrm"]["mean"] == pytest.approx(
+        sum(r["mse_nrm"] for r in everything) / len(everything))
 
 
 def test_sampled_variance_section(run):
@@ -156,3 +160,22 @@ def test_explain_prompts_uses_the_training_brv_of_a_registered_pair(fixture_pair
         anon = resolve_pair(PairSpec(av=str(p.av), ar=str(p.ar), target=str(p.target), layer=p.layer))
         res2 = explain(anon, prompts=["Hi"], settings=gs)
     assert res2.b_rv is None and "fve_nrm" not in res2.rows[0]  # unregistered, 1 vector: no denominator
+
+
+def test_summarize_tokens_known_answer():
+    from nlalab.explain import summarize_tokens
+
+    def row(pos, role, fve, **flags):
+        return {"position": pos, "role": role, "fve_nrm": fve, "mse_nrm": 0.1 * (1 - fve), "cos": 1 - 0.05 * (1 - fve),
+                **flags}
+
+    rows = [row(0, "prompt", -3.0), row(1, "prompt", 0.9), row(2, "prompt", 0.6),
+            row(3, "reply", -0.5), row(4, "reply", 0.2, missing_close_tag=True)]
+    s = summarize_tokens(rows, start=1)
+    a = s["all"]
+    assert a["n"] == 3 and s["excluded_incomplete"] == 1
+    assert a["fve_nrm"]["mean"] == pytest.approx((0.9 + 0.6 - 0.5) / 3) and a["fve_nrm"]["median"] == 0.6
+    assert (a["fve_gt_0.5"], a["fve_gt_0.8"], a["fve_lt_0"]) == (2, 1, 1)
+    assert s["by_role"]["prompt"]["n"] == 2 and s["by_role"]["reply"]["fve_nrm"]["mean"] == -0.5
+    assert s["all_rows"]["n"] == 4 and s["all_rows"]["fve_nrm"]["mean"] == pytest.approx((0.9 + 0.6 - 0.5 + 0.2) / 4)
+    assert summarize_tokens(rows, start=1, score_incomplete=True)["all"]["n"] == 4
