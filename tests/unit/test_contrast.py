@@ -106,3 +106,24 @@ def test_loader_missing_file_bad_json_and_clash(tmp_path):
     assert load_contrast_sets(p).categories == ["a", "b"]
     with pytest.raises(UsageError, match="also appear"):
         load_contrast_sets([p, p])
+
+
+def test_capture_contrast_directions_on_a_fixture(fixture_pairs):
+    from nlalab.capture import capture
+    from nlalab.pairs.load import load_target
+    from nlalab.study.contrast import capture_contrast_directions
+    from nlalab.testing import torch_threads
+
+    p = fixture_pairs["qwen2"]
+    cs = load_contrast_sets(["valence_v1", "factuality_v1"])
+    for s in cs.sets:  # keep it fast: 3 prompts a set
+        cs.sets[s] = cs.sets[s][:3]
+    with torch_threads(1):
+        tg = load_target(p.target, p.layer)
+        dirs, acts, meta = capture_contrast_directions(tg.model, tg.tokenizer, p.layer, cs)
+        pos = capture(tg.model, tg.tokenizer, cs.sets["positive"], p.layer).vectors.double().mean(0)
+        neg = capture(tg.model, tg.tokenizer, cs.sets["negative"], p.layer).vectors.double().mean(0)
+    assert acts.shape[0] == 12 and [m["set"] for m in meta][:4] == ["positive"] * 3 + ["negative"]
+    d = {x["name"]: x for x in dirs}
+    torch.testing.assert_close(d["positive_minus_negative"]["vector"], (pos - neg).float(), rtol=1e-5, atol=1e-5)
+    assert {x["kind"] for x in dirs} == {"self", "neg", "cross"} and len(dirs) == 6

@@ -211,3 +211,18 @@ def chance_rates(n_categories: int) -> dict[str, float]:
         raise ValueError(f"n_categories: need at least 2; found {n_categories}")
     n = float(n_categories)
     return {"self": 1 / n, "cross": 1 / n, "neg": (n - 1) / n}
+
+
+def capture_contrast_directions(model, tokenizer, layer: int, cs: ContrastSets, *, batch_size: int = 8,
+                                progress: bool = False) -> tuple[list[dict], "torch.Tensor", list[dict]]:
+    """Capture every set's prompts like corpus items (chat-templated, last token, block K) and build the
+    contrast directions. Returns ``(directions, acts [n, d], meta rows with item_id and set)``."""
+    from nlalab.capture import capture
+
+    items = contrast_items(cs)
+    cap = capture(model, tokenizer, [p for _, _, p in items], layer, ids=[i for i, _, _ in items],
+                  batch_size=batch_size, progress=progress)
+    sets = [s for _, s, _ in items]
+    acts_by_set = {s: cap.vectors[[j for j, x in enumerate(sets) if x == s]] for s in cs.sets}
+    meta = [{**m, "set": s} for m, s in zip(cap.meta, sets)]
+    return contrast_directions(acts_by_set, cs.contrasts), cap.vectors, meta
