@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from nlalab import metrics
 from nlalab.errors import UsageError
 from nlalab.explain import (check_conversation, content_start, conversation_ids, explain_conversation,
                             greedy_reply, load_conversation, render_conversation_json,

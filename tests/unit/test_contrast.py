@@ -50,7 +50,7 @@ def test_shipped_sets_load_and_their_lexicons_recognise_their_own_side():
     cs = load_contrast_sets(["valence_v1", "factuality_v1"])
     assert cs.categories == ["positive", "negative", "true", "false"]
     assert [c.name for c in cs.contrasts] == ["valence", "factuality"]
-    for s, prompts in cs.sets.items():
+    for prompts in cs.sets.values():
         assert 12 <= len(prompts) <= 20 and len(set(prompts)) == len(prompts)
     assert len(cs.sets["positive"]) == len(cs.sets["negative"])  # twins
     items = contrast_items(cs)
