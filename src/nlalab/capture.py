@@ -8,16 +8,16 @@ the unpadded sequence.
 from __future__ import annotations
 
 import hashlib
+import random
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Literal, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from torch import nn
 
 from nlalab.batching import length_buckets, right_padded
-from nlalab.errors import NLALabError
+from nlalab.errors import NLALabError, UsageError
 from nlalab.pairs import arch
 from nlalab.pairs.markers import chat_ids
 
@@ -74,14 +74,17 @@ def encode(tokenizer, text: str, fmt: Format) -> list[int]:
 
 def random_positions(ids: Sequence[int], doc_id: str, seed: int, n: int, special_ids: set[int],
                      min_position: int = MIN_RANDOM_POSITION) -> list[int]:
-    """kitft's training protocol: positions >= 50, non-special, seeded per document by sha256(seed|doc_id)."""
-    cands = [i for i in range(min_position, len(ids)) if ids[i] not in special_ids]
+    """kitft's stage-0 rule, draw for draw (``nla/datagen/stage0_extract.py:_sample_positions``).
+
+    Candidates are indices >= 50 (BOS counted) whose id is not special; ``min(n, #candidates)`` are drawn
+    by ``random.Random(sha256(f"{seed}|{doc_id}").digest()).sample``, in draw order (not sorted), so the
+    same document gets the same positions, in the same row order, as the released training data.
+    """
+    cands = [i for i, t in enumerate(ids) if i >= min_position and t not in special_ids]
     if not cands:
         return []
-    digest = hashlib.sha256(f"{seed}|{doc_id}".encode()).digest()
-    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    pick = rng.choice(len(cands), size=min(n, len(cands)), replace=False)
-    return sorted(cands[i] for i in pick)
+    rng = random.Random(hashlib.sha256(f"{seed}|{doc_id}".encode()).digest())
+    return rng.sample(cands, k=min(n, len(cands)))
 
 
 def select_positions(ids: Sequence[int], positions: Positions, doc_id: str, seed: int, n_random: int,
@@ -97,7 +100,8 @@ def select_positions(ids: Sequence[int], positions: Positions, doc_id: str, seed
     for p in positions:
         q = p + n if p < 0 else p
         if not 0 <= q < n:
-            raise NLALabError(f"Position {p} is outside item {doc_id!r} ({n} tokens).")
+            raise UsageError(f"--position {p} is outside item {doc_id!r}, which has {n} tokens (valid: {-n} to "
+                             f"{n - 1}). Fix: pass --position last, or an index every prompt reaches.")
         out.append(q)
     return out
 

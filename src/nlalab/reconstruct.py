@@ -3,17 +3,85 @@
 The AR reads ``template.format(explanation=...)`` tokenized with ``add_special_tokens=True`` (BOS for
 Gemma/Llama: dropping it took Gemma's fve_nrm from 0.77 to 0.31), and its value head is applied to
 the rightmost real token, whatever the padding side.
+
+Batch invariance (issue 16). In bf16 a row's reconstruction moves with the rows that share its batch.
+Measured as the relative change ||v_batched - v_alone|| / ||v_alone|| at the AR's last token, batch 4
+vs 1:
+
+- right-padded batches, bf16: CPU mean 0.25-0.8 %, max 0.9-1.4 % (d=64 fixture pairs; the shipped
+  SmolLM2-135M AR); H200 mean 0.99 %, max 1.3 % (random Qwen2 backbone, d=1536, 8 blocks, sdpa);
+  fp32: <= 1e-6 on CPU, <= 4e-6 on the H200.
+- equal-length batches without padding or mask, bf16: 0 on the d=64 fixtures, but up to 1.1 % on
+  SmolLM2 (CPU) and 1.2 % on the H200: bf16 GEMMs change their blocking with the batch dimension, so
+  removing padding alone does not fix it; fp32: 0 on CPU, <= 4e-6 on the H200.
+
+At Gemma-12B's B_rv of 0.03 a 1 % change (1 - cos ~ 1e-4) moves fve_nrm by ~0.005. So the AR runs in
+fp32 wherever its fp32 weights fit (:func:`choose_ar_dtype`), and batches hold equal-length inputs
+without a mask (``pad_free``, the default: exact on CPU fp32). Tolerances: :data:`BATCH_TOLERANCE`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-from nlalab.batching import length_buckets, right_padded
-from nlalab.errors import NLALabError
+from nlalab.batching import exact_length_batches, length_buckets, right_padded
+from nlalab.errors import NLALabError, UsageError
 from nlalab.pairs import arch
+
+# max relative change of one reconstruction between a batched and an unbatched AR forward
+BATCH_TOLERANCE = {"fp32": 1e-5, "bf16": 3e-2}
+AR_DTYPES = ("auto", "fp32", "bf16")
+FP32_HEADROOM = 1.25  # weights x this must fit in free device memory (activations of short AR inputs are small)
+
+
+def ar_param_count(ar_dir) -> int:
+    """Parameters in the AR's safetensors (headers only, nothing loaded)."""
+    from safetensors import safe_open
+
+    n = 0
+    files = sorted(Path(ar_dir).glob("*.safetensors"))
+    if not files:
+        raise NLALabError(f"{ar_dir}: no *.safetensors weights. Fix: download the complete AR checkpoint.")
+    for f in files:
+        with safe_open(str(f), framework="pt") as sf:
+            for k in sf.keys():
+                shape = sf.get_slice(k).get_shape()
+                size = 1
+                for x in shape:
+                    size *= int(x)
+                n += size
+    return n
+
+
+def choose_ar_dtype(ar_dir, requested: str = "auto", device: str = "auto",
+                    free_bytes: Optional[int] = None) -> tuple[str, str]:
+    """``(dtype, reason)`` for loading the AR: ``fp32`` where its fp32 weights fit, else ``bf16``.
+
+    ``requested`` ``fp32``/``bf16`` is returned as is; ``auto`` picks fp32 on CPU, and on a GPU when
+    ``4 bytes x params x FP32_HEADROOM`` fits in ``free_bytes`` (default: the device's free memory now).
+    Why: bf16 AR outputs depend on batch composition by ~1 % (module doc), which moves fve_nrm visibly at
+    low-variance layers (Gemma-12B B_rv 0.03); fp32 removes it.
+    """
+    if requested not in AR_DTYPES:
+        raise UsageError(f"--ar-dtype {requested!r}: expected one of {', '.join(AR_DTYPES)}.")
+    if requested != "auto":
+        return requested, f"--ar-dtype {requested}"
+    dev = device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if not str(dev).startswith("cuda"):
+        return "fp32", "auto: CPU"
+    need = 4 * ar_param_count(ar_dir) * FP32_HEADROOM
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(torch.device(dev))[0]
+    gib = 2 ** 30
+    if need <= free_bytes:
+        return "fp32", f"auto: fp32 weights ({need / gib:.1f} GiB with headroom) fit in {free_bytes / gib:.1f} GiB free"
+    return "bf16", (f"auto: fp32 weights ({need / gib:.1f} GiB with headroom) exceed {free_bytes / gib:.1f} GiB free; "
+                    f"bf16 outputs may move by up to {BATCH_TOLERANCE['bf16']:.0%} with batch composition")
 
 
 def ar_input_ids(ar, explanations: Sequence[str]) -> list[list[int]]:
@@ -28,8 +96,13 @@ def last_real_index(mask: torch.Tensor) -> torch.Tensor:
 
 
 def reconstruct(ar, explanations: Sequence[str], batch_size: int = 16, max_length: Optional[int] = None,
-                progress: bool = False) -> torch.Tensor:
-    """fp32 [N, d] reconstructions on CPU, rows in the order of ``explanations``."""
+                progress: bool = False, pad_free: bool = True) -> torch.Tensor:
+    """fp32 [N, d] reconstructions on CPU, rows in the order of ``explanations``.
+
+    ``pad_free`` (default) batches only AR inputs of identical length and passes no attention mask, so a
+    row's reconstruction does not depend on which rows share its batch (see :data:`BATCH_TOLERANCE`);
+    ``pad_free=False`` is the older right-padded length-bucketed batching (fewer, fuller batches).
+    """
     if len(explanations) == 0:
         raise NLALabError("Nothing to reconstruct: no explanations.")
     ids = ar_input_ids(ar, explanations)
@@ -41,10 +114,12 @@ def reconstruct(ar, explanations: Sequence[str], batch_size: int = 16, max_lengt
     device = arch.input_device(ar.model)
     inner = arch.inner_model(ar.model)
     out = torch.empty(len(ids), ar.d_model, dtype=torch.float32)
-    for batch in length_buckets(ids, batch_size, "reconstruct" if progress else None):
+    batches = exact_length_batches if pad_free else length_buckets
+    for batch in batches(ids, batch_size, "reconstruct" if progress else None):
         input_ids, mask = right_padded([ids[i] for i in batch], pad, device)
         with torch.inference_mode():
-            h = inner(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
+            h = inner(input_ids=input_ids, attention_mask=None if pad_free else mask,
+                      use_cache=False).last_hidden_state
             last = last_real_index(mask)
             hl = h[torch.arange(len(batch), device=h.device), last.to(h.device)]
             v = ar.value_head(hl.to(ar.value_head.weight.device, torch.float32))

@@ -200,8 +200,8 @@ def test_compare_on_raw_fixture_runs_and_renderers(runs):
     assert md.count("\n| ") >= len(cmp["rows"]) + 2 and "| Metric |" in md and "Pattern" in md
     assert "n=32" in md and "B_rv" in md and "per-vector variance" in md
     table = list(csv.reader(io.StringIO(to_csv(cmp))))
-    assert len(table) == 1 + len(cmp["rows"]) and table[0][-2:] == ["pattern", "pattern_kind"]
-    assert float(table[1][3]) == pytest.approx(fve["values"][0]["mean"])
+    assert len(table) == 1 + len(cmp["warnings"]) + len(cmp["rows"]) and table[0][-2:] == ["pattern", "pattern_kind"]
+    assert float(table[1 + len(cmp["warnings"])][3]) == pytest.approx(fve["values"][0]["mean"])
     assert json.loads(to_json(cmp))["rows"][0]["key"] == "fve_nrm"
     term = to_terminal(cmp)
     assert "Overall fve_nrm" in term and "[Per-category recall]" in term

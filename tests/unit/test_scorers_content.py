@@ -216,7 +216,7 @@ def test_score_run_adds_scorers_without_touching_the_run(run_dir):
     results0 = json.loads((run_dir / "results.json").read_text())
     sec = score_run(run_dir, "keyword")
     # same n_perm / n_boot / seed as the run -> the generic floor is the run's own keyword control
-    assert sec["permutation"]["metrics"]["recall"]["overall"] == results0["permutation"]["overall"]
+    assert sec["permutation"]["metrics"]["recall"]["overall"] == results0["controls"]["recall_permutation"]["overall"]
     assert sec["per_category"]["OVERALL"]["recall"] == results0["per_category"]["OVERALL"]["recall"]
     sec_q = score_run(run_dir, "quote")
     lines = (run_dir / "scores" / "quote.jsonl").read_text().splitlines()

@@ -21,8 +21,9 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from nlalab.errors import NLALabError, ValidationProblem
+from nlalab.errors import FileFault, NLALabError, UsageError, ValidationProblem
 from nlalab.pairs import arch
+from nlalab.rundir.io import check_safetensors  # noqa: F401  (re-used by validate and vectors_io)
 from nlalab.pairs.markers import av_prompt_ids, locate_marker
 from nlalab.pairs.sidecar import DEFAULT_AR_TEMPLATE, DEFAULT_AV_TEMPLATE, Sidecar, read_sidecar
 
@@ -59,7 +60,7 @@ class LoadOptions:
             return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
                     "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[self.dtype]
         except KeyError:
-            raise NLALabError(f"Unknown dtype {self.dtype!r}. Use one of auto, bf16, fp16, fp32.") from None
+            raise UsageError(f"Unknown dtype {self.dtype!r}. Fix: use one of auto, bf16, fp16, fp32.") from None
 
 
 def parse_max_memory(spec: Optional[str]) -> Optional[dict]:
@@ -69,7 +70,7 @@ def parse_max_memory(spec: Optional[str]) -> Optional[dict]:
     for part in spec.split(","):
         key, _, val = part.partition("=")
         if not val:
-            raise NLALabError(f"--max-memory entry {part!r} is not DEVICE=SIZE (e.g. 0=70GiB).")
+            raise UsageError(f"--max-memory entry {part!r} is not DEVICE=SIZE. Fix: write e.g. 0=70GiB,1=70GiB.")
         key = key.strip()
         out[int(key) if key.isdigit() else key] = val.strip()
     return out
@@ -103,10 +104,40 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+# ------------------------------------------------------------------------------- weight-file checks
+
+REFETCH = ("re-download the checkpoint (delete the file first; for a hub id, clear it from the Hugging Face "
+           "cache), or rebuild it with the command that wrote it")
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+def check_weight_files(model_dir: str | Path, fix: str = REFETCH) -> list[Path]:
+    """Every ``*.safetensors`` file of a checkpoint directory is whole, and every shard its index names
+    exists. Returns the files checked. Header reads only."""
+    import json
+
+    d = Path(model_dir)
+    for index in sorted(d.glob("*.safetensors.index.json")):
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            raise FileFault(str(index), "weight_map", "an unreadable index", "a JSON object with weight_map",
+                            fix) from None
+        missing = [s for s in shards if not (d / s).is_file()]
+        if missing:
+            raise FileFault(str(d), missing[0], "no such file", f"the {len(shards)} shards named in {index.name}",
+                            fix)
+    files = sorted(d.glob("*.safetensors"))
+    for f in files:
+        check_safetensors(f, fix)
+    return files
+
+
 def load_text_causal_lm(path: Path, opts: LoadOptions, n_layers: Optional[int] = None) -> nn.Module:
     """A text-only causal LM from a plain or wrapper checkpoint, optionally cut to ``n_layers`` blocks."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    check_weight_files(path)
     config = AutoConfig.from_pretrained(path)
     kwargs = _load_kwargs(opts)
     wrapper = arch.is_wrapper(config)
@@ -326,6 +357,7 @@ def check_value_head(path: Path, d_model: int) -> None:
             "download the complete AR checkpoint (from_pretrained does not fetch value_head.safetensors), or "
             "build an identity head with nlalab.pairs.build for an untrained AR",
         )
+    check_safetensors(f)
     with safe_open(str(f), framework="pt") as sf:
         keys = list(sf.keys())
         if keys != ["weight"]:
@@ -356,6 +388,29 @@ def ar_layer(sc: Sidecar, config: Any, where: str, expected: Optional[int] = Non
             where.replace("nla_meta.yaml", "config.json"), "num_hidden_layers", n, f"{k + 1} (K+1 for K={k})",
             "the AR must keep blocks 0..K; an off-by-one here caps FVE",
         )
+    return k
+
+
+def check_layer(ar: str | Path, layer: int, target: Optional[str | Path] = None) -> int:
+    """The run's layer against the AR (sidecar and K+1 blocks) and the target (has block K), reading only
+    sidecars and config.json. Call it at pair resolution, before any model loads: a ``--layer`` that
+    disagrees with the AR otherwise fails only after capture and verbalization ran."""
+    from transformers import AutoConfig
+
+    ar = Path(ar)
+    sc = read_sidecar(ar)
+    where = str(ar / "nla_meta.yaml")
+    if sc.layer is not None and sc.layer != layer:
+        raise ValidationProblem(where, "extraction_layer_index", f"{sc.layer} (the AR's layer K)",
+                                f"{layer} (the requested --layer)",
+                                f"pass --layer {sc.layer}, or leave --layer out to use the pair's own layer")
+    k = ar_layer(sc, AutoConfig.from_pretrained(ar), where, layer)
+    if target is not None:
+        tcfg = Path(target) / "config.json"
+        n = arch.n_layers_of(AutoConfig.from_pretrained(target))
+        if not 0 <= k < n:
+            raise ValidationProblem(str(tcfg), "num_hidden_layers", n, f"> {k} (the pair's layer)",
+                                    "use the pair's own target model")
     return k
 
 
@@ -416,7 +471,8 @@ def load_target(path: Path, layer: int, opts: LoadOptions = LoadOptions(), trunc
     config = AutoConfig.from_pretrained(path)
     n = arch.n_layers_of(config)
     if not 0 <= layer < n:
-        raise NLALabError(f"Layer {layer} is out of range for {path} ({n} blocks: 0..{n - 1}).")
+        raise UsageError(f"Layer {layer} is out of range for {path} ({n} blocks: 0..{n - 1}). Fix: pass a --layer "
+                         "of this target (the pair's own layer).")
     model = load_text_causal_lm(path, opts, n_layers=layer + 1 if truncate else None)
     tok = load_tokenizer(path, padding_side="right")
     return Target(model=model, tokenizer=tok, layer=layer, path=path, truncated=truncate, revision=revision)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nlalab.errors import NLALabError, ValidationProblem
 
@@ -97,6 +97,24 @@ def _resolve_scale(value: Any, d_model: int) -> Optional[float]:
     return float(value)
 
 
+def _int(value: Any, where: str, field: str, minimum: int, fix: str) -> int:
+    """An integer sidecar field, or one line naming the field (``d_model: "sixty-four"``)."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        value, ok = int(value.strip()), True
+    if not ok or value < minimum:
+        raise ValidationProblem(where, field, repr(value), f"a whole number >= {minimum}", fix)
+    return int(value)
+
+
+def _field_of(loc: tuple) -> str:
+    """A pydantic location in the sidecar's own spelling (``tokens.injection_token_id``)."""
+    top = {"av_template": "prompt_templates.av", "ar_template": "prompt_templates.ar",
+           "layer": "extraction_layer_index"}
+    name = ".".join(str(x) for x in loc)
+    return top.get(name, name)
+
+
 def parse_sidecar(raw: dict[str, Any], where: str = "nla_meta.yaml") -> Sidecar:
     """Normalise a raw sidecar dict (v1 or v2; release or training names)."""
     if not isinstance(raw, dict):
@@ -115,13 +133,16 @@ def parse_sidecar(raw: dict[str, Any], where: str = "nla_meta.yaml") -> Sidecar:
         d_model = (raw.get("extraction") or {}).get("d_model")
     if d_model is None:
         raise ValidationProblem(where, "d_model", None, "an int at top level", "add d_model: <hidden_size>")
-    d_model = int(d_model)
+    d_model = _int(d_model, where, "d_model", 1, "set d_model to the model's hidden_size, e.g. d_model: 3584")
+    for block in ("extraction", "tokens", "prompt_templates"):
+        if raw.get(block) is not None and not isinstance(raw.get(block), dict):
+            raise ValidationProblem(where, block, repr(raw[block]), "a mapping", f"write {block}: as a YAML mapping")
     ext = dict(raw.get("extraction") or {})
     for key in ("injection_scale", "mse_scale"):
         if key in ext:
             try:
                 ext[key] = _resolve_scale(ext[key], d_model)
-            except ValueError:
+            except (ValueError, TypeError):
                 raise ValidationProblem(
                     where, f"extraction.{key}", ext[key], "a number, 'sqrt_d_model', 'raw' or null",
                     "fix the value in the sidecar",
@@ -142,18 +163,30 @@ def parse_sidecar(raw: dict[str, Any], where: str = "nla_meta.yaml") -> Sidecar:
         "created_at", "created_by",
     }
     extra = {k: v for k, v in raw.items() if k not in known and k != "ar"}
+    if layer is not None:
+        layer = _int(layer, where, "extraction_layer_index", 0, "set the layer K the pair was trained at")
+    schema = _int(raw.get("schema_version", 2), where, "schema_version", 1, "set schema_version: 2")
+    try:
+        return _build(kind, schema, role, raw, d_model, ext, av_t, ar_t, layer, extra)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        raise ValidationProblem(where, _field_of(tuple(err["loc"])), repr(err.get("input")),
+                                err["msg"].lower().removeprefix("input should be "), "fix this field in the sidecar") from None
+
+
+def _build(kind, schema, role, raw, d_model, ext, av_t, ar_t, layer, extra) -> Sidecar:
     return Sidecar(
         kind=kind,
-        schema_version=int(raw.get("schema_version", 2)),
+        schema_version=schema,
         role=role,
         stage=raw.get("stage"),
         base_checkpoint=raw.get("base_checkpoint"),
         d_model=d_model,
-        extraction=Extraction(**ext),
-        tokens=Tokens(**(raw.get("tokens") or {})),
+        extraction=ext,  # dicts, so that a type error names extraction.<field> / tokens.<field>
+        tokens=raw.get("tokens") or {},
         av_template=av_t,
         ar_template=ar_t,
-        layer=int(layer) if layer is not None else None,
+        layer=layer,
         trained_on=raw.get("trained_on"),
         parent_checkpoints=raw.get("parent_checkpoints"),
         created_at=str(raw["created_at"]) if raw.get("created_at") is not None else None,

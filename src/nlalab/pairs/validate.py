@@ -11,16 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from nlalab.errors import NLALabError, ValidationProblem
+from nlalab.errors import FileFault, NLALabError, ValidationProblem
 from nlalab.pairs import arch
-from nlalab.pairs.load import ar_layer, check_value_head, check_av_prompt, load_tokenizer
+from nlalab.pairs.load import ar_layer, check_value_head, check_av_prompt, check_weight_files, load_tokenizer
 from nlalab.pairs.sidecar import DEFAULT_AR_TEMPLATE, SIDECAR_NAME, Sidecar, read_sidecar
 
 
 @dataclass
 class ValidationReport:
     passed: list[str] = field(default_factory=list)
-    problems: list[ValidationProblem] = field(default_factory=list)
+    problems: list[ValidationProblem | FileFault] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -29,7 +29,7 @@ class ValidationReport:
     def run(self, name: str, fn: Callable[[], object]):
         try:
             out = fn()
-        except ValidationProblem as p:
+        except (ValidationProblem, FileFault) as p:
             self.problems.append(p)
             return None
         except NLALabError as e:
@@ -49,6 +49,13 @@ def _config(path: Path):
         raise ValidationProblem(str(path), "config.json", "no such file", "a transformers config",
                                 "point at a checkpoint directory")
     return AutoConfig.from_pretrained(path)
+
+
+def _weights(path: Path) -> None:
+    """Every safetensors file whole (header read and size compared; no weights loaded)."""
+    if not check_weight_files(path):
+        raise ValidationProblem(str(path), "*.safetensors", "no weight files", "the checkpoint's weights",
+                                "download the complete checkpoint")
 
 
 def _check_d_model(sc: Sidecar, config, where: str) -> None:
@@ -87,6 +94,8 @@ def validate_pair(av: Path, ar: Path, target: Optional[Path] = None, layer: Opti
     ar_sc = rep.run("AR sidecar parses", lambda: read_sidecar(ar))
     av_cfg = rep.run("AV config.json", lambda: _config(av))
     ar_cfg = rep.run("AR config.json", lambda: _config(ar))
+    rep.run("AV weight files whole", lambda: _weights(av))
+    rep.run("AR weight files whole", lambda: _weights(ar))
 
     if av_sc is not None:
         def role_av():
@@ -123,6 +132,7 @@ def validate_pair(av: Path, ar: Path, target: Optional[Path] = None, layer: Opti
         rep.run("AV and AR layer agree", same_layer)
     if target is not None:
         t_cfg = rep.run("target config.json", lambda: _config(Path(target)))
+        rep.run("target weight files whole", lambda: _weights(Path(target)))
         if t_cfg is not None and (av_sc or ar_sc) is not None:
             sc = av_sc or ar_sc
             rep.run("target d_model matches pair", lambda: _check_d_model(sc, t_cfg, str(Path(target) / "config.json")))

@@ -153,6 +153,7 @@ def render_html(run: Run, figs: dict, cmp: Optional[dict] = None) -> str:
     res = run.results_dict()
     t = core_tables(res)
     sections: list[tuple[str, str, str]] = []
+    t["per_category"].title = t["stability"].title = ""  # the section heading says it
     sections.append(("percat", "Per-category reconstruction and recall (seed §3.1)",
                      _table_html(t["per_category"]) + _table_html(t["rates"])
                      + _figs(figs, names=("category_fve_recall",))))
@@ -170,9 +171,7 @@ def render_html(run: Run, figs: dict, cmp: Optional[dict] = None) -> str:
                      "<p>Only the default keyword scorer was run. Add one with "
                      "<code>nlalab score RUN_DIR --scorer embedding|retrieval|quote</code>.</p>"))
     sections.append(("confab", "Confabulation examples (seed §3.5)", _confab(res)))
-    browser = _browser(run)
-    if browser:
-        sections.append(("samples", "Every sample", browser))
+    sections.append(("samples", "Sample browser", _browser(run)))
     if cmp is not None:
         from nlalab.report.compare import comparison_tables
 
@@ -198,15 +197,11 @@ def render_html(run: Run, figs: dict, cmp: Optional[dict] = None) -> str:
 
 
 def _browser(run: Run) -> str:
-    """The sample browser (every sample, sortable and searchable), when the module is available."""
-    try:
-        from nlalab.report.browser import sample_browser_html
-    except ImportError:
-        return ""
-    from nlalab.study.controls import registry
+    """The sample browser: every sample, sortable, filterable and searchable, with each item's K samples and
+    control explanations side by side."""
+    from nlalab.report.browser import browser_inputs, sample_browser_html
 
-    ctl = {n: rows for n in registry() if (rows := run.control_rows(n)) and all("explanation" in r for r in rows)}
-    return sample_browser_html(run.sample_dicts(), categories=run.categories, controls=ctl)
+    return sample_browser_html(**browser_inputs(run.dir), title=None, section_id="sample-browser")
 
 
 def _markdown(run: Run, cmp: Optional[dict], plots: dict[str, Path]) -> str:

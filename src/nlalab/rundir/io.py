@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
-from nlalab.errors import NLALabError
+from nlalab.errors import FileFault, NLALabError
 
 TMP_PREFIX = "."
 TMP_MARK = ".tmp"
@@ -252,3 +252,47 @@ def dir_lock(directory: Path, wait: Optional[float] = 0.0, what: str = "nlalab")
     finally:
         info.unlink(missing_ok=True)
         lock.release()
+
+
+# Largest safetensors header read (a bigger claim means a corrupt length field).
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def check_safetensors(file, fix: str = "re-download or rebuild the file") -> dict:
+    """The JSON header of a safetensors file, after checking that the file is whole.
+
+    Reads 8 bytes and the header only (cheap even for a 50 GB shard): the file size must equal
+    8 + header length + the end of the last tensor's data, so a truncated download, a file cut by a full
+    disk or bytes of another format are found before any weights load. Raises :class:`FileFault`.
+    """
+    import json
+    import struct
+
+    f = Path(file)
+    try:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            raw = fh.read(n) if n is not None and 0 < n <= min(_MAX_HEADER, size - 8) else None
+    except FileNotFoundError:
+        raise FileFault(str(f), "file", "no such file", "a safetensors weight file", fix) from None
+    except OSError as e:
+        raise FileFault(str(f), "file", f"unreadable ({e.strerror})", "a readable file", fix) from None
+    if raw is None:
+        found = f"{size} bytes" if n is None else f"a header length of {n} bytes in a {size}-byte file"
+        raise FileFault(str(f), "safetensors header", found, "8 bytes of header length and a JSON header",
+                        f"the file is truncated or not safetensors; {fix}")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError):
+        raise FileFault(str(f), "safetensors header", "bytes that are not a safetensors JSON header",
+                        "a JSON object of tensors with data_offsets", f"the file is corrupt; {fix}") from None
+    want = 8 + n + max(ends, default=0)
+    if size != want:
+        what = "truncated" if size < want else "longer than its header says (corrupt)"
+        raise FileFault(str(f), "file size", f"{size} bytes ({what})", f"{want} bytes (header + tensor data)", fix)
+    return header

@@ -76,6 +76,19 @@ class DiskModels:
     def av_template(self) -> str:
         return read_sidecar(self.dirs.av).av_template or DEFAULT_AV_TEMPLATE
 
+    def context_length(self) -> Optional[int]:
+        """The target's context (max_position_embeddings), read from its config without loading weights."""
+        if self.dirs.target is None:
+            return None
+        try:
+            from transformers import AutoConfig
+
+            from nlalab.study.degenerate import context_length
+
+            return context_length(AutoConfig.from_pretrained(self.dirs.target))
+        except Exception:  # an unreadable config only switches the long-prompt check off
+            return None
+
 
 @dataclass
 class Preloaded:

@@ -27,7 +27,9 @@ from nlalab.rundir.io import (JsonlLog, atomic_save_tensors, atomic_write_json, 
 from nlalab.rundir.layout import SCHEMA_VERSION, RunLayout
 from nlalab.rundir.provenance import environment
 from nlalab.study import stages as ST
+from nlalab.study import degenerate
 from nlalab.study.config import RunConfig
+from nlalab.study.identity import check_identity, corpus_record, record_started
 from nlalab.study.controls import Control, GenJob, StudyContext, registry, selectable
 from nlalab.study.models import ModelSource, Preloaded  # noqa: F401  (Preloaded: public API)
 from nlalab.study.resolve import disk_models, offline_default_pair, resolve_run_pair  # noqa: F401  (public API)
@@ -45,16 +47,6 @@ def selected_controls(cfg: RunConfig) -> list[Control]:
     if bad:
         raise UsageError(f"Unknown control(s) {bad}; available: {', '.join(selectable())} (or none).")
     return [c for n, c in reg.items() if c.always or n in cfg.controls]
-
-
-def _check_config(layout: RunLayout, record: dict, overwrite: bool) -> None:
-    if not layout.config.exists() or overwrite:
-        return
-    old = read_json(layout.config, fix="delete it, or pass --overwrite").get("identity", {})
-    diff = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-    if diff:
-        raise UsageError(f"{layout.root} already holds a run with different settings ({', '.join(diff)}). Fix: "
-                         "choose another --out, or pass --overwrite to redo it with the new settings.")
 
 
 def _force(layout: RunLayout, stages: list[str]) -> None:
@@ -124,24 +116,28 @@ def _b_rv(cfg: RunConfig, acts: torch.Tensor, mse_scale: float) -> tuple[float, 
 
 
 def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callable[[str], None]] = None,
-              models: Optional[ModelSource] = None) -> dict:
+              models: Optional[ModelSource] = None, progress=None) -> dict:
     """The whole study into ``cfg.out``. ``models``: where the target, AV and AR come from (default: the
-    pair named by ``cfg``, loaded from disk stage by stage); the pair fields of ``cfg`` are then unused."""
+    pair named by ``cfg``, loaded from disk stage by stage); the pair fields of ``cfg`` are then unused.
+    ``progress``: a reporter with ``stage(name, total)`` and ``advance(n)`` (``nlalab.progress.Progress``):
+    per-stage counts, elapsed time and ETA; it replaces the per-call bars of ``cfg.progress``."""
     layout = RunLayout(cfg.out)
     controls = selected_controls(cfg)
+    if progress is not None:
+        cfg = cfg.model_copy(update={"progress": False})
     with dir_lock(layout.root, wait=0, what="nlalab run"):
         clean_tmp(layout.root)
-        return _run(cfg, layout, controls, overwrite, on_stage, models)
+        return _run(cfg, layout, controls, overwrite, on_stage, models, progress)
 
 
 def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: bool,
-         on_stage: Optional[Callable[[str], None]], models: Optional[ModelSource]) -> dict:
+         on_stage: Optional[Callable[[str], None]], models: Optional[ModelSource], progress=None) -> dict:
     t0 = time.time()
-    _check_config(layout, cfg.identity(), overwrite)
+    items = _select_items(cfg)
+    check_identity(layout.root, {"identity": cfg.identity()}, items, overwrite)
     if overwrite:
         _force(layout, ["capture"])
     _force(layout, list(cfg.force))
-    items = _select_items(cfg)
     cats = corpus_categories(items)
     if models is None:
         models = disk_models(cfg)
@@ -152,15 +148,16 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
                             devices=cfg.verbalize_devices)
     record = {"schema_version": SCHEMA_VERSION, "identity": cfg.identity(), "config": cfg.model_dump(),
               "pair": provenance,
-              "corpus": {"ref": cfg.corpus, "n_items": len(items), "categories": cats, "sha256": corpus_digest(items)},
+              "corpus": {"ref": cfg.corpus, "n_items": len(items), "categories": cats, "sha256": corpus_digest(items),
+                         **corpus_record(items)},
               "controls": [c.name for c in controls],
               "environment": environment(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write_json(layout.config, record)
+    record_started(layout.root, record)  # binds a rerun only once a stage has written output
     stages = layout.stages
     timings: dict[str, float] = {}
     last: list = [time.time(), None]
 
-    def note(stage: str) -> None:
+    def note(stage: str, total: Optional[int] = None) -> None:
         """Record how long the previous stage took (results.json: timings_s) and announce the next."""
         now = time.time()
         if last[1] is not None:
@@ -168,6 +165,12 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
         last[0], last[1] = now, stage
         if on_stage is not None:
             on_stage(stage)
+        if progress is not None:
+            progress.on_stage(stage, total)
+
+    def advance(n: int) -> None:
+        if progress is not None:
+            progress.advance(n)
 
     k = cfg.k
     ctx = StudyContext(cfg=cfg, items=items, categories=cats, acts=None)
@@ -177,13 +180,15 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
     plain_jobs = [j for c in controls for j in c.plain(ctx)]
     plain_todo = [j for j in plain_jobs if len(ST.done_keys(ST.job_log(stages, j.name))) < len(j.prompts) * k]
     if not cap_path.exists() or plain_todo:
-        note("capture")
+        note("capture", len(items) if not cap_path.exists() else None)
         tg = models.target(truncate=not plain_todo)
         if not cap_path.exists():
             ST.capture_activations(tg, items, layer, cfg, cap_path)
+            advance(len(items))
         for job in plain_todo:
-            note(f"{job.name} explanations")
-            ST.run_plain(tg, models.av_template(), job, k, gs, ST.job_log(stages, job.name))
+            log_j = ST.job_log(stages, job.name)
+            note(f"{job.name} explanations", len(job.prompts) * k - len(ST.done_keys(log_j)))
+            ST.run_plain(tg, models.av_template(), job, k, gs, log_j, on_rows=advance)
         models.release(tg)
         del tg
     acts, cap_meta, cmeta = ST.load_capture(cap_path)
@@ -196,10 +201,11 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
     for job in jobs:
         ctx.vectors[job.name] = job.vectors
     verbalize_devices: dict[str, list] = {}
-    if any(len(ST.done_keys(ST.job_log(stages, j.name))) < j.vectors.shape[0] * k for j in jobs):
-        note("verbalize")
+    todo = sum(max(0, j.vectors.shape[0] * k - len(ST.done_keys(ST.job_log(stages, j.name)))) for j in jobs)
+    if todo:
+        note("verbalize", todo)
         av = models.av()
-        verbalize_devices = ST.run_verbalize(av, jobs, stages, k, gs, cfg.progress)
+        verbalize_devices = ST.run_verbalize(av, jobs, stages, k, gs, cfg.progress, on_rows=advance)
         models.release(av)
         del av
     for job in jobs:
@@ -214,7 +220,7 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
                                                              d := ST.digest([r["explanation"] for r in ctx.gen_rows[j.name]]))]
     need_extras = bool(all_texts) and not ST.recon_current(extras_path, extras_dig)
     if need or need_extras:
-        note("reconstruct")
+        note("reconstruct", sum(len(ctx.gen_rows[j.name]) for j, _ in need) + (len(all_texts) if need_extras else 0))
         from nlalab.reconstruct import reconstruct
 
         ar = models.ar()
@@ -222,9 +228,11 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
             rec = reconstruct(ar, [r["explanation"] for r in ctx.gen_rows[job.name]], batch_size=cfg.ar_batch_size,
                               progress=cfg.progress)
             ST.save_recon(ST.job_recon_path(stages, job.name), rec, dig, ar.mse_scale)
+            advance(rec.shape[0])
         if need_extras:
             rec = reconstruct(ar, all_texts, batch_size=cfg.ar_batch_size, progress=cfg.progress)
             ST.save_recon(extras_path, rec, extras_dig, ar.mse_scale)
+            advance(rec.shape[0])
         models.release(ar)
         del ar
     for job in jobs:
@@ -241,11 +249,17 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
     from nlalab.study.analysis import _clean, analyze
     from nlalab.study.report import print_summary, render_report
 
-    ctx.b_rv, b_rv_source = _b_rv(cfg, acts, ctx.mse_scale)
+    b_rv, b_rv_source = _b_rv(cfg, acts, ctx.mse_scale)
+    # a B_rv too small to divide by (identical activations) makes every fve_nrm n/a, never a huge number
+    ctx.b_rv = degenerate.usable_brv(b_rv, ctx.mse_scale, acts.shape[1])
     ctx.center = acts.mean(0)
     samples = ctx.samples = _score_corpus(ctx, cap_meta)
-    results = analyze(samples, categories=cats, b_rv=ctx.b_rv, b_rv_source=b_rv_source, n_perm=cfg.n_perm,
+    results = analyze(samples, categories=cats, b_rv=b_rv, b_rv_source=b_rv_source, n_perm=cfg.n_perm,
                       n_boot=cfg.n_boot, seed=cfg.seed)
+    degenerate.merge_warnings(results, degenerate.scan(
+        acts, items, position=cfg.positions, b_rv=b_rv, mse_scale=ctx.mse_scale, brv_source=b_rv_source,
+        n_tokens={m["item_id"]: m.get("n_tokens") for m in cap_meta if m.get("n_tokens") is not None},
+        context=models.context_length() if hasattr(models, "context_length") else None))
     results = {"schema_version": SCHEMA_VERSION, **results, "mse_scale": ctx.mse_scale,
                "capture": {"layer": layer, "hook": cmeta.get("hook"), "positions": cfg.positions},
                "controls": {n: None for n in registry()}}
@@ -260,6 +274,10 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
         sec = results["controls"][c.name]
         if isinstance(sec, dict):
             results["warnings"] += [w for w in c.warnings(sec) if w not in results["warnings"]]
+    if ctx.b_rv is None:  # degenerate B_rv: every fve_nrm is undefined, shown as n/a
+        results = degenerate.without_fve_nrm(results)
+        samples = degenerate.without_fve_nrm(samples)
+        control_rows = degenerate.without_fve_nrm(control_rows)
     results["provenance"] = {k: record[k] for k in ("config", "pair", "corpus", "environment")}
     note("done")
     results["timings_s_this_invocation"] = timings

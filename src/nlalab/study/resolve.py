@@ -58,6 +58,9 @@ def resolve_run_pair(cfg) -> PairDirs:
         raise UsageError("`nlalab run` needs the target model to capture activations: pass --target.")
     if cfg.untrained_baseline:
         dirs = resolve_pair(untrained_spec(dirs.target, dirs.layer, Path(cfg.out)))
+    from nlalab.pairs.load import check_layer
+
+    check_layer(dirs.ar, dirs.layer, dirs.target)  # before any model loads: the AR must have block K
     return dirs
 
 

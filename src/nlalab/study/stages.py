@@ -57,7 +57,9 @@ def sorted_rows(log: JsonlLog, n_vectors: int, k: int) -> list[dict]:
 def capture_activations(tg, items, layer: int, cfg, path: Path) -> None:
     from nlalab.capture import capture
 
-    pos = cfg.positions if cfg.positions == "last" else [int(cfg.positions)]
+    from nlalab.settings import Position
+
+    pos = Position.parse(cfg.positions).capture_arg()
     cap = capture(tg.model, tg.tokenizer, [it.prompt for it in items], layer, ids=[it.id for it in items],
                   positions=pos, seed=cfg.seed, batch_size=cfg.capture_batch_size, progress=cfg.progress)
     if [m["item_id"] for m in cap.meta] != [it.id for it in items]:
@@ -73,7 +75,8 @@ def load_capture(path: Path) -> tuple[torch.Tensor, list[dict], dict]:
     return tensors["activations"], json.loads(meta["meta"]), meta
 
 
-def run_plain(tg, template: str, job: PlainJob, k: int, gs: GenerationSettings, log: JsonlLog) -> None:
+def run_plain(tg, template: str, job: PlainJob, k: int, gs: GenerationSettings, log: JsonlLog,
+              on_rows: Optional[Callable[[int], None]] = None) -> None:
     """Target-model texts in the AV's format from ``job.prompts`` (no activation), appended per batch."""
     from nlalab.pairs.load import av_eos_ids
     from nlalab.pairs.markers import av_prompt_ids
@@ -82,11 +85,11 @@ def run_plain(tg, template: str, job: PlainJob, k: int, gs: GenerationSettings, 
     prompts = [av_prompt_ids(tg.tokenizer, p, template) for p in job.prompts]
     generate_texts(tg.model, tg.tokenizer, prompts, av_eos_ids(tg.tokenizer, tg.model), k,
                    [job.key_base + i for i in range(len(prompts))], gs, skip=done_keys(log),
-                   on_batch=lambda recs: log.append([r.to_dict() for r in recs]))
+                   on_batch=lambda recs: (log.append([r.to_dict() for r in recs]), on_rows and on_rows(len(recs))))
 
 
 def run_verbalize(av, jobs: list[GenJob], stages: Path, k: int, gs: GenerationSettings, progress: bool,
-                  on_job: Optional[Callable[[str, int], None]] = None) -> dict[str, list]:
+                  on_rows: Optional[Callable[[int], None]] = None) -> dict[str, list]:
     """Every pending AV job; returns the devices each job ran on."""
     from nlalab.verbalize import parallel
 
@@ -96,11 +99,10 @@ def run_verbalize(av, jobs: list[GenJob], stages: Path, k: int, gs: GenerationSe
         done = done_keys(log)
         if len(done) >= job.vectors.shape[0] * k:
             continue
-        if on_job is not None:
-            on_job(job.name, job.vectors.shape[0] * k - len(done))
         keys = [job.key_base + i for i in range(job.vectors.shape[0])]
         verbalize(av, job.vectors, k=k, settings=replace(gs, seed=job.seed), vector_keys=keys, skip=done,
-                  on_batch=lambda recs, log=log: log.append([r.to_dict() for r in recs]), progress=progress)
+                  on_batch=lambda recs, log=log: (log.append([r.to_dict() for r in recs]),
+                                                   on_rows and on_rows(len(recs))), progress=progress)
         devices[job.name] = parallel.last_info()["devices"]
     return devices
 

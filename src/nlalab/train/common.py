@@ -240,11 +240,33 @@ class Checkpointer:
 
 
 class CurveLog:
-    """One JSON object per logged step in ``{dir}/curves.jsonl``; resuming drops rows past the resume step."""
+    """One JSON object per logged step in ``{dir}/curves.jsonl``; resuming drops rows past the resume step.
 
-    def __init__(self, path: Path):
+    When the ``tensorboard`` package is installed (``nlalab[train]``) every numeric value is also written as a
+    TensorBoard scalar ``<stage dir>/<key>`` under ``{dir}/tensorboard`` (``tensorboard --logdir OUT``);
+    ``NLALAB_TENSORBOARD=0`` turns that off. The JSONL stays the record that plots and resumes read."""
+
+    def __init__(self, path: Path, tensorboard: Optional[bool] = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tensorboard = (os.environ.get("NLALAB_TENSORBOARD", "1") != "0") if tensorboard is None else tensorboard
+        self._tb = None
+        self._purge: Optional[int] = None
+
+    @property
+    def tb_dir(self) -> Path:
+        return self.path.parent / "tensorboard"
+
+    def _writer(self):
+        """The SummaryWriter, opened on first use (None without the tensorboard package)."""
+        if self._tb is None and self.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # the optional extra is not installed: JSONL only
+                self.tensorboard = False
+                return None
+            self._tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=self._purge)
+        return self._tb
 
     def rows(self) -> list[dict]:
         from nlalab.rundir.io import read_jsonl
@@ -255,11 +277,26 @@ class CurveLog:
         """Keep the rows of steps 1..``step`` (what the checkpoint at ``step`` has done) and step-0 evals."""
         keep = [r for r in self.rows() if r.get("step", -1) <= step] if step > 0 else []
         self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        # TensorBoard drops the events a resumed run will log again (purge_step: steps >= it are discarded)
+        self._purge = step + 1 if step > 0 else 0
+        self.close()
 
     def log(self, row: dict) -> None:
         clean = {k: (float(v) if isinstance(v, (np.floating, torch.Tensor)) else v) for k, v in row.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(clean) + "\n")
+        tb = self._writer()
+        if tb is not None and isinstance(clean.get("step"), int):
+            stage = self.path.parent.name
+            for k, v in clean.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    tb.add_scalar(f"{stage}/{k}", v, clean["step"])
+            tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
 
 def plot_curves(out_dir: Path, stages: dict[str, Path], png: Optional[Path] = None) -> Optional[Path]:

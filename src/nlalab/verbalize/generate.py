@@ -28,6 +28,8 @@ from typing import Iterator, Literal, Sequence, Union
 import torch
 
 from nlalab.errors import NLALabError
+from nlalab.settings import (DEFAULT_GREEDY, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEED, DEFAULT_TEMPERATURE,
+                             DEFAULT_TOP_P, SamplingSettings)
 from nlalab.verbalize.extract import extract_explanation
 from nlalab.verbalize.inject import injected_embeds
 from nlalab.verbalize.sampling import row_keys, sample_next
@@ -37,12 +39,13 @@ Engine = Literal["auto", "fast", "loop", "hf"]
 
 @dataclass
 class GenerationSettings:
-    max_new_tokens: int = 200
-    temperature: float = 1.0
-    top_p: float = 1.0
+    # sampling defaults: declared once in nlalab.settings (SamplingSettings)
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
     top_k: int = 0
-    greedy: bool = False
-    seed: int = 42
+    greedy: bool = DEFAULT_GREEDY
+    seed: int = DEFAULT_SEED
     batch_size: int = 32
     engine: Engine = "auto"
     fast_batch_size: int = 0  # fast engine rows per micro-batch; 0 = as many as GPU memory allows
@@ -53,6 +56,16 @@ class GenerationSettings:
     # Default: $NLALAB_VERBALIZE_DEVICES, else "auto".
     devices: Union[None, str, int, Sequence[str]] = field(
         default_factory=lambda: os.environ.get("NLALAB_VERBALIZE_DEVICES", "auto"))
+
+    def __post_init__(self) -> None:
+        """Sampling values checked against the one declaration of their ranges (UsageError, one line)."""
+        SamplingSettings(temperature=self.temperature, top_p=self.top_p, greedy=self.greedy,
+                         max_new_tokens=self.max_new_tokens, seed=self.seed)
+
+    @classmethod
+    def from_sampling(cls, sampling: SamplingSettings, **execution) -> "GenerationSettings":
+        """The checked sampling settings plus how to run them (batch_size, engine, devices, ...)."""
+        return cls(**sampling.model_dump(), **execution)
 
 
 def resolve_engine(engine: str, av) -> str:

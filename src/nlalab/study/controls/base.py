@@ -23,6 +23,11 @@ __all__ = ["Control", "estimate_cell", "GenJob", "PlainJob", "StudyContext", "Fi
            "selectable", "NOT_RUN"]
 
 
+def _finite(x) -> Optional[float]:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
 @dataclass
 class GenJob:
     """Vectors for the AV to verbalize K times each; reconstructed by the AR like the corpus rows.
@@ -87,13 +92,21 @@ class StudyContext:
         from nlalab import metrics
 
         s = metrics.score_pairs(rec, gold, self.mse_scale, b_rv=self.b_rv, center=self.center if centered else None)
-        return {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in s.items()}
+        out = {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in s.items()}
+        if self.b_rv is None:  # degenerate B_rv: fve_nrm is undefined, carried as NaN and shown as n/a
+            out["fve_nrm"] = np.full(out["cos"].shape, np.nan)
+        return out
+
+    @property
+    def b_rv_or_nan(self) -> float:
+        """B_rv for the statistics helpers; NaN when it is degenerate, so every fve_nrm comes out undefined."""
+        return float("nan") if self.b_rv is None else float(self.b_rv)
 
     def scored_rows(self, job: str, gold: torch.Tensor) -> list[dict]:
         """The rows of a generation job with their metrics against ``gold[vector_index]``."""
         rows = self.gen_rows[job]
         s = self.score(self.recons[job], gold[[r["vector_index"] for r in rows]])
-        return [{**r, **{k: float(v[i]) for k, v in s.items()}} for i, r in enumerate(rows)]
+        return [{**r, **{k: _finite(v[i]) for k, v in s.items()}} for i, r in enumerate(rows)]
 
     def section(self, name: str) -> Optional[dict]:
         return (self.results.get("controls") or {}).get(name)
