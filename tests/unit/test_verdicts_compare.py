@@ -29,7 +29,8 @@ def test_three_seeds_of_one_pair_show_no_trend(tmp_path):
     cmp = _compare(tmp_path, (0.0, 0.0, 0.0))
     pats = {r["key"]: r["pattern"] for r in cmp["rows"] if r["kind"] != "diff"}
     tested = {k: p for k, p in pats.items() if p["kind"] != "na"}
-    assert {"fve_nrm", "cos", "recall", "spread.fve_nrm", "spread.recall", "perm.gap_within", "perm.gap_cross"} <= set(tested)
+    assert {"fve_nrm", "cos", "recall", "spread.fve_nrm", "spread.recall", "perm.gap_within",
+            "perm.gap_cross"} <= set(tested)
     moving = [k for k, p in tested.items() if p["kind"] != "flat"]
     # each row has family-wise α = 0.05: with ~15 tested rows, at most a couple by chance (none here)
     assert len(moving) <= max(1, round(0.05 * len(tested) * 2)), moving

@@ -301,7 +301,8 @@ def _collect_perms(n: int, n_perm: int, seed: int, groups) -> np.ndarray:
     return np.stack(perms)
 
 
-def _item_gaps(S_sum: np.ndarray, W_sum: np.ndarray, mask: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _item_gaps(S_sum: np.ndarray, W_sum: np.ndarray, mask: np.ndarray,
+               same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per item i (in ``mask``): own score minus the mean score of the *other* items' sets that ``same``
     allows (``same[i, j]``), and the weight W[i, i]; items with no own or no other score are dropped."""
     n = S_sum.shape[0]

@@ -284,7 +284,8 @@ def prefix_curve(rows_metrics: list[dict], n_boot: int = 2000, seed: int = 42, a
             "n": len(sel), "n_carried_full": sum(1 for k, r in sel.items() if r["is_full"] and
                                                   fulls[k]["n_sentences"] < L)}
     if fulls:
-        out["full"] = {m: float(np.mean([r[m] for r in fulls.values()])) for m in ("cos", "fve_nrm")} | {"n": len(fulls)}
+        out["full"] = {m: float(np.mean([r[m] for r in fulls.values()])) for m in ("cos", "fve_nrm")} | {
+            "n": len(fulls)}
     first = table.get(1, {})
     common = [k for k in fulls if k in first]
     if len(common) >= 2:
@@ -364,7 +365,8 @@ def grounding(base: dict[str, np.ndarray], variants: dict[str, dict[str, np.ndar
             out["verdict"] = f"evidence that a false same-category claim scores higher than the true one ({head})"
         else:
             mdd = f"{tmf['mdd']:.3f}" if tmf.get("mdd") is not None else "n/a"
-            out["verdict"] = f"no evidence that the AR tracks item-level claims at this n ({head}; minimum detectable difference {mdd})"
+            out["verdict"] = (f"no evidence that the AR tracks item-level claims at this n ({head}; minimum detectable "
+                              f"difference {mdd})")
     return out
 
 
