@@ -162,7 +162,8 @@ VERDICTS: list[Verdict] = [
             "real recall − within-category derangement floor; p over within-category permutations of whole K-sets",
             "category-level vocabulary only (explanations exchangeable within a category)",
             "8% of explanation words from the item's own prompt", "evidence = item-specific keywords; "
-            "no evidence = the gap is below the stated minimum detectable gap, not proven absent",
+            "no evidence = a gap as large as the stated minimum detectable gap would likely (80%) have been found; "
+            "a smaller one is not ruled out",
             _recall_within),
     Verdict("recall_item_specific_per_category", "controls.recall_permutation.per_category.<c>.verdict",
             "Same, per category (any category called)", "as above, per category, Holm across categories",
@@ -186,7 +187,8 @@ VERDICTS: list[Verdict] = [
             "Does the metric differ between categories (is fve_nrm 'uniform')?",
             "max − min of category means; p from category labels shuffled over items",
             "equal category means", "one category shifted by 0.08 fve_nrm (item sd 0.05, sample sd 0.05)",
-            "no evidence = uniform within the stated minimum detectable difference", _spread),
+            "no evidence: a difference as large as the stated minimum detectable difference would have been found "
+            "with 80% power; smaller ones are not ruled out", _spread),
     Verdict("spread_interval", "spread_test.<metric>.lo / hi",
             "Does the spread interval exclude 0 (non-coverage when the true spread is 0)?",
             "simultaneous Bonferroni-Welch interval over the pairwise differences",
