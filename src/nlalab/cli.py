@@ -365,7 +365,12 @@ def run(
     n_random: Optional[int] = typer.Option(None, "--n-random", help="Random-Gaussian vectors (30; demo 10)."),
     n_perm: int = typer.Option(1000, "--n-perm", help="Permutations of the permutation controls."),
     n_boot: int = typer.Option(2000, "--n-boot", help="Bootstrap resamples of every CI."),
-    brv_reference: Optional[str] = typer.Option(None, "--brv-reference", help="Vector file defining B_rv."),
+    brv: Optional[str] = typer.Option(None, "--brv", help="fve_nrm's denominator: registry (the pair's training-set "
+                                      "B_rv; default for registered pairs), own (this run's activations), a number, "
+                                      "or a vector file. Both values are always reported."),
+    brv_reference: Optional[str] = typer.Option(None, "--brv-reference", help="Vector file defining B_rv (= --brv FILE).",
+                                                hidden=True),
+    ar_dtype: str = typer.Option("auto", "--ar-dtype", help="AR precision: auto (fp32 where it fits), fp32, bf16."),
     lexicon: Optional[str] = typer.Option(None, "--lexicon", help="Category lexicon JSON (direction control)."),
     engine: str = typer.Option("auto", "--engine", help="auto (fast on CUDA, loop on CPU), fast, loop or hf."),
     batch_size: int = typer.Option(32, "--batch-size", help="Sequences per generation batch."),

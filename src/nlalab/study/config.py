@@ -67,7 +67,13 @@ class RunConfig(BaseModel):
     max_prefix_sentences: int = Field(5, ge=1, description="Longest explanation prefix (sentences) in the prefix control.")
     n_perm: int = Field(1000, ge=1, description="Permutations for the permutation controls.")
     n_boot: int = Field(2000, ge=1, description="Bootstrap resamples for CIs.")
-    brv_reference: Optional[str] = Field(None, description="Vector file whose rows define B_rv (default: the run's activations).")
+    brv: Optional[str] = Field(None, description="B_rv, fve_nrm's denominator: registry (the pair's training-set "
+                               "constant; the default for registered pairs), own (this run's activations; the default "
+                               "otherwise), a number, or a vector file whose rows define it.")
+    brv_reference: Optional[str] = Field(None, description="Vector file whose rows define B_rv (same as --brv FILE).")
+    ar_dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="AR precision: auto (fp32 where its weights fit: bf16 AR outputs move ~1% with batch "
+                            "composition), fp32 or bf16.")
     lexicon: Optional[str] = Field(None, description="Category lexicon JSON for direction injection.")
     # execution (do not change results)
     batch_size: int = Field(32, ge=1)

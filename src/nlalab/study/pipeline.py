@@ -106,13 +106,14 @@ def _score_corpus(ctx: StudyContext, cap_meta: list[dict]) -> list[dict]:
     return samples
 
 
-def _b_rv(cfg: RunConfig, acts: torch.Tensor, mse_scale: float) -> tuple[float, str]:
-    if cfg.brv_reference:
-        from nlalab.vectors_io import load_vectors
+def _b_rv(cfg: RunConfig, acts: torch.Tensor, mse_scale: float, provenance: dict):
+    """The B_rv choice (``--brv``; a registered pair's training-set constant by default), with the run's own."""
+    from nlalab.pairs.registry import find_pair
+    from nlalab.study.brv import resolve_brv
 
-        ref = load_vectors(cfg.brv_reference)
-        return metrics.brv(ref, mse_scale), f"reference vectors {cfg.brv_reference} ({ref.shape[0]} rows)"
-    return metrics.brv(acts, mse_scale), f"this run's {acts.shape[0]} activations (corpus {cfg.corpus})"
+    choice = cfg.brv if cfg.brv is not None else cfg.brv_reference
+    entry = find_pair(cfg.pair) if cfg.pair else provenance.get("name")
+    return resolve_brv(choice, entry, acts, mse_scale)
 
 
 def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callable[[str], None]] = None,
@@ -249,7 +250,8 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
     from nlalab.study.analysis import _clean, analyze
     from nlalab.study.report import print_summary, render_report
 
-    b_rv, b_rv_source = _b_rv(cfg, acts, ctx.mse_scale)
+    brv_choice = _b_rv(cfg, acts, ctx.mse_scale, provenance)
+    b_rv, b_rv_source = brv_choice.value, brv_choice.source
     # a B_rv too small to divide by (identical activations) makes every fve_nrm n/a, never a huge number
     ctx.b_rv = degenerate.usable_brv(b_rv, ctx.mse_scale, acts.shape[1])
     ctx.center = acts.mean(0)
@@ -262,6 +264,7 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
         context=models.context_length() if hasattr(models, "context_length") else None))
     results = {"schema_version": SCHEMA_VERSION, **results, "mse_scale": ctx.mse_scale,
                "capture": {"layer": layer, "hook": cmeta.get("hook"), "positions": cfg.positions},
+               "brv": brv_choice.to_dict(),
                "controls": {n: None for n in registry()}}
     ctx.results = results
     control_rows: dict[str, list[dict]] = {}
@@ -279,6 +282,8 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
         samples = degenerate.without_fve_nrm(samples)
         control_rows = degenerate.without_fve_nrm(control_rows)
     results["provenance"] = {k: record[k] for k in ("config", "pair", "corpus", "environment")}
+    if getattr(models, "ar_dtype_reason", None):
+        results["provenance"]["ar_dtype"] = models.ar_dtype_reason
     note("done")
     results["timings_s_this_invocation"] = timings
     if verbalize_devices:

@@ -17,6 +17,17 @@ FVE_DENOMINATORS = (
 FLAG_NAMES = ("truncated", "missing_close_tag", "empty", "cjk_smell")
 
 
+def _other_brv(results: dict) -> str:
+    """The B_rv candidates not used, named with their source (a run always shows both)."""
+    b = results.get("brv") or {}
+    out = []
+    if b.get("own_value") is not None and b.get("choice") != "own":
+        out.append(f"this run's own B_rv {fmt_num(b['own_value'], 6)} ({b.get('own_source')})")
+    if b.get("training_value") is not None and b.get("choice") != "registry":
+        out.append(f"training-set B_rv {fmt_num(b['training_value'], 6)} ({b.get('training_source')})")
+    return ("; " + "; ".join(out)) if out else ""
+
+
 def per_category_table(results: dict) -> Table:
     cats = list(results.get("categories") or [])
     pc = results.get("per_category") or {}
@@ -31,7 +42,8 @@ def per_category_table(results: dict) -> Table:
     return Table("Per-category reconstruction and recall (seed §3.1)",
                  ["Category", "N", "cos", "fve_nrm", "fve_nrm_seed", "recall (mean)", "recall (≥1 hit)"], rows,
                  [f"Mean [95% cluster-bootstrap interval over items]; n= appears where a metric leaves rows out. "
-                  f"B_rv = {fmt_num(results.get('b_rv'), 6)} from {results.get('b_rv_source')}. " + FVE_DENOMINATORS],
+                  f"B_rv = {fmt_num(results.get('b_rv'), 6)} from {results.get('b_rv_source')}{_other_brv(results)}. "
+                  + FVE_DENOMINATORS],
                  key="per_category")
 
 
