@@ -257,6 +257,9 @@ def explain(
     vectors: Optional[Path] = typer.Option(None, "--vectors", help=_esc(".npy/.pt/.safetensors file of [n, d] or "
                                                                        "[d] vectors.")),
     key: Optional[str] = typer.Option(None, "--key", help="Tensor name inside a multi-tensor vector file."),
+    conversation: Optional[Path] = typer.Option(None, "--conversation", help="A chat (JSON list of {role, content}, "
+                                                "or JSONL): explain every token of it and of the target's greedy reply."),
+    reply_tokens: int = typer.Option(64, "--reply-tokens", help="With --conversation: greedy reply tokens to add."),
     pair: Optional[str] = PairOpt, av: Optional[str] = AvOpt, ar: Optional[str] = ArOpt,
     target: Optional[str] = TargetOpt, layer: Optional[int] = LayerOpt, revision: Optional[str] = RevOpt,
     k: int = typer.Option(1, "--k", help="Samples per vector."),
@@ -268,11 +271,12 @@ def explain(
     brv: Optional[float] = typer.Option(None, "--brv", help="B_rv for fve_nrm (default: from the vectors if >= 8)."),
     device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
     max_memory: Optional[str] = MaxMemOpt,
-    fmt: str = typer.Option("text", "--format", help="text, or json (one JSON object per line)."),
+    fmt: str = typer.Option("text", "--format", help="text, or json (one JSON object per line); with "
+                            "--conversation also markdown."),
     as_json: bool = JsonAlias,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Verbalize and reconstruct the activations of a few prompts, or vectors from a file."""
+    """Verbalize and reconstruct the activations of a few prompts, vectors from a file, or every token of a chat."""
     from nlalab.explain import explain as run_explain
     from nlalab.pairs.registry import spec_from_args
     from nlalab.pairs.resolve import resolve_pair
@@ -280,9 +284,14 @@ def explain(
     from nlalab.verbalize import GenerationSettings
 
     try:
+        if conversation is not None:
+            _explain_conversation(conversation, reply_tokens, k, seed, brv, pair, av, ar, target, layer, revision,
+                                  _opts(device, dtype, device_map, max_memory), _pick_format(
+                                      fmt, as_json, ("text", "json", "markdown")), quiet)
+            return
         fmt = _pick_format(fmt, as_json, ("text", "json"))
         if bool(prompt) == (vectors is not None):
-            raise UsageError("Give --prompt (one or more) or --vectors FILE, not both and not neither.")
+            raise UsageError("Give --prompt (one or more), --vectors FILE or --conversation FILE.")
         spec = spec_from_args(pair, av, ar, target, layer, revision)
         dirs = resolve_pair(spec, need_target=bool(prompt))
         vecs = load_vectors(vectors, key) if vectors is not None else None
@@ -307,6 +316,25 @@ def explain(
             typer.secho(f"  flags: {', '.join(flags)}", fg="yellow")
         typer.echo("  " + (r["explanation"] or "<empty>").replace("\n", "\n  "))
     typer.echo(f"B_rv: {res.b_rv if res.b_rv is not None else '-'} ({res.b_rv_source})")
+
+
+def _explain_conversation(path, reply_tokens, k, seed, brv, pair, av, ar, target, layer, revision, opts, fmt,
+                          quiet) -> None:
+    """The per-token table of a chat (prompt and the target's own greedy reply) with a sampled-variance section."""
+    from nlalab.explain import (explain_conversation, load_conversation, render_conversation_json,
+                                render_conversation_markdown, render_conversation_text)
+    from nlalab.pairs.registry import spec_from_args
+    from nlalab.pairs.resolve import resolve_pair
+    from nlalab.verbalize import GenerationSettings
+
+    spec = spec_from_args(pair, av, ar, target, layer, revision)
+    dirs = resolve_pair(spec, need_target=True)
+    res = explain_conversation(dirs, load_conversation(path), reply_tokens=reply_tokens, k=k,
+                               settings=GenerationSettings(greedy=True, seed=seed), opts=opts, brv=brv,
+                               progress=sys.stderr.isatty() and not quiet)
+    render = {"text": render_conversation_text, "json": render_conversation_json,
+              "markdown": render_conversation_markdown}[fmt]
+    typer.echo(render(res))
 
 
 # ---- run --------------------------------------------------------------------------------------------
