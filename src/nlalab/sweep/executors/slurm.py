@@ -22,7 +22,7 @@ def run(sweep_dir: Union[str, Path], names: list[str], on_result: OnResult, *, r
                          "submitit).") from None
     d = Path(sweep_dir).resolve()
     try:
-        ex = submitit.AutoExecutor(folder=str(d / ".submitit" / "%j"), cluster=cluster)
+        ex = submitit.AutoExecutor(folder=str(d / ".submitit"), cluster=cluster)
     except (RuntimeError, ValueError) as e:
         raise UsageError(f"submitit found no SLURM here ({one_line(e)}). Fix: run on a SLURM login node, or use "
                          "--executor local or ray.") from None
