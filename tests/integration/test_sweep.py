@@ -305,3 +305,35 @@ def test_sub_app_mounts_as_nlalab_sweep(tmp_path):
     r = CliRunner().invoke(app, ["sweep", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o"),
                                  "--executor", "dask"])
     assert r.exit_code == 2 and "--executor 'dask': expected one of local, ray, slurm" in r.output
+
+
+def test_sweep_markdown_and_html_report(local_sweep, tmp_path):
+    import shutil
+
+    from nlalab.format import fmt_num
+    from nlalab.sweep.report import sweep_markdown, sweep_tables, write_sweep_report
+
+    out = local_sweep["out"]
+    md = sweep_markdown(out, n_boot=100)
+    res = json.loads((out / "seed-2__pos--6" / "results.json").read_text())
+    e = res["per_category"]["OVERALL"]["fve_nrm"]
+    row = next(line for line in md.splitlines() if line.startswith("| seed-2__pos--6 |"))
+    assert f"| 2 | -6 | done | {fmt_num(e['mean'])} [{fmt_num(e['lo'])}, {fmt_num(e['hi'])}] |" in row
+    titles = [t.title for t in sweep_tables(out, n_boot=100)]
+    assert titles == ["Sweep grid", "Along seed (positions=last)", "Along seed (positions=-6)",
+                      "Along positions (seed=1)", "Along positions (seed=2)"]
+    assert "runs differ in capture position" in md and "Failed cells" not in md
+    page = write_sweep_report(out, tmp_path / "r.html", n_boot=100).read_text()
+    assert page.count("data:image/png;base64,") == 2 and all(n in page for n in CELLS)
+    # a failed, unfinished cell: its state and error in the grid and in the failures table
+    cp = tmp_path / "copy"
+    shutil.copytree(out, cp)
+    (cp / "seed-1__pos--6" / "report.md").unlink()
+    st = json.loads((cp / "status.json").read_text())
+    st["cells"]["seed-1__pos--6"] = {"state": "failed", "error": "RuntimeError: boom"}
+    (cp / "status.json").write_text(json.dumps(st))
+    tabs = {t.title: t for t in sweep_tables(cp, n_boot=100)}
+    grid_row = next(r for r in tabs["Sweep grid"].rows if r[0] == "seed-1__pos--6")
+    assert grid_row[3] == "failed" and set(grid_row[4:]) == {"—"}
+    assert tabs["Failed cells"].rows == [["seed-1__pos--6", "failed", "RuntimeError: boom"]]
+    assert "Along positions (seed=1)" not in tabs  # one finished cell: nothing to compare along positions
