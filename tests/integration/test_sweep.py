@@ -337,3 +337,43 @@ def test_sweep_markdown_and_html_report(local_sweep, tmp_path):
     assert grid_row[3] == "failed" and set(grid_row[4:]) == {"—"}
     assert tabs["Failed cells"].rows == [["seed-1__pos--6", "failed", "RuntimeError: boom"]]
     assert "Along positions (seed=1)" not in tabs  # one finished cell: nothing to compare along positions
+
+
+def test_checkpoint_sweep_runs_each_saved_pair(local_sweep, tmp_path):
+    """A training folder (init/ and pair/ as `nlalab train` writes them, here links to the fixture pair)
+    expands to one cell per checkpoint; the target comes from the training config's base."""
+    from nlalab.sweep.run import run_sweep
+
+    pair = local_sweep["pair"]
+    train = tmp_path / "train"
+    for sub in ("init", "pair"):
+        (train / sub).mkdir(parents=True)
+        (train / sub / "av").symlink_to(Path(pair.av).resolve(), target_is_directory=True)
+        (train / sub / "ar").symlink_to(Path(pair.ar).resolve(), target_is_directory=True)
+    (train / "config.json").write_text(json.dumps({"base": str(pair.target)}))
+    doc = {**yaml.safe_load(local_sweep["file"].read_text()), "checkpoints": str(train), "grid": {}}
+    for k in ("av", "ar", "target"):
+        doc.pop(k)
+    f = tmp_path / "ckpt.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    s = run_sweep(f, tmp_path / "out", "local", gpus="none")
+    assert s["failed"] == {} and s["ran"] == ["ckpt-init", "ckpt-final"]
+    cfg = json.loads((tmp_path / "out" / "ckpt-final" / "config.json").read_text())["config"]
+    assert cfg["av"] == str(Path(pair.av).resolve()) and cfg["target"] == str(pair.target)
+    df = sweep_table(tmp_path / "out")
+    assert list(df.columns[:3]) == ["cell", "checkpoint", "metric"]
+    assert set(df["checkpoint"]) == {"init", "final"}
+    # the same pair under two labels, same seed: the same explanations
+    a, b = (tmp_path / "out" / n / "samples.jsonl" for n in ("ckpt-init", "ckpt-final"))
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_a_second_driver_on_the_same_sweep_dir_is_refused(local_sweep, tmp_path):
+    from nlalab.errors import NLALabError
+    from nlalab.rundir.io import dir_lock
+    from nlalab.sweep.run import run_sweep
+
+    out = tmp_path / "busy"
+    with dir_lock(out, what="nlalab sweep"):
+        with pytest.raises(NLALabError, match=r"is in use by pid \d+ \(nlalab sweep\)"):
+            run_sweep(local_sweep["file"], out, "local")
