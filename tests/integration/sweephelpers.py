@@ -23,7 +23,7 @@ def write_sweep(path: Path, pair, grid=None, **extra) -> Path:
 
 
 def snapshot(d: Path, skip: tuple = (".cells", "status.json", "sweep.csv", "sweep.parquet", "sweep.yaml",
-                                     ".nlalab.lock", "plots")) -> dict:
+                                     ".nlalab.lock", "plots", "report.html")) -> dict:
     """path -> (mtime_ns, size) of every file under d, outside the sweep's own bookkeeping."""
     out = {}
     for p in sorted(Path(d).rglob("*")):

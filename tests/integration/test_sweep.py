@@ -183,7 +183,7 @@ def local_sweep(tmp_path_factory, monkeypatch_module):
     status1 = read_status(out)
     rec1 = read_cell_record(out, "seed-1__pos-last")
     logs_after_fault = snapshot(out / "seed-1__pos-last" / "stages")
-    second = runner.invoke(sweep_app, [str(f), "--out", str(out), "--gpus", "none", "--no-plots"])
+    second = runner.invoke(sweep_app, [str(f), "--out", str(out), "--gpus", "none", "--no-report"])
     rec2 = read_cell_record(out, "seed-1__pos-last")
     before = snapshot(out)
     third = runner.invoke(sweep_app, [str(f), "--out", str(out), "--gpus", "none"])
@@ -277,6 +277,7 @@ def test_sweep_plots_one_per_axis(local_sweep, tmp_path):
     for p in figs.values():
         assert p.is_file() and p.stat().st_size > 5000 and p.with_suffix(".svg").is_file()
     assert (local_sweep["out"] / "plots" / "sweep_positions.png").is_file()  # the CLI drew them too
+    assert "data:image/png;base64," in (local_sweep["out"] / "report.html").read_text()
 
 
 def test_compare_along_an_axis(local_sweep):
@@ -377,3 +378,16 @@ def test_a_second_driver_on_the_same_sweep_dir_is_refused(local_sweep, tmp_path)
     with dir_lock(out, what="nlalab sweep"):
         with pytest.raises(NLALabError, match=r"is in use by pid \d+ \(nlalab sweep\)"):
             run_sweep(local_sweep["file"], out, "local")
+
+
+def test_slurm_without_slurm_is_a_usage_error(tmp_path):
+    import shutil
+
+    from nlalab.sweep.executors import get_executor
+
+    if shutil.which("sbatch"):
+        pytest.skip("this machine has SLURM")
+    with pytest.raises(UsageError, match="no SLURM here.*--cluster local"):
+        get_executor("slurm")(tmp_path, ["c"], lambda r: None)
+    with pytest.raises(UsageError, match="unknown executor 'dask'"):
+        get_executor("dask")

@@ -42,7 +42,7 @@ def test_ray_worker_lost_mid_run_is_retried(grid, monkeypatch):
     # the worker of one cell dies (os._exit) as it enters reconstruct; Ray retries the task on a new worker
     monkeypatch.setenv("NLALAB_SWEEP_FAULT", "seed-2__pos--6:reconstruct:exit")
     r = CliRunner().invoke(sweep_app, [str(f), "--out", str(out), "--executor", "ray", "--ray-num-cpus", "2",
-                                       "--retries", "1", "--no-plots"])
+                                       "--retries", "1", "--no-report"])
     assert r.exit_code == 0, r.output
     rec = read_cell_record(out, "seed-2__pos--6")
     assert rec["state"] == "done" and rec["attempts"] == 2
@@ -74,7 +74,7 @@ def test_slurm_through_submitit_local_executor(grid):
     root, f, ref = grid
     out = root / "slurm"
     r = CliRunner().invoke(sweep_app, [str(f), "--out", str(out), "--executor", "slurm", "--cluster", "local",
-                                       "--partition", "gpu", "--time", "20", "--no-plots"])
+                                       "--partition", "gpu", "--time", "20", "--no-report"])
     assert r.exit_code == 0, r.output
     assert read_status(out)["counts"]["done"] == 4
     _same_samples(ref, out)

@@ -36,7 +36,8 @@ def sweep(
                                                                   "SLURM; 'local' runs the jobs here)."),
     array_parallelism: Optional[int] = typer.Option(None, "--array-parallelism",
                                                     help="slurm: at most this many cells at once."),
-    plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw metric-vs-axis plots into OUT/plots."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Draw metric-vs-axis plots (OUT/plots) and "
+                                                                   "write OUT/report.html."),
 ) -> None:
     from nlalab.errors import NLALabError
     from nlalab.sweep.executors import EXECUTORS
@@ -53,11 +54,10 @@ def sweep(
                 "slurm": {"partition": partition, "time_min": time_min, "cluster": cluster,
                           "array_parallelism": array_parallelism}}[executor]
         summary = run_sweep(file, out, executor, on_event=lambda s: typer.echo(s, err=True), **opts)
-        if plots:
-            from nlalab.sweep.results import sweep_plots
+        if report:
+            from nlalab.sweep.report import write_sweep_report
 
-            for p in sweep_plots(out, out / "plots").values():
-                typer.echo(f"plot: {p}", err=True)
+            typer.echo(f"report: {write_sweep_report(out)}", err=True)
         n, failed = len(summary["cells"]), summary["failed"]
         typer.echo(f"{n - len(failed)}/{n} cells finished; {len(summary['ran'])} run now, "
                    f"{len(summary['skipped'])} finished before. Table: {summary['tables'].get('csv')}")

@@ -23,7 +23,7 @@ from nlalab.rundir.layout import RunLayout
 
 STATUS = "status.json"
 CELLS_DIR = ".cells"
-STATES = ("pending", "running", "done", "failed", "skipped")
+STATES = ("pending", "running", "done", "failed")
 
 
 def _now() -> str:

@@ -21,6 +21,9 @@ def run(sweep_dir: Union[str, Path], names: list[str], on_result: OnResult, *, r
         raise UsageError("--executor slurm needs submitit. Fix: pip install 'nlalab[sweep]' (or pip install "
                          "submitit).") from None
     d = Path(sweep_dir).resolve()
+    if cluster is None and submitit.AutoExecutor.which() != "slurm":
+        raise UsageError("--executor slurm: no SLURM here (sbatch not found). Fix: run on a SLURM login node, or "
+                         "pass --cluster local to run the cells as local jobs on this machine.")
     try:
         ex = submitit.AutoExecutor(folder=str(d / ".submitit"), cluster=cluster)
     except (RuntimeError, ValueError) as e:
