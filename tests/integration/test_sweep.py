@@ -391,3 +391,21 @@ def test_slurm_without_slurm_is_a_usage_error(tmp_path):
         get_executor("slurm")(tmp_path, ["c"], lambda r: None)
     with pytest.raises(UsageError, match="unknown executor 'dask'"):
         get_executor("dask")
+
+
+def test_local_gpu_slots(monkeypatch):
+    from nlalab.sweep.executors.local import gpu_slots, parse_gpus
+
+    assert parse_gpus("none") == [] and parse_gpus("3") == ["0", "1", "2"] and parse_gpus("0, 3") == ["0", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert parse_gpus("auto") == ["2", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert parse_gpus("auto") == []
+    with pytest.raises(UsageError, match="--gpus 'a,b'"):
+        parse_gpus("a,b")
+    ids = ["0", "1", "2", "3", "4"]
+    assert gpu_slots(ids, 1) == ["0", "1", "2", "3", "4"]
+    assert gpu_slots(ids, 0) == ids  # a CPU-only cell still takes one GPU's slot: one cell per GPU
+    assert gpu_slots(ids, 2) == ["0,1", "2,3"]
+    assert gpu_slots(ids, 1.5) == ["0,1", "2,3"]
+    assert gpu_slots(ids, 8) == []

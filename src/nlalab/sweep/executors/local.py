@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import subprocess
@@ -41,6 +42,13 @@ def parse_gpus(gpus: Optional[str]) -> list[str]:
     return ids
 
 
+def gpu_slots(ids: list[str], per_cell: float = 1) -> list[str]:
+    """Visible GPU ids grouped into one ``CUDA_VISIBLE_DEVICES`` value per concurrent cell
+    (``resources.num_gpus`` each, at least one); GPUs left over are unused."""
+    n = max(1, math.ceil(per_cell or 1))
+    return [",".join(ids[i:i + n]) for i in range(0, len(ids) - n + 1, n)]
+
+
 def _subprocess_cell(sweep_dir: Path, name: str, gpu: str) -> dict:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
     log = sweep_dir / ".cells" / f"{name}.log"
@@ -61,9 +69,9 @@ def _subprocess_cell(sweep_dir: Path, name: str, gpu: str) -> dict:
 
 
 def run(sweep_dir: Union[str, Path], names: list[str], on_result: OnResult, *, gpus: Optional[str] = "auto",
-        **_: object) -> None:
+        resources=None, **_: object) -> None:
     d = Path(sweep_dir)
-    ids = parse_gpus(gpus)
+    ids = gpu_slots(parse_gpus(gpus), resources.num_gpus if resources is not None else 1)
     if len(ids) < 2:
         for n in names:
             on_result(run_cell(d, n))
