@@ -409,3 +409,18 @@ def test_local_gpu_slots(monkeypatch):
     assert gpu_slots(ids, 2) == ["0,1", "2,3"]
     assert gpu_slots(ids, 1.5) == ["0,1", "2,3"]
     assert gpu_slots(ids, 8) == []
+
+
+def test_dry_run_lists_cells_and_writes_nothing(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump({"av": "/m/av", "ar": "/m/ar", "target": "/m/t", "grid": {"seed": [1, 2],
+                                                                                         "positions": ["last", 5]}},
+                                sort_keys=False))
+    r = CliRunner().invoke(sweep_app, [str(f), "--out", str(tmp_path / "o"), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    lines = [x for x in r.stdout.splitlines() if "\t" in x]
+    assert lines[1] == f"{tmp_path / 'o' / 'seed-1__pos-5'}\tseed=1 positions=5" and len(lines) == 4
+    assert not (tmp_path / "o").exists()
+    f.write_text(yaml.safe_dump({"grid": {"positions": ["random"]}}))
+    r = CliRunner().invoke(sweep_app, [str(f), "--out", str(tmp_path / "o"), "--dry-run"])
+    assert r.exit_code == 2 and "positions='random'" in r.output and "Traceback" not in r.output

@@ -36,6 +36,8 @@ def sweep(
                                                                   "SLURM; 'local' runs the jobs here)."),
     array_parallelism: Optional[int] = typer.Option(None, "--array-parallelism",
                                                     help="slurm: at most this many cells at once."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the cells (name and values) and stop; writes "
+                                                          "nothing."),
     report: bool = typer.Option(True, "--report/--no-report", help="Draw metric-vs-axis plots (OUT/plots) and "
                                                                    "write OUT/report.html."),
 ) -> None:
@@ -47,6 +49,14 @@ def sweep(
             from nlalab.errors import UsageError
 
             raise UsageError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}.")
+        if dry_run:
+            from nlalab.sweep.grid import load_sweep_file, resolve
+
+            sw = resolve(load_sweep_file(file), source=str(file))
+            for c in sw.cells:
+                typer.echo(f"{out / c.name}\t" + " ".join(f"{k}={v}" for k, v in c.values.items()))
+            typer.echo(f"{len(sw.cells)} cells", err=True)
+            return
         from nlalab.sweep.run import run_sweep
 
         opts = {"local": {"gpus": gpus},
