@@ -8,8 +8,17 @@ from typing import Optional
 
 import typer
 
+# the same words as nlalab.cli's EXIT_CODES_HELP (not imported: nlalab.cli imports this module to mount it)
+EXIT_CODES_HELP = ("Exit codes: 0 ok; 1 a check failed (validate); 2 a usage error (bad flag, setting or input "
+                   "file); 3 a runtime error (file fault, lock held, model failed to load; here also: a cell failed).")
+EXAMPLES = ("nlalab sweep grid.yaml --out sweeps/pos_seed --dry-run",
+            "nlalab sweep grid.yaml --out sweeps/pos_seed --executor local",
+            "nlalab sweep grid.yaml --out sweeps/pos_seed --executor ray --ray-address auto",
+            "nlalab sweep grid.yaml --out sweeps/pos_seed --executor slurm --partition gpu --time 120")
 sweep_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                        help="Run a grid of studies (docs/sweep.md): each cell a run directory under --out.")
+                        help="Run a grid of studies (docs/sweep.md): each cell a run directory under --out; a "
+                             "rerun skips finished cells and resumes the others.",
+                        epilog="\n\n".join(["Examples:", *[f"  {x}" for x in EXAMPLES], EXIT_CODES_HELP]))
 
 
 def _fail(e: Exception) -> None:

@@ -245,13 +245,6 @@ def _pair_fields(value: Any) -> dict[str, Any]:
     return {"pair": value}
 
 
-def _check_positions(name: str, positions: Any) -> None:
-    p = str(positions)
-    if p != "last" and not re.fullmatch(r"-?\d+", p):
-        raise UsageError(f"cell {name}: positions={p!r}; a study captures one vector per item. Fix: use "
-                         "positions 'last' or a token index (an integer).")
-
-
 def resolve(sf: SweepFile, source: Optional[str] = None) -> Sweep:
     """Expand the grid (and checkpoints) into cells, each validated as a RunConfig."""
     axes: dict[str, list[Any]] = {}
@@ -285,11 +278,12 @@ def resolve(sf: SweepFile, source: Optional[str] = None) -> Sweep:
         name = cell_name(values)
         try:
             rc = RunConfig(**{**cfg, "out": name})
-        except ValidationError as e:
+        except ValidationError as e:  # a RunConfig that does not turn its own errors into UsageError
             err = e.errors()[0]
             raise UsageError(f"cell {name}: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}. Fix: correct "
                              "that value in the sweep file.") from None
-        _check_positions(name, rc.positions)
+        except UsageError as e:
+            raise UsageError(f"cell {name}: {e}") from None
         cells.append(Cell(name, values, {k: v for k, v in rc.model_dump().items() if k != "out"}))
     names = [c.name for c in cells]
     for c in cells:  # two values that slug alike (a/b and a_b) get a short digest each
