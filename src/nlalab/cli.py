@@ -47,6 +47,15 @@ sidecar_app = typer.Typer(no_args_is_help=True, help="Write the nla_meta.yaml si
 app.add_typer(sidecar_app, name="sidecar")
 
 
+def _mount_sweep() -> None:
+    from nlalab.sweep.cli import sweep_app
+
+    app.add_typer(sweep_app, name="sweep")
+
+
+_mount_sweep()
+
+
 @sidecar_app.callback()
 def _sidecar() -> None:
     """Write the nla_meta.yaml sidecars of your own AV/AR (then `nlalab validate` them)."""
@@ -472,21 +481,29 @@ def score(
 @app.command(epilog=_example("nlalab compare runs/base runs/sft runs/rl --name base --name sft --name rl",
                              "nlalab compare runs/a runs/b --format csv --out table.csv"))
 def compare(
-    run_dirs: List[Path] = typer.Argument(..., help="Two or more run directories, in trajectory order."),
+    run_dirs: List[Path] = typer.Argument(..., help="Two or more run directories, in trajectory order, or one "
+                                           "sweep directory (nlalab sweep)."),
     name: Optional[List[str]] = typer.Option(None, "--name", help="Column name per run (repeatable)."),
     fmt: str = typer.Option("terminal", "--format", help="terminal, markdown, csv or json."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output FILE (default: stdout)."),
     n_boot: int = typer.Option(2000, "--n-boot"),
     seed: int = SeedOpt,
     tol: float = typer.Option(0.02, "--tol", help="Differences below this count as flat in the Pattern column."),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Compare runs captured at different "
+                                        "positions or layers (unpaired; every difference is stated)."),
     as_json: bool = JsonAlias,
 ) -> None:
-    """The seed's cross-model table for any runs; paired by item when the corpora match."""
+    """The seed's cross-model table for any runs; paired by item when the corpora, positions and layers match."""
     from nlalab.report import compare as C
+    from nlalab.sweep.grid import is_sweep_dir
 
     try:
         fmt = _pick_format(fmt, as_json, ("terminal", "markdown", "csv", "json"))
-        cmp = C.compare_runs(run_dirs, names=name or None, n_boot=n_boot, seed=seed, tol=tol)
+        if len(run_dirs) == 1 and is_sweep_dir(run_dirs[0]):
+            _compare_sweep(run_dirs[0], fmt, out, n_boot, seed)
+            return
+        cmp = C.compare_runs(run_dirs, names=name or None, n_boot=n_boot, seed=seed, tol=tol,
+                             allow_mismatch=allow_mismatch)
         render = {"terminal": C.to_terminal, "markdown": C.to_markdown, "csv": C.to_csv, "json": C.to_json}
         text = render[fmt](cmp)
         for w in cmp.get("warnings", []):
@@ -502,6 +519,26 @@ def compare(
         _fail(e)
 
 
+def _compare_sweep(sweep_dir: Path, fmt: str, out: Optional[Path], n_boot: int, seed: int) -> None:
+    """A sweep directory: metric vs each swept axis, with the comparison's verdicts along every axis."""
+    from nlalab.sweep.report import sweep_markdown
+    from nlalab.sweep.results import sweep_table
+
+    if fmt == "csv":
+        text = sweep_table(sweep_dir).to_csv(index=False)
+    elif fmt == "json":
+        text = sweep_table(sweep_dir).to_json(orient="records", indent=1)
+    else:
+        text = sweep_markdown(sweep_dir, n_boot=n_boot, seed=seed)
+    if out:
+        from nlalab.rundir.io import atomic_write_text
+
+        atomic_write_text(out, text)
+        typer.echo(f"Wrote {out}")
+    else:
+        typer.echo(text)
+
+
 @app.command(epilog=_example("nlalab report runs/demo",
                              "nlalab report runs/rl --compare runs/base --compare runs/sft --out trajectory.html"))
 def report(
@@ -515,10 +552,16 @@ def report(
 ) -> None:
     """A self-contained HTML report (plots embedded) plus plots/*.png|svg and report.md."""
     from nlalab.report.html import write_report
+    from nlalab.sweep.grid import is_sweep_dir
 
     try:
-        path = write_report(run_dir, compare_with or None, out=out, names=name or None, markdown=not no_markdown,
-                            n_boot=n_boot, seed=seed)
+        if is_sweep_dir(run_dir):
+            from nlalab.sweep.report import write_sweep_report
+
+            path = write_sweep_report(run_dir, out, n_boot=n_boot, seed=seed)
+        else:
+            path = write_report(run_dir, compare_with or None, out=out, names=name or None,
+                                markdown=not no_markdown, n_boot=n_boot, seed=seed)
     except NLALabError as e:
         _fail(e)
     typer.echo(f"Wrote {path}")
