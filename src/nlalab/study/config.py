@@ -71,6 +71,9 @@ class RunConfig(BaseModel):
                                "constant; the default for registered pairs), own (this run's activations; the default "
                                "otherwise), a number, or a vector file whose rows define it.")
     brv_reference: Optional[str] = Field(None, description="Vector file whose rows define B_rv (same as --brv FILE).")
+    score_incomplete: bool = Field(False, description="Count explanations without a closing tag (or truncated, or "
+                                   "empty) in the headline metrics; by default they are left out, as the release "
+                                   "measures, and the all-rows figures are reported beside.")
     ar_dtype: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="AR precision: auto (fp32 where its weights fit: bf16 AR outputs move ~1% with batch "
                             "composition), fp32 or bf16.")
@@ -131,7 +134,17 @@ class RunConfig(BaseModel):
         return v
 
     def identity(self) -> dict:
-        return {k: v for k, v in self.model_dump().items() if k not in NON_IDENTITY}
+        """The settings that change results (a rerun into the same directory must match them); the set of
+        controls, not their order."""
+        out = {k: v for k, v in self.model_dump().items() if k not in NON_IDENTITY}
+        out["controls"] = sorted(out["controls"])
+        return out
+
+    @classmethod
+    def identity_defaults(cls) -> dict:
+        """Each identity setting's default: a run saved before a setting existed ran with its default."""
+        return {k: f.get_default(call_default_factory=True) for k, f in cls.model_fields.items()
+                if k not in NON_IDENTITY}
 
     def sampling(self) -> SamplingSettings:
         """The sampling settings of this run, as the one shared type."""

@@ -18,7 +18,6 @@ from typing import Callable, Optional
 
 import torch
 
-from nlalab import metrics
 from nlalab.corpus import categories as corpus_categories
 from nlalab.corpus import corpus_digest, load_corpus
 from nlalab.errors import NLALabError, UsageError
@@ -114,6 +113,35 @@ def _b_rv(cfg: RunConfig, acts: torch.Tensor, mse_scale: float, provenance: dict
     choice = cfg.brv if cfg.brv is not None else cfg.brv_reference
     entry = find_pair(cfg.pair) if cfg.pair else provenance.get("name")
     return resolve_brv(choice, entry, acts, mse_scale)
+
+
+def _headline_analysis(samples: list[dict], cats: list[str], b_rv: float, b_rv_source: str, cfg: RunConfig) -> dict:
+    """The core tables over the headline rows: explanations without a closing tag, truncated or empty leave
+    them (the release's policy) unless ``score_incomplete``; the all-rows table and the excluded share per
+    category are reported beside. The controls read every row."""
+    from nlalab.study.analysis import analyze
+    from nlalab.study.incomplete import excluded_share, headline_mask
+
+    mask = headline_mask(samples, cfg.score_incomplete)
+    for row, keep in zip(samples, mask):
+        row["headline"] = bool(keep)
+    head = [r for r, keep in zip(samples, mask) if keep]
+    kw = dict(categories=cats, b_rv=b_rv, b_rv_source=b_rv_source, n_perm=cfg.n_perm, n_boot=cfg.n_boot, seed=cfg.seed)
+    results = analyze(head or samples, **kw)
+    share = excluded_share(samples, cats)
+    results["incomplete"] = {
+        "policy": ("every row counts (--score-incomplete)" if cfg.score_incomplete else
+                   "rows without a closing tag, truncated or empty leave the headline tables (as the release "
+                   "measures); the controls read every row"),
+        "score_incomplete": bool(cfg.score_incomplete), "fallback_to_all_rows": not head,
+        "n_headline": len(head) if head else len(samples), "n_all": len(samples), "per_category": share}
+    if not head:
+        results["warnings"].append(f"no explanation of the {len(samples)} is complete (closing tag, not truncated, "
+                                   "not empty): the headline tables use every row. Fix: raise --max-new-tokens, or "
+                                   "check the AV's output format.")
+    elif len(head) < len(samples):
+        results["per_category_all_rows"] = analyze(samples, **kw)["per_category"]
+    return results
 
 
 def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callable[[str], None]] = None,
@@ -247,7 +275,7 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
 
     # ---- score and controls ---------------------------------------------------------------------
     note("score")
-    from nlalab.study.analysis import _clean, analyze
+    from nlalab.study.analysis import _clean
     from nlalab.study.report import print_summary, render_report
 
     brv_choice = _b_rv(cfg, acts, ctx.mse_scale, provenance)
@@ -256,8 +284,7 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
     ctx.b_rv = degenerate.usable_brv(b_rv, ctx.mse_scale, acts.shape[1])
     ctx.center = acts.mean(0)
     samples = ctx.samples = _score_corpus(ctx, cap_meta)
-    results = analyze(samples, categories=cats, b_rv=b_rv, b_rv_source=b_rv_source, n_perm=cfg.n_perm,
-                      n_boot=cfg.n_boot, seed=cfg.seed)
+    results = _headline_analysis(samples, cats, b_rv, b_rv_source, cfg)
     degenerate.merge_warnings(results, degenerate.scan(
         acts, items, position=cfg.positions, b_rv=b_rv, mse_scale=ctx.mse_scale, brv_source=b_rv_source,
         n_tokens={m["item_id"]: m.get("n_tokens") for m in cap_meta if m.get("n_tokens") is not None},

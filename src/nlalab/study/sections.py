@@ -47,6 +47,28 @@ def per_category_table(results: dict) -> Table:
                  key="per_category")
 
 
+def incomplete_table(results: dict) -> Optional[Table]:
+    """Excluded share per category and, beside the headline, the all-rows means (None when nothing is excluded)."""
+    inc = results.get("incomplete") or {}
+    share = inc.get("per_category") or {}
+    if not share or not share.get("all", {}).get("excluded"):
+        return None
+    allrows = results.get("per_category_all_rows") or {}
+    head = results.get("per_category") or {}
+    rows = []
+    for c in list(results.get("categories") or []) + ["all"]:
+        e = share.get(c) or {}
+        key = OVERALL if c == "all" else c
+        rows.append([key, f"{e.get('excluded', 0)}/{e.get('n', 0)} ({fmt_num(e.get('share'), 2)})",
+                     fmt_est((head.get(key) or {}).get("fve_nrm"), n=False),
+                     fmt_est((allrows.get(key) or {}).get("fve_nrm"), n=False) if allrows else "n/a",
+                     fmt_est((head.get(key) or {}).get("recall"), n=False),
+                     fmt_est((allrows.get(key) or {}).get("recall"), n=False) if allrows else "n/a"])
+    return Table("Incomplete explanations: excluded share and all-rows figures",
+                 ["Category", "excluded (share)", "fve_nrm headline", "fve_nrm all rows", "recall headline",
+                  "recall all rows"], rows, [f"Policy: {inc.get('policy')}."], key="incomplete")
+
+
 def rates_table(results: dict) -> Table:
     cats = list(results.get("categories") or [])
     pc = results.get("per_category") or {}
@@ -124,5 +146,6 @@ def confab_markdown(results: dict) -> list[str]:
 
 
 def core_tables(results: dict) -> dict[str, Optional[Table]]:
-    return {"per_category": per_category_table(results), "rates": rates_table(results),
+    return {"per_category": per_category_table(results), "incomplete": incomplete_table(results),
+            "rates": rates_table(results),
             "stability": stability_table(results), "power": power_table(results), "flags": flags_table(results)}
