@@ -51,7 +51,8 @@ def incomplete_table(results: dict) -> Optional[Table]:
     """Excluded share per category and, beside the headline, the all-rows means (None when nothing is excluded)."""
     inc = results.get("incomplete") or {}
     share = inc.get("per_category") or {}
-    if not share or not share.get("all", {}).get("excluded"):
+    if not share or not share.get("all", {}).get("excluded") or inc.get("score_incomplete") \
+            or inc.get("fallback_to_all_rows"):
         return None
     allrows = results.get("per_category_all_rows") or {}
     head = results.get("per_category") or {}
