@@ -408,6 +408,9 @@ def run(
     brv_reference: Optional[str] = typer.Option(None, "--brv-reference", help="Vector file defining B_rv (= --brv FILE).",
                                                 hidden=True),
     ar_dtype: str = typer.Option("auto", "--ar-dtype", help="AR precision: auto (fp32 where it fits), fp32, bf16."),
+    score_incomplete: bool = typer.Option(False, "--score-incomplete", help="Count explanations without a closing "
+                                          "tag (or truncated, or empty) in the headline tables (default: left out, "
+                                          "as the release measures; the all-rows figures are shown beside)."),
     lexicon: Optional[str] = typer.Option(None, "--lexicon", help="Category lexicon JSON (direction control)."),
     engine: str = typer.Option("auto", "--engine", help="auto (fast on CUDA, loop on CPU), fast, loop or hf."),
     batch_size: int = typer.Option(32, "--batch-size", help="Sequences per generation batch."),
