@@ -376,6 +376,7 @@ def build_run_config(params: dict, given: set[str], file_values: dict, demo: boo
     if "controls" in merged:
         merged["controls"] = _parse_controls(merged["controls"])
     merged["force"] = list(merged.get("force") or [])
+    merged["directions"] = [d.strip() for x in (merged.get("directions") or []) for d in str(x).split(",") if d.strip()]
     merged["progress"] = sys.stderr.isatty() and not quiet
     return RunConfig(**merged)  # bad or unknown settings: one UsageError line each, naming the nearest key
 
@@ -412,6 +413,9 @@ def run(
                                           "tag (or truncated, or empty) in the headline tables (default: left out, "
                                           "as the release measures; the all-rows figures are shown beside)."),
     lexicon: Optional[str] = typer.Option(None, "--lexicon", help="Category lexicon JSON (direction control)."),
+    directions: Optional[List[str]] = typer.Option(None, "--directions", help="Contrast sets for directions beyond "
+                                                   "the corpus categories (repeatable): valence_v1, factuality_v1 or "
+                                                   "a JSON file of named prompt sets."),
     engine: str = typer.Option("auto", "--engine", help="auto (fast on CUDA, loop on CPU), fast, loop or hf."),
     batch_size: int = typer.Option(32, "--batch-size", help="Sequences per generation batch."),
     position: str = typer.Option("last", "--position", help="Capture position: last (the seed protocol) or a "

@@ -78,6 +78,9 @@ class RunConfig(BaseModel):
         "auto", description="AR precision: auto (fp32 where its weights fit: bf16 AR outputs move ~1% with batch "
                             "composition), fp32 or bf16.")
     lexicon: Optional[str] = Field(None, description="Category lexicon JSON for direction injection.")
+    directions: list[str] = Field(default_factory=list, description="Contrast sets for directions beyond the "
+                                  "corpus categories (shipped valence_v1, factuality_v1, or JSON files): each "
+                                  "direction is the difference of two sets' mean activations.")
     # execution (do not change results)
     batch_size: int = Field(32, ge=1)
     capture_batch_size: int = Field(8, ge=1)

@@ -208,12 +208,18 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
     cap_path = stages / ST.CAPTURE
     plain_jobs = [j for c in controls for j in c.plain(ctx)]
     plain_todo = [j for j in plain_jobs if len(ST.done_keys(ST.job_log(stages, j.name))) < len(j.prompts) * k]
-    if not cap_path.exists() or plain_todo:
-        note("capture", len(items) if not cap_path.exists() else None)
+    extra = {c.name: pr for c in controls if (pr := c.prompts(ctx))}
+    extra_path = {n: stages / f"control_{n}_capture.safetensors" for n in extra}
+    extra_todo = [n for n in extra if not ST.extra_capture_current(extra_path[n], extra[n])]
+    if not cap_path.exists() or plain_todo or extra_todo:
+        note("capture", (0 if cap_path.exists() else len(items)) + sum(len(extra[n]) for n in extra_todo))
         tg = models.target(truncate=not plain_todo)
         if not cap_path.exists():
             ST.capture_activations(tg, items, layer, cfg, cap_path)
             advance(len(items))
+        for n in extra_todo:
+            ST.capture_prompts(tg, extra[n], [f"{n}/{i}" for i in range(len(extra[n]))], layer, cfg, extra_path[n])
+            advance(len(extra[n]))
         for job in plain_todo:
             log_j = ST.job_log(stages, job.name)
             note(f"{job.name} explanations", len(job.prompts) * k - len(ST.done_keys(log_j)))
@@ -222,6 +228,8 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
         del tg
     acts, cap_meta, cmeta = ST.load_capture(cap_path)
     ctx.acts = acts
+    for n in extra:
+        ctx.extra_acts[n] = ST.load_capture(extra_path[n])[0]
     for job in plain_jobs:
         ctx.plain_rows[job.name] = ST.sorted_rows(ST.job_log(stages, job.name), len(job.prompts), k)
 

@@ -68,6 +68,27 @@ def capture_activations(tg, items, layer: int, cfg, path: Path) -> None:
                         {"meta": json.dumps(cap.meta, ensure_ascii=False), "hook": cap.hook_name})
 
 
+def capture_prompts(tg, prompts: list[str], ids: list[str], layer: int, cfg, path: Path) -> None:
+    """A control's extra prompts, captured like the corpus (same layer, same position)."""
+    from nlalab.capture import capture
+    from nlalab.settings import Position
+
+    cap = capture(tg.model, tg.tokenizer, prompts, layer, ids=ids, positions=Position.parse(cfg.positions).capture_arg(),
+                  seed=cfg.seed, batch_size=cfg.capture_batch_size, progress=cfg.progress)
+    atomic_save_tensors(path, {"activations": cap.vectors},
+                        {"meta": json.dumps(cap.meta, ensure_ascii=False), "hook": cap.hook_name,
+                         "prompts_sha256": digest(prompts)})
+
+
+def extra_capture_current(path: Path, prompts: list[str]) -> bool:
+    if not path.exists():
+        return False
+    try:
+        return load_tensors(path)[1].get("prompts_sha256") == digest(prompts)
+    except NLALabError:
+        return False
+
+
 def load_capture(path: Path) -> tuple[torch.Tensor, list[dict], dict]:
     tensors, meta = load_tensors(path, fix=FORCE_FIX.format(stage="capture")[5:])
     if "activations" not in tensors or "meta" not in meta:
