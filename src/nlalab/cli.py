@@ -418,8 +418,11 @@ def run(
                                                    "a JSON file of named prompt sets."),
     engine: str = typer.Option("auto", "--engine", help="auto (fast on CUDA, loop on CPU), fast, loop or hf."),
     batch_size: int = typer.Option(32, "--batch-size", help="Sequences per generation batch."),
-    position: str = typer.Option("last", "--position", help="Capture position: last (the seed protocol) or a "
-                                 "token index of the chat-templated prompt (negative counts from the end)."),
+    position: str = typer.Option("last", "--position", help="Capture position: last (the seed protocol), a token "
+                                 "index of the chat-templated prompt (negative counts from the end), all (every prompt "
+                                 "token), random, or reply (the target's own greedy reply; --reply-tokens). Several "
+                                 "positions per item make each (item, token) a unit of the study."),
+    reply_tokens: int = typer.Option(32, "--reply-tokens", help="With --position reply: reply tokens to capture."),
     n_seeds: Optional[int] = typer.Option(None, "--n-seeds", help="Extra seeds for the noise-floor control (2)."),
     device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
     max_memory: Optional[str] = MaxMemOpt,

@@ -76,8 +76,8 @@ def test_bad_sweep_files_are_usage_errors(doc, needle):
 
 def test_bad_cell_values_are_refused_before_any_work():
     # RunConfig's own checks, each named by the cell
-    with pytest.raises(UsageError, match=r"^cell seed-1__pos-all: .*position 'all' gives no single vector"):
-        _resolve({"av": "/m/av", "ar": "/m/ar", "grid": {"seed": [1], "positions": ["all"]}})
+    with pytest.raises(UsageError, match=r"^cell seed-1__pos-first: .*'first' is not a position"):
+        _resolve({"av": "/m/av", "ar": "/m/ar", "grid": {"seed": [1], "positions": ["first"]}})
     with pytest.raises(UsageError, match=r"^cell k-x: .*found 'x', expected a whole number"):
         _resolve({"av": "/m/av", "ar": "/m/ar", "grid": {"k": ["x"]}})
 

@@ -52,6 +52,7 @@ class RunConfig(BaseModel):
     corpus: str = Field("seed50_v1", min_length=1, description="Shipped corpus name or a JSONL/JSON/CSV file.")
     limit_per_category: Optional[int] = Field(None, ge=1, description="Use only the first N items of each category.")
     positions: StudyPosition = Field("last", description=f"Capture position: {POSITION_HELP}.")
+    reply_tokens: int = Field(32, ge=1, description="With --position reply: greedy reply tokens the target writes.")
     k: int = Field(3, ge=1, description="Samples per activation.")
     # sampling: defaults and ranges from nlalab.settings (one declaration, shared with generation and GRPO)
     temperature: Temperature = DEFAULT_TEMPERATURE

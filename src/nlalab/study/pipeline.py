@@ -90,7 +90,7 @@ def _select_items(cfg: RunConfig) -> list:
     return items
 
 
-def _score_corpus(ctx: StudyContext, cap_meta: list[dict]) -> list[dict]:
+def _score_corpus(ctx: StudyContext, cap_meta: list[dict], unit_extra: list[dict]) -> list[dict]:
     from nlalab.scorers.keyword import keyword_hit, keyword_recall
 
     samples = []
@@ -101,6 +101,7 @@ def _score_corpus(ctx: StudyContext, cap_meta: list[dict]) -> list[dict]:
         rec["recall"] = keyword_recall(it.prompt, r["explanation"])
         rec["hit"] = keyword_hit(it.prompt, r["explanation"])
         rec["n_words"] = len(r["explanation"].split())
+        rec.update(unit_extra[r["vector_index"]])
         samples.append(rec)
     return samples
 
@@ -142,6 +143,16 @@ def _headline_analysis(samples: list[dict], cats: list[str], b_rv: float, b_rv_s
     elif len(head) < len(samples):
         results["per_category_all_rows"] = analyze(samples, **kw)["per_category"]
     return results
+
+
+def _by_role(samples: list[dict], cats: list[str], b_rv: float, b_rv_source: str, cfg: RunConfig) -> dict:
+    """Per position role (prompt / reply tokens): the per-category table of that role's rows."""
+    out = {}
+    for role in sorted({r.get("role") for r in samples if r.get("role")}):
+        rows = [r for r in samples if r.get("role") == role]
+        rcats = [c for c in cats if any(r["category"] == c for r in rows)]
+        out[role] = _headline_analysis([dict(r) for r in rows], rcats, b_rv, b_rv_source, cfg)["per_category"]
+    return out
 
 
 def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callable[[str], None]] = None,
@@ -211,9 +222,10 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
     extra = {c.name: pr for c in controls if (pr := c.prompts(ctx))}
     extra_path = {n: stages / f"control_{n}_capture.safetensors" for n in extra}
     extra_todo = [n for n in extra if not ST.extra_capture_current(extra_path[n], extra[n])]
+    full_target = bool(plain_todo) or (not cap_path.exists() and str(cfg.positions) == "reply")
     if not cap_path.exists() or plain_todo or extra_todo:
         note("capture", (0 if cap_path.exists() else len(items)) + sum(len(extra[n]) for n in extra_todo))
-        tg = models.target(truncate=not plain_todo)
+        tg = models.target(truncate=not full_target)
         if not cap_path.exists():
             ST.capture_activations(tg, items, layer, cfg, cap_path)
             advance(len(items))
@@ -227,6 +239,11 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
         models.release(tg)
         del tg
     acts, cap_meta, cmeta = ST.load_capture(cap_path)
+    # several positions per item: every (item, token) is a unit of the study, keyed item@token_index
+    units, unit_extra = ST.position_units(items, cap_meta)
+    if len(units) != len(items):
+        items = ctx.items = units
+        cats = ctx.categories = corpus_categories(units)
     ctx.acts = acts
     for n in extra:
         ctx.extra_acts[n] = ST.load_capture(extra_path[n])[0]
@@ -291,8 +308,10 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
     # a B_rv too small to divide by (identical activations) makes every fve_nrm n/a, never a huge number
     ctx.b_rv = degenerate.usable_brv(b_rv, ctx.mse_scale, acts.shape[1])
     ctx.center = acts.mean(0)
-    samples = ctx.samples = _score_corpus(ctx, cap_meta)
+    samples = ctx.samples = _score_corpus(ctx, cap_meta, unit_extra)
     results = _headline_analysis(samples, cats, b_rv, b_rv_source, cfg)
+    if unit_extra and unit_extra[0]:
+        results["by_role"] = _by_role(samples, cats, b_rv, b_rv_source, cfg)
     degenerate.merge_warnings(results, degenerate.scan(
         acts, items, position=cfg.positions, b_rv=b_rv, mse_scale=ctx.mse_scale, brv_source=b_rv_source,
         n_tokens={m["item_id"]: m.get("n_tokens") for m in cap_meta if m.get("n_tokens") is not None},

@@ -70,6 +70,23 @@ def incomplete_table(results: dict) -> Optional[Table]:
                   "recall all rows"], rows, [f"Policy: {inc.get('policy')}."], key="incomplete")
 
 
+def role_table(results: dict) -> Optional[Table]:
+    """fve_nrm and recall by position role (prompt / reply tokens) for runs at several positions per item."""
+    by_role = results.get("by_role") or {}
+    if not by_role:
+        return None
+    rows = []
+    for role, pc in by_role.items():
+        for c in list(results.get("categories") or []) + [OVERALL]:
+            e = pc.get(c)
+            if e:
+                rows.append([role, c, str(e.get("n", 0)), fmt_est(e.get("cos"), n=False), fmt_est(e.get("fve_nrm"), n=False),
+                             fmt_est(e.get("recall"), n=False)])
+    return Table("By position role", ["Role", "Category", "N", "cos", "fve_nrm", "recall"], rows,
+                 ["Every captured (item, token) is a unit (item@token_index); prompt = a token of the chat-templated "
+                  "prompt, reply = a token of the target's own greedy reply."], key="by_role")
+
+
 def rates_table(results: dict) -> Table:
     cats = list(results.get("categories") or [])
     pc = results.get("per_category") or {}
@@ -148,5 +165,6 @@ def confab_markdown(results: dict) -> list[str]:
 
 def core_tables(results: dict) -> dict[str, Optional[Table]]:
     return {"per_category": per_category_table(results), "incomplete": incomplete_table(results),
+            "by_role": role_table(results),
             "rates": rates_table(results),
             "stability": stability_table(results), "power": power_table(results), "flags": flags_table(results)}
