@@ -47,6 +47,15 @@ sidecar_app = typer.Typer(no_args_is_help=True, help="Write the nla_meta.yaml si
 app.add_typer(sidecar_app, name="sidecar")
 
 
+def _mount_sweep() -> None:
+    from nlalab.sweep.cli import sweep_app
+
+    app.add_typer(sweep_app, name="sweep")
+
+
+_mount_sweep()
+
+
 @sidecar_app.callback()
 def _sidecar() -> None:
     """Write the nla_meta.yaml sidecars of your own AV/AR (then `nlalab validate` them)."""
@@ -257,6 +266,9 @@ def explain(
     vectors: Optional[Path] = typer.Option(None, "--vectors", help=_esc(".npy/.pt/.safetensors file of [n, d] or "
                                                                        "[d] vectors.")),
     key: Optional[str] = typer.Option(None, "--key", help="Tensor name inside a multi-tensor vector file."),
+    conversation: Optional[Path] = typer.Option(None, "--conversation", help="A chat (JSON list of {role, content}, "
+                                                "or JSONL): explain every token of it and of the target's greedy reply."),
+    reply_tokens: int = typer.Option(64, "--reply-tokens", help="With --conversation: greedy reply tokens to add."),
     pair: Optional[str] = PairOpt, av: Optional[str] = AvOpt, ar: Optional[str] = ArOpt,
     target: Optional[str] = TargetOpt, layer: Optional[int] = LayerOpt, revision: Optional[str] = RevOpt,
     k: int = typer.Option(1, "--k", help="Samples per vector."),
@@ -268,11 +280,12 @@ def explain(
     brv: Optional[float] = typer.Option(None, "--brv", help="B_rv for fve_nrm (default: from the vectors if >= 8)."),
     device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
     max_memory: Optional[str] = MaxMemOpt,
-    fmt: str = typer.Option("text", "--format", help="text, or json (one JSON object per line)."),
+    fmt: str = typer.Option("text", "--format", help="text, or json (one JSON object per line); with "
+                            "--conversation also markdown."),
     as_json: bool = JsonAlias,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Verbalize and reconstruct the activations of a few prompts, or vectors from a file."""
+    """Verbalize and reconstruct the activations of a few prompts, vectors from a file, or every token of a chat."""
     from nlalab.explain import explain as run_explain
     from nlalab.pairs.registry import spec_from_args
     from nlalab.pairs.resolve import resolve_pair
@@ -280,9 +293,14 @@ def explain(
     from nlalab.verbalize import GenerationSettings
 
     try:
+        if conversation is not None:
+            _explain_conversation(conversation, reply_tokens, k, seed, brv, pair, av, ar, target, layer, revision,
+                                  _opts(device, dtype, device_map, max_memory), _pick_format(
+                                      fmt, as_json, ("text", "json", "markdown")), quiet)
+            return
         fmt = _pick_format(fmt, as_json, ("text", "json"))
         if bool(prompt) == (vectors is not None):
-            raise UsageError("Give --prompt (one or more) or --vectors FILE, not both and not neither.")
+            raise UsageError("Give --prompt (one or more), --vectors FILE or --conversation FILE.")
         spec = spec_from_args(pair, av, ar, target, layer, revision)
         dirs = resolve_pair(spec, need_target=bool(prompt))
         vecs = load_vectors(vectors, key) if vectors is not None else None
@@ -307,6 +325,25 @@ def explain(
             typer.secho(f"  flags: {', '.join(flags)}", fg="yellow")
         typer.echo("  " + (r["explanation"] or "<empty>").replace("\n", "\n  "))
     typer.echo(f"B_rv: {res.b_rv if res.b_rv is not None else '-'} ({res.b_rv_source})")
+
+
+def _explain_conversation(path, reply_tokens, k, seed, brv, pair, av, ar, target, layer, revision, opts, fmt,
+                          quiet) -> None:
+    """The per-token table of a chat (prompt and the target's own greedy reply) with a sampled-variance section."""
+    from nlalab.explain import (explain_conversation, load_conversation, render_conversation_json,
+                                render_conversation_markdown, render_conversation_text)
+    from nlalab.pairs.registry import spec_from_args
+    from nlalab.pairs.resolve import resolve_pair
+    from nlalab.verbalize import GenerationSettings
+
+    spec = spec_from_args(pair, av, ar, target, layer, revision)
+    dirs = resolve_pair(spec, need_target=True)
+    res = explain_conversation(dirs, load_conversation(path), reply_tokens=reply_tokens, k=k,
+                               settings=GenerationSettings(greedy=True, seed=seed), opts=opts, brv=brv,
+                               progress=sys.stderr.isatty() and not quiet)
+    render = {"text": render_conversation_text, "json": render_conversation_json,
+              "markdown": render_conversation_markdown}[fmt]
+    typer.echo(render(res))
 
 
 # ---- run --------------------------------------------------------------------------------------------
@@ -339,6 +376,7 @@ def build_run_config(params: dict, given: set[str], file_values: dict, demo: boo
     if "controls" in merged:
         merged["controls"] = _parse_controls(merged["controls"])
     merged["force"] = list(merged.get("force") or [])
+    merged["directions"] = [d.strip() for x in (merged.get("directions") or []) for d in str(x).split(",") if d.strip()]
     merged["progress"] = sys.stderr.isatty() and not quiet
     return RunConfig(**merged)  # bad or unknown settings: one UsageError line each, naming the nearest key
 
@@ -365,12 +403,26 @@ def run(
     n_random: Optional[int] = typer.Option(None, "--n-random", help="Random-Gaussian vectors (30; demo 10)."),
     n_perm: int = typer.Option(1000, "--n-perm", help="Permutations of the permutation controls."),
     n_boot: int = typer.Option(2000, "--n-boot", help="Bootstrap resamples of every CI."),
-    brv_reference: Optional[str] = typer.Option(None, "--brv-reference", help="Vector file defining B_rv."),
+    brv: Optional[str] = typer.Option(None, "--brv", help="fve_nrm's denominator: registry (the pair's training-set "
+                                      "B_rv; default for registered pairs), own (this run's activations), a number, "
+                                      "or a vector file. Both values are always reported."),
+    brv_reference: Optional[str] = typer.Option(None, "--brv-reference", help="Vector file defining B_rv (= --brv FILE).",
+                                                hidden=True),
+    ar_dtype: str = typer.Option("auto", "--ar-dtype", help="AR precision: auto (fp32 where it fits), fp32, bf16."),
+    score_incomplete: bool = typer.Option(False, "--score-incomplete", help="Count explanations without a closing "
+                                          "tag (or truncated, or empty) in the headline tables (default: left out, "
+                                          "as the release measures; the all-rows figures are shown beside)."),
     lexicon: Optional[str] = typer.Option(None, "--lexicon", help="Category lexicon JSON (direction control)."),
+    directions: Optional[List[str]] = typer.Option(None, "--directions", help="Contrast sets for directions beyond "
+                                                   "the corpus categories (repeatable): valence_v1, factuality_v1 or "
+                                                   "a JSON file of named prompt sets."),
     engine: str = typer.Option("auto", "--engine", help="auto (fast on CUDA, loop on CPU), fast, loop or hf."),
     batch_size: int = typer.Option(32, "--batch-size", help="Sequences per generation batch."),
-    position: str = typer.Option("last", "--position", help="Capture position: last (the seed protocol) or a "
-                                 "token index of the chat-templated prompt (negative counts from the end)."),
+    position: str = typer.Option("last", "--position", help="Capture position: last (the seed protocol), a token "
+                                 "index of the chat-templated prompt (negative counts from the end), all (every prompt "
+                                 "token), random, or reply (the target's own greedy reply; --reply-tokens). Several "
+                                 "positions per item make each (item, token) a unit of the study."),
+    reply_tokens: int = typer.Option(32, "--reply-tokens", help="With --position reply: reply tokens to capture."),
     n_seeds: Optional[int] = typer.Option(None, "--n-seeds", help="Extra seeds for the noise-floor control (2)."),
     device: str = DeviceOpt, dtype: str = DtypeOpt, device_map: Optional[str] = DeviceMapOpt,
     max_memory: Optional[str] = MaxMemOpt,
@@ -439,21 +491,29 @@ def score(
 @app.command(epilog=_example("nlalab compare runs/base runs/sft runs/rl --name base --name sft --name rl",
                              "nlalab compare runs/a runs/b --format csv --out table.csv"))
 def compare(
-    run_dirs: List[Path] = typer.Argument(..., help="Two or more run directories, in trajectory order."),
+    run_dirs: List[Path] = typer.Argument(..., help="Two or more run directories, in trajectory order, or one "
+                                           "sweep directory (nlalab sweep)."),
     name: Optional[List[str]] = typer.Option(None, "--name", help="Column name per run (repeatable)."),
     fmt: str = typer.Option("terminal", "--format", help="terminal, markdown, csv or json."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output FILE (default: stdout)."),
     n_boot: int = typer.Option(2000, "--n-boot"),
     seed: int = SeedOpt,
     tol: float = typer.Option(0.02, "--tol", help="Differences below this count as flat in the Pattern column."),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Compare runs captured at different "
+                                        "positions or layers (unpaired; every difference is stated)."),
     as_json: bool = JsonAlias,
 ) -> None:
-    """The seed's cross-model table for any runs; paired by item when the corpora match."""
+    """The seed's cross-model table for any runs; paired by item when the corpora, positions and layers match."""
     from nlalab.report import compare as C
+    from nlalab.sweep.grid import is_sweep_dir
 
     try:
         fmt = _pick_format(fmt, as_json, ("terminal", "markdown", "csv", "json"))
-        cmp = C.compare_runs(run_dirs, names=name or None, n_boot=n_boot, seed=seed, tol=tol)
+        if len(run_dirs) == 1 and is_sweep_dir(run_dirs[0]):
+            _compare_sweep(run_dirs[0], fmt, out, n_boot, seed)
+            return
+        cmp = C.compare_runs(run_dirs, names=name or None, n_boot=n_boot, seed=seed, tol=tol,
+                             allow_mismatch=allow_mismatch)
         render = {"terminal": C.to_terminal, "markdown": C.to_markdown, "csv": C.to_csv, "json": C.to_json}
         text = render[fmt](cmp)
         for w in cmp.get("warnings", []):
@@ -469,6 +529,26 @@ def compare(
         _fail(e)
 
 
+def _compare_sweep(sweep_dir: Path, fmt: str, out: Optional[Path], n_boot: int, seed: int) -> None:
+    """A sweep directory: metric vs each swept axis, with the comparison's verdicts along every axis."""
+    from nlalab.sweep.report import sweep_markdown
+    from nlalab.sweep.results import sweep_table
+
+    if fmt == "csv":
+        text = sweep_table(sweep_dir).to_csv(index=False)
+    elif fmt == "json":
+        text = sweep_table(sweep_dir).to_json(orient="records", indent=1)
+    else:
+        text = sweep_markdown(sweep_dir, n_boot=n_boot, seed=seed)
+    if out:
+        from nlalab.rundir.io import atomic_write_text
+
+        atomic_write_text(out, text)
+        typer.echo(f"Wrote {out}")
+    else:
+        typer.echo(text)
+
+
 @app.command(epilog=_example("nlalab report runs/demo",
                              "nlalab report runs/rl --compare runs/base --compare runs/sft --out trajectory.html"))
 def report(
@@ -482,10 +562,16 @@ def report(
 ) -> None:
     """A self-contained HTML report (plots embedded) plus plots/*.png|svg and report.md."""
     from nlalab.report.html import write_report
+    from nlalab.sweep.grid import is_sweep_dir
 
     try:
-        path = write_report(run_dir, compare_with or None, out=out, names=name or None, markdown=not no_markdown,
-                            n_boot=n_boot, seed=seed)
+        if is_sweep_dir(run_dir):
+            from nlalab.sweep.report import write_sweep_report
+
+            path = write_sweep_report(run_dir, out, n_boot=n_boot, seed=seed)
+        else:
+            path = write_report(run_dir, compare_with or None, out=out, names=name or None,
+                                markdown=not no_markdown, n_boot=n_boot, seed=seed)
     except NLALabError as e:
         _fail(e)
     typer.echo(f"Wrote {path}")

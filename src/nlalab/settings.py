@@ -185,7 +185,8 @@ class Position:
         if self.kind == "index":
             return [self.index]
         if self.kind == "reply":
-            raise PositionError("position 'reply' is reserved and not captured yet")
+            raise PositionError("position 'reply' is captured from the target's own reply "
+                                "(nlalab.explain.capture_with_reply), not by capture()")
         return self.kind
 
     @property
@@ -193,18 +194,18 @@ class Position:
         return self.kind in ("last", "index")
 
 
-POSITION_HELP = "last, or a token index of the chat-templated prompt (negative counts from the end)"
+POSITION_HELP = ("last, a token index of the chat-templated prompt (negative counts from the end), all (every "
+                 "prompt token), random (random raw-text positions) or reply (the tokens of the target's own greedy "
+                 "reply, --reply-tokens)")
 
 
 def _position_text(value: object) -> str:
-    """Canonical text of a position that gives one vector per item (what `nlalab run` can study)."""
+    """Canonical text of a capture position of the study: one vector per item (last, an index) or one per
+    (item, token) (all, random, reply: each becomes a unit of the study, keyed item@token_index)."""
     try:
         p = Position.parse(value)  # type: ignore[arg-type]
     except PositionError:
         raise PositionError(f"{value!r} is not a position; use {POSITION_HELP}") from None
-    if not p.one_per_item:
-        raise PositionError(f"position {str(p)!r} gives no single vector per item; the study needs "
-                            f"{POSITION_HELP}")
     return str(p)
 
 

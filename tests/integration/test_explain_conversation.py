@@ -178,3 +178,21 @@ def test_summarize_tokens_known_answer():
     assert s["by_role"]["prompt"]["n"] == 2 and s["by_role"]["reply"]["fve_nrm"]["mean"] == -0.5
     assert s["all_rows"]["n"] == 4 and s["all_rows"]["fve_nrm"]["mean"] == pytest.approx((0.9 + 0.6 - 0.5 + 0.2) / 4)
     assert summarize_tokens(rows, start=1, score_incomplete=True)["all"]["n"] == 4
+
+
+def test_cli_explain_conversation_markdown(fixture_pairs, tmp_path):
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from nlalab.cli import app
+
+    p = fixture_pairs["qwen2"]
+    chat = tmp_path / "chat.json"
+    chat.write_text(_json.dumps([{"role": "user", "content": "What is the capital of Brazil?"}]))
+    r = CliRunner().invoke(app, ["explain", "--av", str(p.av), "--ar", str(p.ar), "--target", str(p.target),
+                                 "--conversation", str(chat), "--reply-tokens", "2", "--k", "2",
+                                 "--max-new-tokens", "4", "--format", "markdown"])
+    assert r.exit_code == 0, r.output
+    assert "| role" in r.output.lower() or "role" in r.output
+    assert "reply" in r.output and "prompt" in r.output

@@ -34,7 +34,7 @@ def bad(**kw) -> str:
     (dict(seed=-1), "--seed: found -1"),
     (dict(k="three"), "--k: found 'three', expected a whole number (k >= 1)"),
     (dict(positions="first"), "--position: 'first' is not a position"),
-    (dict(positions="all"), "position 'all' gives no single vector per item"),
+    (dict(reply_tokens=0), "--reply-tokens: found 0"),
     (dict(engine="fats"), "--engine: found 'fats', allowed 'auto', 'fast', 'loop' or 'hf'"),
     (dict(dtype="f16"), "unknown dtype 'f16' (did you mean 'fp16'?)"),
     (dict(controls=["random_gausian"]), "unknown control 'random_gausian' (did you mean 'random_gaussian'?)"),
@@ -82,7 +82,8 @@ def test_position_type():
     for v in ("first", "1.5", "", True):
         with pytest.raises(PositionError):
             Position.parse(v)
-    with pytest.raises(PositionError, match="reserved"):
+    assert RunConfig(out="x", positions="all").positions == "all"  # every prompt token becomes a unit
+    with pytest.raises(PositionError, match="captured from the target's own reply"):
         Position.parse("reply").capture_arg()
 
 

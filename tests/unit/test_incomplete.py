@@ -63,3 +63,36 @@ def test_headline_beside_all_rows():
     old = headline_and_all(ROWS, ["mse_nrm"], score_incomplete=True)
     assert old["headline"] == old["all_rows"]
     assert math.isnan(headline_and_all([], ["mse_nrm"])["headline"]["mse_nrm"])
+
+
+def test_study_headline_leaves_incomplete_rows_out_and_reports_all_rows_beside():
+    """The study's core tables: a row without a closing tag leaves the headline; the all-rows table and the
+    excluded share are beside it; --score-incomplete restores every row."""
+    from nlalab.study.config import RunConfig
+    from nlalab.study.pipeline import _headline_analysis
+
+    rows = []
+    for i in range(8):
+        cat = "a" if i < 4 else "b"
+        for s in range(2):
+            bad = (i == 0 and s == 1) or i == 5  # one row of item 0, both rows of item 5
+            rows.append({"item_id": f"x{i}", "category": cat, "prompt": f"prompt number {i} about topic{i}",
+                         "sample": s, "explanation": "topic" if not bad else "cut", "raw_output": "",
+                         "cos": 0.5 if bad else 0.9, "mse_nrm": 1.0 if bad else 0.2, "fve_nrm_seed": 0.0,
+                         "fve_nrm": -1.0 if bad else 0.6, "recall": 0.0, "hit": False,
+                         "missing_close_tag": bad, "truncated": False, "empty": False, "cjk_smell": False})
+    cfg = RunConfig(out="x", n_perm=50, n_boot=50)
+    res = _headline_analysis(rows, ["a", "b"], 1.0, "test", cfg)
+    assert res["per_category"]["OVERALL"]["n"] == 13 and abs(res["per_category"]["OVERALL"]["fve_nrm"]["mean"] - 0.6) < 1e-12
+    assert res["per_category_all_rows"]["OVERALL"]["n"] == 16
+    assert abs(res["per_category_all_rows"]["OVERALL"]["fve_nrm"]["mean"] - (13 * 0.6 - 3) / 16) < 1e-12
+    share = res["incomplete"]["per_category"]
+    assert (share["a"]["excluded"], share["b"]["excluded"], share["all"]["excluded"]) == (1, 2, 3)
+    assert [r["headline"] for r in rows].count(False) == 3
+    every = _headline_analysis(rows, ["a", "b"], 1.0, "test", RunConfig(out="x", n_perm=50, n_boot=50,
+                                                                        score_incomplete=True))
+    assert every["per_category"]["OVERALL"]["n"] == 16 and "per_category_all_rows" not in every
+    from nlalab.study.sections import incomplete_table
+
+    t = incomplete_table(res)
+    assert t is not None and t.rows[-1][1] == "3/16 (0.19)" and incomplete_table(every) is None

@@ -155,7 +155,8 @@ def render_html(run: Run, figs: dict, cmp: Optional[dict] = None) -> str:
     sections: list[tuple[str, str, str]] = []
     t["per_category"].title = t["stability"].title = ""  # the section heading says it
     sections.append(("percat", "Per-category reconstruction and recall (seed §3.1)",
-                     _table_html(t["per_category"]) + _table_html(t["rates"])
+                     _table_html(t["per_category"]) + _table_html(t["incomplete"]) + _table_html(t["by_role"])
+                     + _table_html(t["rates"])
                      + _figs(figs, names=("category_fve_recall",))))
     sections.append(("stab", "Within-prompt stability (seed §3.4)",
                      _table_html(t["stability"]) + _figs(figs, names=("stability",))))

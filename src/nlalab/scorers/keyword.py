@@ -143,7 +143,7 @@ def top_category(hits: dict[str, float]) -> Optional[str]:
     return leaders[0] if best > 0 and len(leaders) == 1 else None
 
 
-def _check_lexicon(data: object, src: str, allow_overlap: bool) -> dict[str, list[str]]:
+def check_lexicon(data: object, src: str, allow_overlap: bool) -> dict[str, list[str]]:
     shape = 'Fix: write {"version": 1, "categories": {"chat": ["article", ...], ...}}.'
     if not isinstance(data, dict) or not isinstance(data.get("categories"), dict):
         raise NLALabError(f"{src}: expected an object with a 'categories' object. {shape}")
@@ -202,4 +202,4 @@ def load_lexicon(path: Union[str, Path, None] = None, *, allow_overlap: bool = F
         raise NLALabError(
             f"{src} line {e.lineno}: malformed JSON ({e.msg} at column {e.colno}). Fix: correct the JSON."
         ) from None
-    return _check_lexicon(data, src, allow_overlap)
+    return check_lexicon(data, src, allow_overlap)

@@ -52,6 +52,7 @@ class RunConfig(BaseModel):
     corpus: str = Field("seed50_v1", min_length=1, description="Shipped corpus name or a JSONL/JSON/CSV file.")
     limit_per_category: Optional[int] = Field(None, ge=1, description="Use only the first N items of each category.")
     positions: StudyPosition = Field("last", description=f"Capture position: {POSITION_HELP}.")
+    reply_tokens: int = Field(32, ge=1, description="With --position reply: greedy reply tokens the target writes.")
     k: int = Field(3, ge=1, description="Samples per activation.")
     # sampling: defaults and ranges from nlalab.settings (one declaration, shared with generation and GRPO)
     temperature: Temperature = DEFAULT_TEMPERATURE
@@ -67,8 +68,20 @@ class RunConfig(BaseModel):
     max_prefix_sentences: int = Field(5, ge=1, description="Longest explanation prefix (sentences) in the prefix control.")
     n_perm: int = Field(1000, ge=1, description="Permutations for the permutation controls.")
     n_boot: int = Field(2000, ge=1, description="Bootstrap resamples for CIs.")
-    brv_reference: Optional[str] = Field(None, description="Vector file whose rows define B_rv (default: the run's activations).")
+    brv: Optional[str] = Field(None, description="B_rv, fve_nrm's denominator: registry (the pair's training-set "
+                               "constant; the default for registered pairs), own (this run's activations; the default "
+                               "otherwise), a number, or a vector file whose rows define it.")
+    brv_reference: Optional[str] = Field(None, description="Vector file whose rows define B_rv (same as --brv FILE).")
+    score_incomplete: bool = Field(False, description="Count explanations without a closing tag (or truncated, or "
+                                   "empty) in the headline metrics; by default they are left out, as the release "
+                                   "measures, and the all-rows figures are reported beside.")
+    ar_dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="AR precision: auto (fp32 where its weights fit: bf16 AR outputs move ~1% with batch "
+                            "composition), fp32 or bf16.")
     lexicon: Optional[str] = Field(None, description="Category lexicon JSON for direction injection.")
+    directions: list[str] = Field(default_factory=list, description="Contrast sets for directions beyond the "
+                                  "corpus categories (shipped valence_v1, factuality_v1, or JSON files): each "
+                                  "direction is the difference of two sets' mean activations.")
     # execution (do not change results)
     batch_size: int = Field(32, ge=1)
     capture_batch_size: int = Field(8, ge=1)
@@ -125,7 +138,17 @@ class RunConfig(BaseModel):
         return v
 
     def identity(self) -> dict:
-        return {k: v for k, v in self.model_dump().items() if k not in NON_IDENTITY}
+        """The settings that change results (a rerun into the same directory must match them); the set of
+        controls, not their order."""
+        out = {k: v for k, v in self.model_dump().items() if k not in NON_IDENTITY}
+        out["controls"] = sorted(out["controls"])
+        return out
+
+    @classmethod
+    def identity_defaults(cls) -> dict:
+        """Each identity setting's default: a run saved before a setting existed ran with its default."""
+        return {k: f.get_default(call_default_factory=True) for k, f in cls.model_fields.items()
+                if k not in NON_IDENTITY}
 
     def sampling(self) -> SamplingSettings:
         """The sampling settings of this run, as the one shared type."""

@@ -75,7 +75,7 @@ def _read(ref: Union[str, Path]) -> tuple[dict, str]:
 
 
 def _parse(data: object, src: str) -> ContrastSets:
-    from nlalab.scorers.keyword import _check_lexicon
+    from nlalab.scorers.keyword import check_lexicon
 
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise UsageError(f"{src}: not a contrast-set file (kind must be {KIND!r}). {_SHAPE}")
@@ -107,7 +107,7 @@ def _parse(data: object, src: str) -> ContrastSets:
     lexicon: dict[str, list[str]] = {}
     if data.get("lexicon") is not None:
         try:
-            lexicon = _check_lexicon(data["lexicon"], f"{src} lexicon", False)
+            lexicon = check_lexicon(data["lexicon"], f"{src} lexicon", False)
         except Exception as e:  # keyword's loader raises NLALabError: a bad input file here is a usage error
             raise UsageError(str(e).splitlines()[0]) from None
         unknown = sorted(set(lexicon) - set(clean))

@@ -123,7 +123,17 @@ def check_identity(run_dir: str | Path, record: dict, items: Optional[Iterable],
     old = _read_old(path)
     new_id = record.get("identity", record)
     old_id = old.get("identity") or {}
-    diff = sorted(k for k in set(old_id) | set(new_id) if old_id.get(k) != new_id.get(k))
+    from nlalab.study.config import RunConfig
+
+    defaults = RunConfig.identity_defaults()
+
+    def same(k) -> bool:
+        a, b = old_id.get(k, defaults.get(k)), new_id.get(k, defaults.get(k))
+        if k == "controls" and isinstance(a, list) and isinstance(b, list):
+            return sorted(a) == sorted(b)
+        return a == b
+
+    diff = sorted(k for k in set(old_id) | set(new_id) if not same(k))
     if diff:
         shown = ", ".join(f"{k}: {old_id.get(k)!r} -> {new_id.get(k)!r}" for k in diff[:SHOW])
         raise UsageError(f"{d} already holds a run with different settings ({shown}). Fix: choose another "

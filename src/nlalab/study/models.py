@@ -51,6 +51,8 @@ class DiskModels:
 
     dirs: PairDirs
     opts: LoadOptions = field(default_factory=LoadOptions)
+    ar_dtype: str = "auto"  # AR precision (nlalab.reconstruct.choose_ar_dtype): fp32 where it fits
+    ar_dtype_reason: Optional[str] = None
 
     @property
     def layer(self) -> int:
@@ -65,13 +67,24 @@ class DiskModels:
         return load_av(self.dirs.av, self.opts)
 
     def ar(self) -> AR:
-        return load_ar(self.dirs.ar, self.opts, layer=self.dirs.layer)
+        import dataclasses
+
+        from nlalab.reconstruct import choose_ar_dtype
+
+        opts = self.opts
+        if self.opts.dtype == "auto" or self.ar_dtype != "auto":
+            dt, self.ar_dtype_reason = choose_ar_dtype(self.dirs.ar, self.ar_dtype, self.opts.device)
+            opts = dataclasses.replace(self.opts, dtype=dt)
+        return load_ar(self.dirs.ar, opts, layer=self.dirs.layer)
 
     def release(self, obj: Any) -> None:
         release(obj)
 
     def provenance(self) -> dict:
-        return self.dirs.provenance()
+        out = self.dirs.provenance()
+        if self.ar_dtype_reason:
+            out["ar_dtype"] = self.ar_dtype_reason
+        return out
 
     def av_template(self) -> str:
         return read_sidecar(self.dirs.av).av_template or DEFAULT_AV_TEMPLATE

@@ -18,7 +18,6 @@ from typing import Callable, Optional
 
 import torch
 
-from nlalab import metrics
 from nlalab.corpus import categories as corpus_categories
 from nlalab.corpus import corpus_digest, load_corpus
 from nlalab.errors import NLALabError, UsageError
@@ -91,7 +90,7 @@ def _select_items(cfg: RunConfig) -> list:
     return items
 
 
-def _score_corpus(ctx: StudyContext, cap_meta: list[dict]) -> list[dict]:
+def _score_corpus(ctx: StudyContext, cap_meta: list[dict], unit_extra: list[dict]) -> list[dict]:
     from nlalab.scorers.keyword import keyword_hit, keyword_recall
 
     samples = []
@@ -102,17 +101,58 @@ def _score_corpus(ctx: StudyContext, cap_meta: list[dict]) -> list[dict]:
         rec["recall"] = keyword_recall(it.prompt, r["explanation"])
         rec["hit"] = keyword_hit(it.prompt, r["explanation"])
         rec["n_words"] = len(r["explanation"].split())
+        rec.update(unit_extra[r["vector_index"]])
         samples.append(rec)
     return samples
 
 
-def _b_rv(cfg: RunConfig, acts: torch.Tensor, mse_scale: float) -> tuple[float, str]:
-    if cfg.brv_reference:
-        from nlalab.vectors_io import load_vectors
+def _b_rv(cfg: RunConfig, acts: torch.Tensor, mse_scale: float, provenance: dict):
+    """The B_rv choice (``--brv``; a registered pair's training-set constant by default), with the run's own."""
+    from nlalab.pairs.registry import find_pair
+    from nlalab.study.brv import resolve_brv
 
-        ref = load_vectors(cfg.brv_reference)
-        return metrics.brv(ref, mse_scale), f"reference vectors {cfg.brv_reference} ({ref.shape[0]} rows)"
-    return metrics.brv(acts, mse_scale), f"this run's {acts.shape[0]} activations (corpus {cfg.corpus})"
+    choice = cfg.brv if cfg.brv is not None else cfg.brv_reference
+    entry = find_pair(cfg.pair) if cfg.pair else provenance.get("name")
+    return resolve_brv(choice, entry, acts, mse_scale)
+
+
+def _headline_analysis(samples: list[dict], cats: list[str], b_rv: float, b_rv_source: str, cfg: RunConfig) -> dict:
+    """The core tables over the headline rows: explanations without a closing tag, truncated or empty leave
+    them (the release's policy) unless ``score_incomplete``; the all-rows table and the excluded share per
+    category are reported beside. The controls read every row."""
+    from nlalab.study.analysis import analyze
+    from nlalab.study.incomplete import excluded_share, headline_mask
+
+    mask = headline_mask(samples, cfg.score_incomplete)
+    for row, keep in zip(samples, mask):
+        row["headline"] = bool(keep)
+    head = [r for r, keep in zip(samples, mask) if keep]
+    kw = dict(categories=cats, b_rv=b_rv, b_rv_source=b_rv_source, n_perm=cfg.n_perm, n_boot=cfg.n_boot, seed=cfg.seed)
+    results = analyze(head or samples, **kw)
+    share = excluded_share(samples, cats)
+    results["incomplete"] = {
+        "policy": ("every row counts (--score-incomplete)" if cfg.score_incomplete else
+                   "rows without a closing tag, truncated or empty leave the headline tables (as the release "
+                   "measures); the controls read every row"),
+        "score_incomplete": bool(cfg.score_incomplete), "fallback_to_all_rows": not head,
+        "n_headline": len(head) if head else len(samples), "n_all": len(samples), "per_category": share}
+    if not head:
+        results["warnings"].append(f"no explanation of the {len(samples)} is complete (closing tag, not truncated, "
+                                   "not empty): the headline tables use every row. Fix: raise --max-new-tokens, or "
+                                   "check the AV's output format.")
+    elif len(head) < len(samples):
+        results["per_category_all_rows"] = analyze(samples, **kw)["per_category"]
+    return results
+
+
+def _by_role(samples: list[dict], cats: list[str], b_rv: float, b_rv_source: str, cfg: RunConfig) -> dict:
+    """Per position role (prompt / reply tokens): the per-category table of that role's rows."""
+    out = {}
+    for role in sorted({r.get("role") for r in samples if r.get("role")}):
+        rows = [r for r in samples if r.get("role") == role]
+        rcats = [c for c in cats if any(r["category"] == c for r in rows)]
+        out[role] = _headline_analysis([dict(r) for r in rows], rcats, b_rv, b_rv_source, cfg)["per_category"]
+    return out
 
 
 def run_study(cfg: RunConfig, overwrite: bool = False, on_stage: Optional[Callable[[str], None]] = None,
@@ -179,12 +219,19 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
     cap_path = stages / ST.CAPTURE
     plain_jobs = [j for c in controls for j in c.plain(ctx)]
     plain_todo = [j for j in plain_jobs if len(ST.done_keys(ST.job_log(stages, j.name))) < len(j.prompts) * k]
-    if not cap_path.exists() or plain_todo:
-        note("capture", len(items) if not cap_path.exists() else None)
-        tg = models.target(truncate=not plain_todo)
+    extra = {c.name: pr for c in controls if (pr := c.prompts(ctx))}
+    extra_path = {n: stages / f"control_{n}_capture.safetensors" for n in extra}
+    extra_todo = [n for n in extra if not ST.extra_capture_current(extra_path[n], extra[n])]
+    full_target = bool(plain_todo) or (not cap_path.exists() and str(cfg.positions) == "reply")
+    if not cap_path.exists() or plain_todo or extra_todo:
+        note("capture", (0 if cap_path.exists() else len(items)) + sum(len(extra[n]) for n in extra_todo))
+        tg = models.target(truncate=not full_target)
         if not cap_path.exists():
             ST.capture_activations(tg, items, layer, cfg, cap_path)
             advance(len(items))
+        for n in extra_todo:
+            ST.capture_prompts(tg, extra[n], [f"{n}/{i}" for i in range(len(extra[n]))], layer, cfg, extra_path[n])
+            advance(len(extra[n]))
         for job in plain_todo:
             log_j = ST.job_log(stages, job.name)
             note(f"{job.name} explanations", len(job.prompts) * k - len(ST.done_keys(log_j)))
@@ -192,7 +239,14 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
         models.release(tg)
         del tg
     acts, cap_meta, cmeta = ST.load_capture(cap_path)
+    # several positions per item: every (item, token) is a unit of the study, keyed item@token_index
+    units, unit_extra = ST.position_units(items, cap_meta)
+    if len(units) != len(items):
+        items = ctx.items = units
+        cats = ctx.categories = corpus_categories(units)
     ctx.acts = acts
+    for n in extra:
+        ctx.extra_acts[n] = ST.load_capture(extra_path[n])[0]
     for job in plain_jobs:
         ctx.plain_rows[job.name] = ST.sorted_rows(ST.job_log(stages, job.name), len(job.prompts), k)
 
@@ -246,22 +300,25 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
 
     # ---- score and controls ---------------------------------------------------------------------
     note("score")
-    from nlalab.study.analysis import _clean, analyze
+    from nlalab.study.analysis import _clean
     from nlalab.study.report import print_summary, render_report
 
-    b_rv, b_rv_source = _b_rv(cfg, acts, ctx.mse_scale)
+    brv_choice = _b_rv(cfg, acts, ctx.mse_scale, provenance)
+    b_rv, b_rv_source = brv_choice.value, brv_choice.source
     # a B_rv too small to divide by (identical activations) makes every fve_nrm n/a, never a huge number
     ctx.b_rv = degenerate.usable_brv(b_rv, ctx.mse_scale, acts.shape[1])
     ctx.center = acts.mean(0)
-    samples = ctx.samples = _score_corpus(ctx, cap_meta)
-    results = analyze(samples, categories=cats, b_rv=b_rv, b_rv_source=b_rv_source, n_perm=cfg.n_perm,
-                      n_boot=cfg.n_boot, seed=cfg.seed)
+    samples = ctx.samples = _score_corpus(ctx, cap_meta, unit_extra)
+    results = _headline_analysis(samples, cats, b_rv, b_rv_source, cfg)
+    if unit_extra and unit_extra[0]:
+        results["by_role"] = _by_role(samples, cats, b_rv, b_rv_source, cfg)
     degenerate.merge_warnings(results, degenerate.scan(
         acts, items, position=cfg.positions, b_rv=b_rv, mse_scale=ctx.mse_scale, brv_source=b_rv_source,
         n_tokens={m["item_id"]: m.get("n_tokens") for m in cap_meta if m.get("n_tokens") is not None},
         context=models.context_length() if hasattr(models, "context_length") else None))
     results = {"schema_version": SCHEMA_VERSION, **results, "mse_scale": ctx.mse_scale,
                "capture": {"layer": layer, "hook": cmeta.get("hook"), "positions": cfg.positions},
+               "brv": brv_choice.to_dict(),
                "controls": {n: None for n in registry()}}
     ctx.results = results
     control_rows: dict[str, list[dict]] = {}
@@ -279,6 +336,8 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
         samples = degenerate.without_fve_nrm(samples)
         control_rows = degenerate.without_fve_nrm(control_rows)
     results["provenance"] = {k: record[k] for k in ("config", "pair", "corpus", "environment")}
+    if getattr(models, "ar_dtype_reason", None):
+        results["provenance"]["ar_dtype"] = models.ar_dtype_reason
     note("done")
     results["timings_s_this_invocation"] = timings
     if verbalize_devices:

@@ -45,7 +45,8 @@ def render_report(results: dict, meta: Optional[dict] = None) -> str:
     meta = meta or {}
     t = S.core_tables(results)
     parts = _header(results, meta)
-    parts += [t["per_category"].to_markdown(2), t["rates"].to_markdown(3),
+    parts += [t["per_category"].to_markdown(2)] + [t[k].to_markdown(3) for k in ("incomplete", "by_role") if t[k]]
+    parts += [t["rates"].to_markdown(3),
               t["stability"].to_markdown(2),
               "## Confabulation examples (seed §3.5)", ""] + S.confab_markdown(results)
     controls = results.get("controls") or {}

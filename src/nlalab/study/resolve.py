@@ -70,4 +70,4 @@ def disk_models(cfg) -> DiskModels:
 
     opts = LoadOptions(device=cfg.device, dtype=cfg.dtype, device_map=cfg.device_map,
                        max_memory=parse_max_memory(cfg.max_memory))
-    return DiskModels(resolve_run_pair(cfg), opts)
+    return DiskModels(resolve_run_pair(cfg), opts, ar_dtype=cfg.ar_dtype)

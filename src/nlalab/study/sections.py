@@ -17,6 +17,17 @@ FVE_DENOMINATORS = (
 FLAG_NAMES = ("truncated", "missing_close_tag", "empty", "cjk_smell")
 
 
+def _other_brv(results: dict) -> str:
+    """The B_rv candidates not used, named with their source (a run always shows both)."""
+    b = results.get("brv") or {}
+    out = []
+    if b.get("own_value") is not None and b.get("choice") != "own":
+        out.append(f"this run's own B_rv {fmt_num(b['own_value'], 6)} ({b.get('own_source')})")
+    if b.get("training_value") is not None and b.get("choice") != "registry":
+        out.append(f"training-set B_rv {fmt_num(b['training_value'], 6)} ({b.get('training_source')})")
+    return ("; " + "; ".join(out)) if out else ""
+
+
 def per_category_table(results: dict) -> Table:
     cats = list(results.get("categories") or [])
     pc = results.get("per_category") or {}
@@ -31,8 +42,49 @@ def per_category_table(results: dict) -> Table:
     return Table("Per-category reconstruction and recall (seed §3.1)",
                  ["Category", "N", "cos", "fve_nrm", "fve_nrm_seed", "recall (mean)", "recall (≥1 hit)"], rows,
                  [f"Mean [95% cluster-bootstrap interval over items]; n= appears where a metric leaves rows out. "
-                  f"B_rv = {fmt_num(results.get('b_rv'), 6)} from {results.get('b_rv_source')}. " + FVE_DENOMINATORS],
+                  f"B_rv = {fmt_num(results.get('b_rv'), 6)} from {results.get('b_rv_source')}{_other_brv(results)}. "
+                  + FVE_DENOMINATORS],
                  key="per_category")
+
+
+def incomplete_table(results: dict) -> Optional[Table]:
+    """Excluded share per category and, beside the headline, the all-rows means (None when nothing is excluded)."""
+    inc = results.get("incomplete") or {}
+    share = inc.get("per_category") or {}
+    if not share or not share.get("all", {}).get("excluded") or inc.get("score_incomplete") \
+            or inc.get("fallback_to_all_rows"):
+        return None
+    allrows = results.get("per_category_all_rows") or {}
+    head = results.get("per_category") or {}
+    rows = []
+    for c in list(results.get("categories") or []) + ["all"]:
+        e = share.get(c) or {}
+        key = OVERALL if c == "all" else c
+        rows.append([key, f"{e.get('excluded', 0)}/{e.get('n', 0)} ({fmt_num(e.get('share'), 2)})",
+                     fmt_est((head.get(key) or {}).get("fve_nrm"), n=False),
+                     fmt_est((allrows.get(key) or {}).get("fve_nrm"), n=False) if allrows else "n/a",
+                     fmt_est((head.get(key) or {}).get("recall"), n=False),
+                     fmt_est((allrows.get(key) or {}).get("recall"), n=False) if allrows else "n/a"])
+    return Table("Incomplete explanations: excluded share and all-rows figures",
+                 ["Category", "excluded (share)", "fve_nrm headline", "fve_nrm all rows", "recall headline",
+                  "recall all rows"], rows, [f"Policy: {inc.get('policy')}."], key="incomplete")
+
+
+def role_table(results: dict) -> Optional[Table]:
+    """fve_nrm and recall by position role (prompt / reply tokens) for runs at several positions per item."""
+    by_role = results.get("by_role") or {}
+    if not by_role:
+        return None
+    rows = []
+    for role, pc in by_role.items():
+        for c in list(results.get("categories") or []) + [OVERALL]:
+            e = pc.get(c)
+            if e:
+                rows.append([role, c, str(e.get("n", 0)), fmt_est(e.get("cos"), n=False), fmt_est(e.get("fve_nrm"), n=False),
+                             fmt_est(e.get("recall"), n=False)])
+    return Table("By position role", ["Role", "Category", "N", "cos", "fve_nrm", "recall"], rows,
+                 ["Every captured (item, token) is a unit (item@token_index); prompt = a token of the chat-templated "
+                  "prompt, reply = a token of the target's own greedy reply."], key="by_role")
 
 
 def rates_table(results: dict) -> Table:
@@ -112,5 +164,7 @@ def confab_markdown(results: dict) -> list[str]:
 
 
 def core_tables(results: dict) -> dict[str, Optional[Table]]:
-    return {"per_category": per_category_table(results), "rates": rates_table(results),
+    return {"per_category": per_category_table(results), "incomplete": incomplete_table(results),
+            "by_role": role_table(results),
+            "rates": rates_table(results),
             "stability": stability_table(results), "power": power_table(results), "flags": flags_table(results)}

@@ -55,17 +55,70 @@ def sorted_rows(log: JsonlLog, n_vectors: int, k: int) -> list[dict]:
 
 
 def capture_activations(tg, items, layer: int, cfg, path: Path) -> None:
+    """Block-K activations of the corpus at ``cfg.positions``: one row per item (``last``, an index), or one
+    per (item, token) (``all``, ``random``; ``reply``: the target's own greedy reply, which needs the full
+    target), each meta row keyed by item_id and token_index with its token text and role."""
     from nlalab.capture import capture
-
     from nlalab.settings import Position
 
-    pos = Position.parse(cfg.positions).capture_arg()
-    cap = capture(tg.model, tg.tokenizer, [it.prompt for it in items], layer, ids=[it.id for it in items],
-                  positions=pos, seed=cfg.seed, batch_size=cfg.capture_batch_size, progress=cfg.progress)
-    if [m["item_id"] for m in cap.meta] != [it.id for it in items]:
-        raise NLALabError("Capture must give one vector per item; use positions=last for the study.")
+    pos = Position.parse(cfg.positions)
+    if pos.kind == "reply":
+        from nlalab.explain import capture_with_reply
+
+        cap = capture_with_reply(tg.model, tg.tokenizer, [it.prompt for it in items], layer, positions="reply",
+                                 reply_tokens=cfg.reply_tokens, ids=[it.id for it in items], progress=cfg.progress)
+    else:
+        cap = capture(tg.model, tg.tokenizer, [it.prompt for it in items], layer, ids=[it.id for it in items],
+                      positions=pos.capture_arg(), seed=cfg.seed, batch_size=cfg.capture_batch_size,
+                      progress=cfg.progress)
+        if pos.one_per_item and [m["item_id"] for m in cap.meta] != [it.id for it in items]:
+            raise NLALabError("Capture must give one vector per item at this position. Fix: use --position last.")
+        if not pos.one_per_item:
+            for m in cap.meta:
+                m.setdefault("role", "prompt")
+                if "token_text" not in m and m.get("token_id") is not None:
+                    m["token_text"] = tg.tokenizer.decode([m["token_id"]])
     atomic_save_tensors(path, {"activations": cap.vectors},
                         {"meta": json.dumps(cap.meta, ensure_ascii=False), "hook": cap.hook_name})
+
+
+def position_units(items, cap_meta: list[dict]) -> tuple[list, list[dict]]:
+    """The study's units: the corpus items themselves (one activation each), or one unit per captured
+    (item, token) — ``item@token_index`` — carrying the item's category and prompt, so every table,
+    control and permutation works per position. Returns (units, per-unit extra fields for samples.jsonl)."""
+    from nlalab.corpus import Item
+
+    if [m["item_id"] for m in cap_meta] == [it.id for it in items]:
+        return list(items), [{} for _ in items]
+    by_id = {it.id: it for it in items}
+    units, extra = [], []
+    for m in cap_meta:
+        it = by_id[m["item_id"]]
+        units.append(Item(id=f"{it.id}@{m['token_index']}", category=it.category, prompt=it.prompt))
+        extra.append({"source_item_id": it.id, "position": m["token_index"], "role": m.get("role", "prompt"),
+                      "token_text": m.get("token_text")})
+    return units, extra
+
+
+def capture_prompts(tg, prompts: list[str], ids: list[str], layer: int, cfg, path: Path) -> None:
+    """A control's extra prompts, captured like the corpus (same layer, same position)."""
+    from nlalab.capture import capture
+    from nlalab.settings import Position
+
+    cap = capture(tg.model, tg.tokenizer, prompts, layer, ids=ids, positions=Position.parse(cfg.positions).capture_arg(),
+                  seed=cfg.seed, batch_size=cfg.capture_batch_size, progress=cfg.progress)
+    atomic_save_tensors(path, {"activations": cap.vectors},
+                        {"meta": json.dumps(cap.meta, ensure_ascii=False), "hook": cap.hook_name,
+                         "prompts_sha256": digest(prompts)})
+
+
+def extra_capture_current(path: Path, prompts: list[str]) -> bool:
+    if not path.exists():
+        return False
+    try:
+        return load_tensors(path)[1].get("prompts_sha256") == digest(prompts)
+    except NLALabError:
+        return False
 
 
 def load_capture(path: Path) -> tuple[torch.Tensor, list[dict], dict]:

@@ -6,4 +6,4 @@ Add a control: write a module with a :class:`~nlalab.study.controls.base.Control
 from nlalab.study.controls.base import (Control, Figure, GenJob, PlainJob, StudyContext, get, names,  # noqa: F401
                                         register, registry, selectable, unregister)
 from nlalab.study.controls import (recall_permutation, random_gaussian, directions, recon_permutation,  # noqa: F401
-                                   blind, baselines, prefix, grounding, seeds)
+                                   blind, baselines, prefix, grounding, seeds, contrast_directions)

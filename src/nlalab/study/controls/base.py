@@ -72,6 +72,7 @@ class StudyContext:
     recons: dict[str, torch.Tensor] = field(default_factory=dict)  # job name -> reconstructions (rows order)
     text_recons: dict[str, torch.Tensor] = field(default_factory=dict)  # control name -> its texts' reconstructions
     vectors: dict[str, torch.Tensor] = field(default_factory=dict)  # job name -> the vectors it verbalized
+    extra_acts: dict[str, torch.Tensor] = field(default_factory=dict)  # control name -> its prompts' activations
     mse_scale: Optional[float] = None
     b_rv: Optional[float] = None
     center: Optional[torch.Tensor] = None
@@ -129,6 +130,11 @@ class Control:
     # ---- what to generate and reconstruct -------------------------------------------------------
     def generation(self, ctx: StudyContext) -> list[GenJob]:
         """AV jobs, planned after capture (``ctx.acts`` is set)."""
+        return []
+
+    def prompts(self, ctx: StudyContext) -> list[str]:
+        """Extra prompts to capture with the corpus (same layer and position), planned before capture; their
+        activations arrive in ``ctx.extra_acts[name]``."""
         return []
 
     def plain(self, ctx: StudyContext) -> list[PlainJob]:

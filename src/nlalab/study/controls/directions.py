@@ -29,6 +29,7 @@ class Directions(Control):
     help = "category mean directions, their negations and cross-axis differences, scored with a lexicon (--lexicon)"
     origin = "seed §4.3"
     writes_rows = True
+    heatmap = "direction_heatmap"
 
     def generation(self, ctx: StudyContext) -> list[GenJob]:
         from nlalab.study.directions import category_directions
@@ -112,7 +113,7 @@ class Directions(Control):
         ax.set_title(f"Direction × category keyword hits (alignment {section['alignment']['text']}, "
                      f"negation {section['negation_symmetry']['text']})")
         fig.tight_layout()
-        return [Figure(P.save(fig, plots_dir, "direction_heatmap"), "Heatmap of keyword hits per direction and category",
+        return [Figure(P.save(fig, plots_dir, self.heatmap), "Heatmap of keyword hits per direction and category",
                        "Mean lexicon hits per explanation over the corpus's categories; red outline: the category the "
                        "direction points to.")]
 

@@ -1,0 +1,26 @@
+"""Sweeps: a grid of studies (pairs, positions, seeds, training checkpoints, ...), each cell a normal run
+directory under one sweep directory, run by an existing engine (in process, Ray, SLURM through submitit).
+
+``grid`` reads the sweep file and names the cells, ``cell`` runs one, ``executors`` schedule them,
+``status`` records where each stands, ``results`` tabulates and plots across the grid, ``cli`` is the
+``nlalab sweep`` command (``sweep_app``). See docs/sweep.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {"run_sweep": "run", "sweep_table": "results", "sweep_plots": "results", "compare_sweep": "results",
+            "write_tables": "results", "is_sweep_dir": "grid", "load_sweep_file": "grid", "resolve": "grid",
+            "expand_checkpoints": "grid", "read_status": "status", "run_cell": "cell"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'nlalab.sweep' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"nlalab.sweep.{mod}"), name)
