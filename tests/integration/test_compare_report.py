@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nlalab.report.compare import (DEFAULT_TOL, classify_pattern, compare_runs, to_csv, to_json, to_markdown,
+from nlalab.report.compare import (classify_pattern, compare_runs, to_csv, to_json, to_markdown,
                                    to_terminal)
 from nlalab.scorers.keyword import keyword_hit, keyword_recall, lexicon_hits, load_lexicon, top_category
 from nlalab.study.analysis import analyze_rows

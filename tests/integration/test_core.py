@@ -1,7 +1,6 @@
 """Core stages on fixture pairs of every architecture: capture, injection, generation, reconstruction."""
 
 import numpy as np
-import pytest
 import torch
 
 from nlalab import metrics

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from runhelpers import cfg_for
 
 from nlalab.format import Table, fmt_num

@@ -14,7 +14,8 @@ import torch
 from nlalab.corpus import by_category, load_corpus
 from nlalab.scorers.keyword import content_words, keyword_hit, keyword_recall
 from nlalab.stats import min_detectable_difference
-from nlalab.study.analysis import analyze, analyze_rows, opening_phrases, recall_matrix
+from nlalab.scorers.keyword import recall_matrix
+from nlalab.study.analysis import analyze, analyze_rows, opening_phrases
 from nlalab.study.directions import category_directions, category_distances, most_distant_pair
 from nlalab.study.report import print_summary, render_report
 

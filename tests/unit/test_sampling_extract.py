@@ -1,6 +1,5 @@
 """Sampling is exact (Gumbel-max over the filtered softmax) and batch-invariant; extraction flags failures."""
 
-import math
 
 import pytest
 import torch

@@ -61,7 +61,7 @@ def _recall_cross(seed: int, effect: bool, n_perm: int) -> bool:
 
 def _recon(seed: int, effect: bool, n_perm: int, per_category: bool) -> bool:
     from nlalab import metrics
-    from nlalab.study.analysis import matrix_permutation
+    from nlalab.rowstats import matrix_permutation
     from nlalab.study.recon_controls import score_matrix
 
     acts, rec, ri, ic, cats = simulate_vectors(seed=seed, truth="item" if effect else "category", effect=0.15)

@@ -153,7 +153,7 @@ def classify_pattern(values: Sequence[Optional[float]], names: Optional[Sequence
 
 
 def _subseed(seed: int, *parts: object) -> int:
-    from nlalab.study.analysis import _subseed as sub
+    from nlalab.rowstats import subseed as sub
 
     return sub(seed, *parts)
 

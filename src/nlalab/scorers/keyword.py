@@ -203,3 +203,29 @@ def load_lexicon(path: Union[str, Path, None] = None, *, allow_overlap: bool = F
             f"{src} line {e.lineno}: malformed JSON ({e.msg} at column {e.colno}). Fix: correct the JSON."
         ) from None
     return check_lexicon(data, src, allow_overlap)
+
+
+def recall_matrix(prompts: list[str], explanations: list[str], stopwords=None) -> tuple:
+    """``R[i, j] = keyword_recall(prompts[i], explanations[j])`` for all pairs, and the mask of prompts
+    that have content words (rows with ``valid == False`` are 0 and must be left out, as recall is
+    None there). Built from 0/1 content-word matrices over the prompts' vocabulary: one matrix product.
+    """
+    import numpy as np
+
+    stop = None if stopwords is None else frozenset(w.lower() for w in stopwords)
+    psets = [content_words(p, stop) for p in prompts]
+    vocab = {w: k for k, w in enumerate(sorted(set().union(*psets)))} if psets else {}
+    A = np.zeros((len(prompts), max(1, len(vocab))))
+    for i, ws in enumerate(psets):
+        for w in ws:
+            A[i, vocab[w]] = 1.0
+    B = np.zeros((len(explanations), max(1, len(vocab))))
+    for j, e in enumerate(explanations):
+        for w in content_words(e, stop):
+            k = vocab.get(w)
+            if k is not None:
+                B[j, k] = 1.0
+    sizes = A.sum(1)
+    valid = sizes > 0
+    R = (A @ B.T) / np.where(valid, sizes, 1.0)[:, None]
+    return R, valid

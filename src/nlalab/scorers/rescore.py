@@ -23,9 +23,8 @@ Statistics of a ``scorers.<name>`` section, per metric of the scorer (e.g. retri
   prompt ``i`` has content words, which makes this exactly analysis' statistic (checked in the tests);
 - **chance levels** where one exists analytically (retrieval: 1/n, 5/n, H_n/n for n candidates).
 
-The refactor this implies for :mod:`nlalab.study.analysis` (not done there, to leave study/ alone):
-``analysis._permutation`` could build ``S = recall_matrix(...)``, ``W = valid[:, None]`` and call
-:func:`permutation_floors`; the results are identical.
+Both use :func:`nlalab.rowstats.matrix_permutation` (below study/ and scorers/), so the floors are
+identical by construction.
 """
 
 from __future__ import annotations
@@ -73,7 +72,7 @@ def score_matrices(scorer: Scorer, prompts: list[str], explanations: list[str]) 
     and otherwise calls ``scorer.score`` on every pair (any third-party scorer gets a floor this way)."""
     n_p, n_e = len(prompts), len(explanations)
     if isinstance(scorer, KeywordScorer):
-        from nlalab.study.analysis import recall_matrix
+        from nlalab.scorers.keyword import recall_matrix
 
         R, valid = recall_matrix(list(prompts), list(explanations), scorer.stopwords)
         return {"recall": (R, np.repeat(valid.astype(np.float64)[:, None], n_e, axis=1))}
@@ -110,7 +109,7 @@ def permutation_floors(S: np.ndarray, W: Optional[np.ndarray], row_item: np.ndar
     analysis' (``real``, ``n_rows``, ``n_items``, ``floor_within``, ``floor_cross``, ``gap_within``,
     ``gap_cross``, ``p_within``, ``p_cross``); a block is None when no entry of the group is defined.
     """
-    from nlalab.study.analysis import matrix_permutation
+    from nlalab.rowstats import matrix_permutation
 
     S = np.asarray(S, dtype=np.float64)
     n = len(item_cats)
@@ -133,7 +132,7 @@ def score_samples(samples: list[dict], scorer: Union[str, Scorer], *, categories
     Returns ``(section, per_row)``: the ``scorers.<name>`` section for results.json and one record per
     row for ``scores/<name>.jsonl``. Pure: no files are read or written.
     """
-    from nlalab.study.analysis import _clean, _est, _subseed, _validate_samples
+    from nlalab.rowstats import clean as _clean, est as _est, subseed as _subseed, validate_samples as _validate_samples
 
     sc = get_scorer(scorer) if isinstance(scorer, str) else scorer
     rows, cats, items = _validate_samples(samples, categories)

@@ -300,7 +300,7 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
 
     # ---- score and controls ---------------------------------------------------------------------
     note("score")
-    from nlalab.study.analysis import _clean
+    from nlalab.rowstats import clean as _clean
     from nlalab.study.report import print_summary, render_report
 
     brv_choice = _b_rv(cfg, acts, ctx.mse_scale, provenance)

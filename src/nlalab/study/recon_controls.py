@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from nlalab import metrics, stats
-from nlalab.study.analysis import matrix_permutation
+from nlalab.rowstats import matrix_permutation
 
 RECON_METRICS = ("cos", "fve_nrm", "fve_nrm_seed", "centered_cos")
 _SENT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
