@@ -134,9 +134,7 @@ def _figs(figs: dict, prefix: str = "", names: Sequence[str] = ()) -> str:
 def _control_html(c, sec: Optional[dict], results: dict, figs: dict) -> str:
     if not sec:
         return f"<p>{_html.escape(c.title)}: not run (select it with <code>--controls</code>).</p>"
-    parts = []
-    if sec.get("verdict"):
-        parts.append(f'<p class="verdict"><b>Verdict:</b> {clean_text(sec["verdict"])}</p>')
+    parts = [f'<p class="verdict"><b>Verdict:</b> {clean_text(v)}</p>' for v in c.verdicts(sec)]
     parts += [_table_html(t) for t in c.tables(sec, results)]
     parts.append(_figs(figs, c.name))
     parts += [f'<div class="warn"><b>Warning:</b> {clean_text(w)}</div>' for w in c.warnings(sec)]

@@ -82,6 +82,9 @@ def print_summary(results: dict) -> str:
     out = [f"N={results.get('n_samples')} ({results.get('n_items')} items x K={results.get('k')}), "
            f"B_rv={fmt_num(results.get('b_rv'), 4)} ({results.get('b_rv_source')})",
            line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in body]
+    from nlalab.study.sections import spread_verdicts
+
+    out += spread_verdicts(results)
     controls = results.get("controls") or {}
     for name, c in registry().items():
         if name not in controls:

@@ -28,6 +28,12 @@ def _other_brv(results: dict) -> str:
     return ("; " + "; ".join(out)) if out else ""
 
 
+def spread_verdicts(results: dict) -> list[str]:
+    """Is the spread over categories more than chance? (category labels shuffled over items)."""
+    return [f"Spread of {m}: {v['verdict']}" for m, v in (results.get("spread_test") or {}).items()
+            if isinstance(v, dict) and v.get("verdict")]
+
+
 def per_category_table(results: dict) -> Table:
     cats = list(results.get("categories") or [])
     pc = results.get("per_category") or {}
@@ -43,7 +49,7 @@ def per_category_table(results: dict) -> Table:
                  ["Category", "N", "cos", "fve_nrm", "fve_nrm_seed", "recall (mean)", "recall (≥1 hit)"], rows,
                  [f"Mean [95% cluster-bootstrap interval over items]; n= appears where a metric leaves rows out. "
                   f"B_rv = {fmt_num(results.get('b_rv'), 6)} from {results.get('b_rv_source')}{_other_brv(results)}. "
-                  + FVE_DENOMINATORS],
+                  + FVE_DENOMINATORS] + spread_verdicts(results),
                  key="per_category")
 
 

@@ -162,10 +162,14 @@ class Control:
     def tables(self, section: dict, results: dict) -> list[Table]:
         return []
 
+    def verdicts(self, section: dict) -> list[str]:
+        """The control's verdict sentences (each says what its statistic supports, with the numbers it rests
+        on; docs/verdicts.md has their calibration)."""
+        return [section["verdict"]] if section.get("verdict") else []
+
     def summary(self, section: dict, results: dict) -> list[str]:
-        """Terminal lines (the verdict first)."""
-        v = section.get("verdict")
-        return [f"{self.title}: {v}"] if v else []
+        """Terminal lines: the verdicts."""
+        return [f"{self.title}: {v}" for v in self.verdicts(section)]
 
     def figures(self, section: dict, results: dict, plots_dir: Path, run: Any = None) -> list[Figure]:
         """Figures saved under ``plots_dir`` (``run``: the loaded run, for row-level plots)."""
@@ -180,9 +184,7 @@ class Control:
         head = f"## {self.title}\n\n"
         if not section:
             return head + f"{self.title}: {NOT_RUN}.\n"
-        parts = [head]
-        if section.get("verdict"):
-            parts.append(f"**Verdict:** {section['verdict']}\n\n")
+        parts = [head] + [f"**Verdict:** {v}\n\n" for v in self.verdicts(section)]
         parts += [t.to_markdown(3) + "\n" for t in self.tables(section, results)]
         parts += [f"**Warning:** {w}\n\n" for w in self.warnings(section)]
         return "".join(parts)

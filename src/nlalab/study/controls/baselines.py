@@ -45,6 +45,9 @@ class Baselines(Control):
             out["blind_explanation"] = blind["rung"]
         return {"rungs": out}
 
+    def verdicts(self, section: dict) -> list[str]:
+        return [f"{RUNGS.get(k, k)}: {r['verdict']}" for k, r in (section.get("rungs") or {}).items() if r.get("verdict")]
+
     def tables(self, section: dict, results: dict) -> list[Table]:
         rows = []
         for name, r in (section.get("rungs") or {}).items():
@@ -58,7 +61,7 @@ class Baselines(Control):
 
     def summary(self, section: dict, results: dict) -> list[str]:
         rungs = [f"{k} {fmt_num((v.get('fve_nrm') or {}).get('mean'))}" for k, v in (section.get("rungs") or {}).items()]
-        return ["fve_nrm ladder: " + ", ".join(rungs)]
+        return ["fve_nrm ladder: " + ", ".join(rungs)] + [f"  {v}" for v in self.verdicts(section)]
 
     def figures(self, section: dict, results: dict, plots_dir: Path, run=None) -> list[Figure]:
         from nlalab import plotting as P

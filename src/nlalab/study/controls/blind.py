@@ -71,6 +71,10 @@ class Blind(Control):
         return {"n": len(rows), "rung": rung, "per_category": per_cat, "verdict": verdict,
                 "generator": "the target (base) model, prompted in the AV's format with the prompt text"}
 
+    def verdicts(self, section: dict) -> list[str]:
+        v = (section.get("rung") or {}).get("verdict")
+        return [v] if v else super().verdicts(section)
+
     def tables(self, section: dict, results: dict) -> list[Table]:
         pc = results.get("per_category") or {}
         rows = []

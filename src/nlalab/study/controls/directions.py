@@ -65,6 +65,10 @@ class Directions(Control):
             return None
         return directions_section(rows, categories=ctx.categories, lexicon=load_lexicon(ctx.cfg.lexicon))
 
+    def verdicts(self, section: dict) -> list[str]:
+        return [(section.get(k) or {}).get("verdict") for k in ("alignment", "negation_symmetry", "cross")
+                if (section.get(k) or {}).get("verdict")]
+
     def tables(self, section: dict, results: dict) -> list[Table]:
         lc = list(section.get("lexicon_categories") or [])
         rows = [[e["direction"], e["kind"], str(e.get("n"))] + [fmt_num(e["mean_hits"].get(c), 2) for c in lc]
@@ -81,7 +85,8 @@ class Directions(Control):
 
     def summary(self, section: dict, results: dict) -> list[str]:
         return [f"Directions: alignment {section['alignment']['text']}, negation symmetry "
-                f"{section['negation_symmetry']['text']}, cross {section['cross']['text']}"]
+                f"{section['negation_symmetry']['text']}, cross {section['cross']['text']}"] + [
+            f"  {v}" for v in self.verdicts(section)]
 
     def figures(self, section: dict, results: dict, plots_dir: Path, run=None) -> list[Figure]:
         from nlalab import plotting as P

@@ -56,7 +56,8 @@ class Prefix(Control):
 
     def summary(self, section: dict, results: dict) -> list[str]:
         curve = section.get("curve") or {}
-        return ["Prefix curve (fve_nrm): " + ", ".join(f"{k}: {fmt_num(v.get('fve_nrm'))}" for k, v in curve.items())]
+        return (["Prefix curve (fve_nrm): " + ", ".join(f"{k}: {fmt_num(v.get('fve_nrm'))}" for k, v in curve.items()
+                                                     if isinstance(v, dict))] + [f"  {v}" for v in self.verdicts(section)])
 
     def figures(self, section: dict, results: dict, plots_dir: Path, run=None) -> list[Figure]:
         from nlalab import plotting as P

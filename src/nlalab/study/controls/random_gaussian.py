@@ -88,7 +88,7 @@ class RandomGaussian(Control):
                 f"{fmt_num((m.get('fve_nrm_seed') or {}).get('mean'))} (seed's definition), fve_nrm "
                 f"{fmt_num((m.get('fve_nrm') or {}).get('mean'))} (÷ B_rv), recall "
                 f"{fmt_num((m.get('recall') or {}).get('mean'))}; top opening \"{t0.get('phrase', '')}\" "
-                f"{fmt_num(t0.get('share'))}"]
+                f"{fmt_num(t0.get('share'))}"] + [f"  {v}" for v in self.verdicts(section)]
 
     def figures(self, section: dict, results: dict, plots_dir: Path, run=None) -> list[Figure]:
         from nlalab import plotting as P

@@ -32,6 +32,11 @@ class RecallPermutation(Control):
 
         return recall_permutation(ctx.samples, categories=ctx.categories, n_perm=ctx.cfg.n_perm, seed=ctx.seed)
 
+    def verdicts(self, section: dict) -> list[str]:
+        o = section.get("overall") or {}
+        return [f"{lab}: {o[k]}" for k, lab in (("verdict", "within category"), ("verdict_cross", "across categories"))
+                if o.get(k)]
+
     def tables(self, section: dict, results: dict) -> list[Table]:
         o = section.get("overall")
         if not o:
@@ -71,7 +76,7 @@ class RecallPermutation(Control):
         return [f"Recall permutation: real {fmt_num(o['real'])}, floor within {fmt_num(o['floor_within']['mean'])} "
                 f"(gap {fmt_num(o['gap_within'], signed=True)}, p={fmt_p(o['p_within'], n)}), floor cross "
                 f"{fmt_num(o['floor_cross']['mean'])} (gap {fmt_num(o['gap_cross'], signed=True)}, "
-                f"p={fmt_p(o['p_cross'], n)})"]
+                f"p={fmt_p(o['p_cross'], n)})"] + [f"  {v}" for v in self.verdicts(section)]
 
     def figures(self, section: dict, results: dict, plots_dir: Path, run=None) -> list[Figure]:
         from nlalab import plotting as P

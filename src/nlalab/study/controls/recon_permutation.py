@@ -55,7 +55,7 @@ class ReconPermutation(Control):
             return ["Item-specific fve_nrm: n/a"]
         return [f"Item-specific fve_nrm: real {fmt_num(o['real'])} vs within-category floor "
                 f"{fmt_num(o['floor_within']['mean'])} (gap {fmt_num(o['gap_within'], signed=True)}, "
-                f"p={fmt_p(o['p_within'], section.get('n_perm'))})"]
+                f"p={fmt_p(o['p_within'], section.get('n_perm'))})"] + [f"  {v}" for v in self.verdicts(section)]
 
     def figures(self, section: dict, results: dict, plots_dir: Path, run=None) -> list[Figure]:
         from nlalab import plotting as P

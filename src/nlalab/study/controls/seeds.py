@@ -49,6 +49,10 @@ class Seeds(Control):
             heads.append(_headline(ctx.scored_rows(f"seed{sd}", ctx.acts), ctx.items, ctx.categories))
         return {"seeds": [ctx.seed] + _seeds(ctx), "spread": RC.seed_spread(heads)}
 
+    def verdicts(self, section: dict) -> list[str]:
+        sp = section.get("spread") or {}
+        return [sp[k]["verdict"] for k in ("cos", "fve_nrm", "recall") if (sp.get(k) or {}).get("verdict")]
+
     def tables(self, section: dict, results: dict) -> list[Table]:
         return [Table(f"Headline numbers over seeds {section.get('seeds')} (std = seed-to-seed spread)",
                       ["number", "mean", "std", "min", "max"],
