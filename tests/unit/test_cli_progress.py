@@ -102,8 +102,12 @@ def test_cli_run_log_is_plain_lines(fixture_pairs, tmp_path):
     assert res.exit_code == 0, res.output
     out = res.output
     assert "[nlalab] controls: random_gaussian (+ keyword-recall permutation, always)" in out
+    import re
+
     for stage in ("capture", "verbalize", "reconstruct", "score"):
-        assert f"[nlalab] {stage}: started" in out and f"[nlalab] {stage}: done in " in out
+        assert f"[nlalab] {stage}: started" in out and re.search(rf"\[nlalab\] {stage}: done( \(\d+/\d+\))? in ", out)
+    # counts and an ETA for the stages whose size is known
+    assert re.search(r"\[nlalab\] verbalize: \d+/\d+ \(100%\), elapsed \S+, ETA", out)
     assert "[nlalab] run finished in " in out
     quiet = CliRunner().invoke(app, ["run", "--av", str(p.av), "--ar", str(p.ar), "--target", str(p.target),
                                      "--out", str(tmp_path / "r"), "--k", "1", "--max-new-tokens", "4",

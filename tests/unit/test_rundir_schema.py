@@ -33,7 +33,7 @@ def fixture_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("rundir_schema")
     pair = build_fixture_pair(root / "pair", "qwen2")
-    run_study(cfg_for(pair, root / "run"))
+    run_study(cfg_for(pair, root / "run", directions=["valence_v1"]))  # every built-in control runs
     score_run(root / "run", "keyword")
     return root / "run"
 

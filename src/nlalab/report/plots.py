@@ -153,11 +153,11 @@ def scorer_bars(results: dict, plots_dir: Path) -> Optional[Path]:
         ests = [((sec.get("per_category") or {}).get(c) or {}).get(m) for c in cats]
         _bars(ax, cats, [(m, ests, "#4c72b0")], m)
         o = (((sec.get("permutation") or {}).get("metrics") or {}).get(m) or {}).get("overall")
-        if o:
-            ax.axhline(o["floor_within"]["mean"], color=PALETTE["within"], linestyle="--", linewidth=1,
-                       label="floor within")
-            ax.axhline(o["floor_cross"]["mean"], color=PALETTE["cross"], linestyle=":", linewidth=1.2,
-                       label="floor cross")
+        for key, style, lab in (("floor_within", ("--", 1.0, "within"), "floor within"),
+                                ("floor_cross", (":", 1.2, "cross"), "floor cross")):
+            v = ((o or {}).get(key) or {}).get("mean")
+            if v is not None:
+                ax.axhline(v, color=PALETTE[style[2]], linestyle=style[0], linewidth=style[1], label=lab)
         ch = (sec.get("chance") or {}).get(m)
         if ch is not None:
             ax.axhline(ch, color="#999", linestyle="-.", linewidth=1, label=f"chance {ch:.3f}")

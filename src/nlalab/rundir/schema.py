@@ -237,6 +237,9 @@ class CorpusRecord(_Model):
     n_items: Optional[int] = _f("Items used (after limit_per_category).")
     categories: list[str] = _f("Categories in corpus order.", default_factory=list)
     sha256: Optional[str] = _f("sha256 of the items used; runs are comparable only on equal corpora.")
+    item_sha256: list[list[str]] = _f("[item id, sha256 of its id, category and prompt] per item: a rerun into the "
+                                      "directory refuses an edited corpus and names the items that changed.",
+                                      default_factory=list)
 
 
 class DeviceInfo(_Model):
@@ -288,6 +291,7 @@ class Provenance(_Model):
     pair: Optional[PairRecord] = _f("The pair, resolved.")
     corpus: Optional[CorpusRecord] = _f("The corpus, resolved.")
     environment: Optional[Environment] = _f("Software and hardware.")
+    ar_dtype: Optional[str] = _f("The AR's precision in the invocation that reconstructed, and why.")
 
 
 # ----------------------------------------------------------------------------- scorers.<name>
@@ -564,6 +568,14 @@ class SeedsSection(_Model):
                                        default_factory=dict)
 
 
+class ContrastDirectionsSection(DirectionsSection):
+    """controls.contrast_directions: directions between two prompt sets (--directions), beyond the corpus."""
+
+    sets: dict[str, int] = _f("Prompt set -> prompts captured.", default_factory=dict)
+    contrasts: list[str] = _f("The contrasts (plus set vs minus set).", default_factory=list)
+    sources: list[str] = _f("Files or shipped names of the contrast sets.", default_factory=list)
+
+
 CONTROL_SECTIONS: dict[str, type[BaseModel]] = {
     "recall_permutation": RecallPermutationSection,
     "random_gaussian": RandomGaussianSection,
@@ -574,6 +586,7 @@ CONTROL_SECTIONS: dict[str, type[BaseModel]] = {
     "prefix": PrefixSection,
     "grounding": GroundingSection,
     "seeds": SeedsSection,
+    "contrast_directions": ContrastDirectionsSection,
 }
 """Control name -> the model of its results.json section; a control plug-in registers or replaces its own."""
 
@@ -603,6 +616,47 @@ class SpreadTest(_Model):
                                 "evidence at this n with the minimum detectable difference.")
 
 
+class BrvRecord(_Model):
+    """The B_rv fve_nrm divides by, and the candidates beside it, each named with its source."""
+
+    value: Num = _f("The B_rv used (= results.b_rv).")
+    source: Optional[str] = _f("Where it comes from.")
+    choice: Optional[str] = _f("registry, own, number or file (--brv).")
+    own_value: Num = _f("This run's own B_rv (its activations).")
+    own_source: Optional[str] = _f("The vectors it was computed from.")
+    training_value: Num = _f("The pair's training-set B_rv, where the registry knows it.")
+    training_source: Optional[str] = _f("Where that constant is published.")
+    low_variance: Optional[bool] = _f("B_rv below 0.1: small mse changes move fve_nrm a lot.")
+
+
+class IncompleteShare(_Model):
+    """Rows left out of the headline tables in one category (or all)."""
+
+    n: Optional[int] = _f("Rows.")
+    excluded: Optional[int] = _f("Rows without a closing tag, truncated or empty.")
+    share: Num = _f("excluded / n.")
+    by_reason: dict[str, int] = _f("Reason (missing_close_tag, truncated, empty) -> rows.", default_factory=dict)
+
+
+class IncompleteRecord(_Model):
+    """The closing-tag policy of the headline tables."""
+
+    policy: Optional[str] = _f("Which rows the headline tables count.")
+    score_incomplete: Optional[bool] = _f("--score-incomplete: every row counts.")
+    fallback_to_all_rows: Optional[bool] = _f("No row was complete, so the headline uses every row (warned).")
+    n_headline: Optional[int] = _f("Rows in the headline tables.")
+    n_all: Optional[int] = _f("Rows in samples.jsonl.")
+    per_category: dict[str, IncompleteShare] = _f("Category or 'all' -> excluded share.", default_factory=dict)
+
+
+class DataWarning(_Model):
+    """A degenerate-data finding (nlalab.study.degenerate)."""
+
+    code: Optional[str] = _f("What kind (e.g. brv_degenerate, identical_activations, one_item_category).")
+    message: Optional[str] = _f("The one-line warning shown in the terminal and reports.")
+    ids: list[str] = _f("Affected item ids.", default_factory=list)
+
+
 class Results(_Model):
     """results.json: every number of the run, written when the run finishes."""
 
@@ -617,8 +671,17 @@ class Results(_Model):
     settings: Optional[Settings] = _f("Analysis settings.")
     mse_scale: Num = _f("Norm activations are scaled to before mse_nrm (the pair's sidecar value).")
     capture: Optional[CaptureRecord] = _f("Where the activations were read.")
-    per_category: dict[str, CategoryStats] = _f("Category or OVERALL -> counts and an Estimate per metric.",
-                                                default_factory=dict)
+    brv: Optional[BrvRecord] = _f("The B_rv choice and both candidates with their sources.")
+    per_category: dict[str, CategoryStats] = _f("Category or OVERALL -> counts and an Estimate per metric, over "
+                                                "the headline rows (see incomplete).", default_factory=dict)
+    per_category_all_rows: dict[str, CategoryStats] = _f("The same table over every row, when the headline left "
+                                                         "incomplete explanations out.", default_factory=dict)
+    incomplete: Optional[IncompleteRecord] = _f("The closing-tag policy and the excluded share per category.")
+    by_role: dict[str, dict[str, CategoryStats]] = _f("Several positions per item: position role (prompt, reply) "
+                                                      "-> category -> the per-category table of that role's rows.",
+                                                      default_factory=dict)
+    data_warnings: list[DataWarning] = _f("Degenerate data, typed (the messages are in warnings too).",
+                                          default_factory=list)
     spread: dict[str, Num] = _f("Metric -> max - min of the category means.", default_factory=dict)
     spread_test: dict[str, Optional[SpreadTest]] = _f("Metric (fve_nrm, recall) -> spread test (None with fewer "
                                                       "than two categories).", default_factory=dict)
@@ -696,6 +759,11 @@ class SampleRow(_GenerationRow):
     recall: Num = _f("Keyword recall of the prompt's content words in the explanation (None: prompt has none).")
     hit: Optional[bool] = _f("At least one content word recalled.")
     n_words: Optional[int] = _f("Words in the explanation.")
+    headline: Optional[bool] = _f("Counted in the headline tables (complete, or --score-incomplete).")
+    source_item_id: Optional[str] = _f("Several positions per item: the corpus item (item_id is item@position).")
+    position: Optional[int] = _f("Several positions per item: the token index of this unit.")
+    role: Optional[str] = _f("Several positions per item: prompt or reply token.")
+    token_text: Optional[str] = _f("Several positions per item: the token's text.")
 
 
 class ControlRow(_GenerationRow):

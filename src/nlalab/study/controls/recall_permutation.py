@@ -14,9 +14,10 @@ from nlalab.study.controls.base import Control, Figure, StudyContext, register
 def _real(results: dict, group: str, block: dict) -> str:
     """Real recall with the cluster-bootstrap CI of the same rows (per_category), when they agree."""
     e = ((results.get("per_category") or {}).get(group) or {}).get("recall")
-    if e and e.get("mean") is not None and abs(float(e["mean"]) - float(block["real"])) < 1e-9:
+    real = block.get("real")
+    if e and e.get("mean") is not None and real is not None and abs(float(e["mean"]) - float(real)) < 1e-9:
         return fmt_est(e, n=False)
-    return fmt_num(block["real"])
+    return fmt_num(real)
 
 
 @register
@@ -44,12 +45,12 @@ class RecallPermutation(Control):
         n_perm = section.get("n_perm")
         rows = [
             ["Real", _real(results, OVERALL, o), f"{o.get('n_rows')} rows / {o.get('n_items')} items", ""],
-            ["Permuted within-category", fmt_est(o["floor_within"], n=False), f"{n_perm} permutations", ""],
-            ["Permuted cross-category", fmt_est(o["floor_cross"], n=False), f"{n_perm} permutations", ""],
-            ["Real − perm-cross", fmt_num(o["gap_cross"], signed=True), f"{o.get('n_items')} items",
-             fmt_p(o["p_cross"], n_perm)],
-            ["Real − perm-within", fmt_num(o["gap_within"], signed=True), f"{o.get('n_items')} items",
-             fmt_p(o["p_within"], n_perm)],
+            ["Permuted within-category", fmt_est(o.get("floor_within"), n=False), f"{n_perm} permutations", ""],
+            ["Permuted cross-category", fmt_est(o.get("floor_cross"), n=False), f"{n_perm} permutations", ""],
+            ["Real − perm-cross", fmt_num(o.get("gap_cross"), signed=True), f"{o.get('n_items')} items",
+             fmt_p(o.get("p_cross"), n_perm)],
+            ["Real − perm-within", fmt_num(o.get("gap_within"), signed=True), f"{o.get('n_items')} items",
+             fmt_p(o.get("p_within"), n_perm)],
         ]
         t1 = Table("Recall against permutation floors", ["Pairing", "Recall", "n", "p"], rows,
                    [f"Unit shuffled: {section.get('unit')}. Floors: mean of the permutation distribution "
@@ -61,8 +62,8 @@ class RecallPermutation(Control):
                 crows.append([c, "n/a", "n/a", "n/a", "n/a", "n/a"])
                 continue
             crows.append([c, f"{e['n_rows']} / {e['n_items']}", _real(results, c, e),
-                          fmt_est(e["floor_within"], n=False), fmt_num(e["gap_within"], signed=True),
-                          fmt_p(e["p_within"], n_perm)])
+                          fmt_est(e.get("floor_within"), n=False), fmt_num(e.get("gap_within"), signed=True),
+                          fmt_p(e.get("p_within"), n_perm)])
         t2 = Table("Per category: gap above the within-category floor",
                    ["Category", "n rows / items", "Real recall", "Permuted-within", "Δ", "p"], crows,
                    key="permutation_per_category")
@@ -73,10 +74,10 @@ class RecallPermutation(Control):
         if not o:
             return ["Recall permutation: n/a (no prompt has content words)"]
         n = section.get("n_perm")
-        return [f"Recall permutation: real {fmt_num(o['real'])}, floor within {fmt_num(o['floor_within']['mean'])} "
-                f"(gap {fmt_num(o['gap_within'], signed=True)}, p={fmt_p(o['p_within'], n)}), floor cross "
-                f"{fmt_num(o['floor_cross']['mean'])} (gap {fmt_num(o['gap_cross'], signed=True)}, "
-                f"p={fmt_p(o['p_cross'], n)})"] + [f"  {v}" for v in self.verdicts(section)]
+        return [f"Recall permutation: real {fmt_num(o.get('real'))}, floor within {fmt_num((o.get('floor_within') or {}).get('mean'))} "
+                f"(gap {fmt_num(o.get('gap_within'), signed=True)}, p={fmt_p(o.get('p_within'), n)}), floor cross "
+                f"{fmt_num((o.get('floor_cross') or {}).get('mean'))} (gap {fmt_num(o.get('gap_cross'), signed=True)}, "
+                f"p={fmt_p(o.get('p_cross'), n)})"] + [f"  {v}" for v in self.verdicts(section)]
 
     def figures(self, section: dict, results: dict, plots_dir: Path, run=None) -> list[Figure]:
         from nlalab import plotting as P
@@ -91,23 +92,25 @@ class RecallPermutation(Control):
             if not b:
                 return None
             e = (pc.get(c) or {}).get("recall")
-            return e if e and e.get("mean") is not None and abs(float(e["mean"]) - b["real"]) < 1e-9 \
-                else {"mean": b["real"]}
+            return e if e and e.get("mean") is not None and b.get("real") is not None \
+                and abs(float(e["mean"]) - b.get("real")) < 1e-9 \
+                else {"mean": b.get("real")}
 
         real = [real_est(c, b) for c, b in blocks]
         plt = P.plt()
         fig, ax = plt.subplots(figsize=(8, 3.6))
         P.bars(ax, [c for c, _ in blocks],
                [("real (95% CI)", real, P.PALETTE["real"]),
-                ("permuted within-category", [b["floor_within"] if b else None for _, b in blocks],
+                ("permuted within-category", [b.get("floor_within") if b else None for _, b in blocks],
                  P.PALETTE["within"]),
-                ("permuted cross-category", [b["floor_cross"] if b else None for _, b in blocks], P.PALETTE["cross"])],
+                ("permuted cross-category", [b.get("floor_cross") if b else None for _, b in blocks], P.PALETTE["cross"])],
                "keyword recall")
         ax.set_ylim(0, max(0.05, ax.get_ylim()[1] * 1.3))
         for i, (_, b) in enumerate(blocks):
-            if b:
-                top = max([b["real"], 0.0] + [float(e["hi"]) for e in (real[i], b["floor_within"], b["floor_cross"])
-                                              if e and e.get("hi") is not None])
+            if b and b.get("gap_within") is not None and b.get("p_within") is not None:
+                top = max([b.get("real") or 0.0, 0.0] + [float(e["hi"]) for e in (real[i], b.get("floor_within"),
+                                                                                 b.get("floor_cross"))
+                                                         if e and e.get("hi") is not None])
                 ax.annotate(f"Δw {b['gap_within']:+.3f}\np {b['p_within']:.3f}", (i, top), textcoords="offset points",
                             xytext=(0, 4), ha="center", fontsize=7, color="#555")
         ax.set_title(f"Recall vs permutation floors ({section.get('n_perm')} permutations; bars: 2.5–97.5% of the null)")
@@ -125,8 +128,8 @@ class RecallPermutation(Control):
                 if not o:
                     out.append(None)
                 elif field.startswith("floor"):
-                    e = o[field]
-                    out.append({"mean": e["mean"], "lo": e["lo"], "hi": e["hi"], "n": sec.get("n_perm")})
+                    e = o.get(field) or {}
+                    out.append({"mean": e.get("mean"), "lo": e.get("lo"), "hi": e.get("hi"), "n": sec.get("n_perm")})
                 else:
                     ci = o.get(f"{field}_ci") or {}  # per-item interval: lets compare's Pattern test the step
                     out.append({"mean": o[field], "p": o["p_cross" if field == "gap_cross" else "p_within"],

@@ -31,9 +31,9 @@ class ReconPermutation(Control):
         for m, blk in (section.get("metrics") or {}).items():
             o = blk.get("overall")
             if o:
-                rows.append([m, fmt_num(o["real"]), fmt_est(o["floor_within"], n=False),
-                             fmt_est(o["floor_cross"], n=False), fmt_num(o["gap_within"], signed=True),
-                             fmt_p(o["p_within"], n), fmt_num(o["gap_cross"], signed=True), fmt_p(o["p_cross"], n)])
+                rows.append([m, fmt_num(o.get("real")), fmt_est(o.get("floor_within"), n=False),
+                             fmt_est(o.get("floor_cross"), n=False), fmt_num(o.get("gap_within"), signed=True),
+                             fmt_p(o.get("p_within"), n), fmt_num(o.get("gap_cross"), signed=True), fmt_p(o.get("p_cross"), n)])
         t1 = Table("Real pairing against permutation floors",
                    ["metric", "real", "floor within-category", "floor cross-category", "real − within", "p",
                     "real − cross", "p"], rows,
@@ -41,8 +41,8 @@ class ReconPermutation(Control):
                     "item's K explanations move together). Real − floor > 0 with a small p means the reconstruction "
                     "is specific to the item, not just to its category."], key="recon_permutation")
         fv = ((section.get("metrics") or {}).get("fve_nrm") or {}).get("per_category") or {}
-        crow = [[c, fmt_num(b["real"]), fmt_est(b["floor_within"], n=False), fmt_num(b["gap_within"], signed=True),
-                 fmt_p(b["p_within"], n)] if b else [c, "n/a", "n/a", "n/a", "n/a"]
+        crow = [[c, fmt_num(b.get("real")), fmt_est(b.get("floor_within"), n=False), fmt_num(b.get("gap_within"), signed=True),
+                 fmt_p(b.get("p_within"), n)] if b else [c, "n/a", "n/a", "n/a", "n/a"]
                 for c, b in fv.items()]
         t2 = Table("fve_nrm per category", ["Category", "real", "floor within", "gap", "p"], crow,
                    [v for v in (section.get("verdicts") or {}).values()], key="recon_permutation_per_category",
@@ -53,9 +53,9 @@ class ReconPermutation(Control):
         o = (((section.get("metrics") or {}).get("fve_nrm") or {}).get("overall"))
         if not o:
             return ["Item-specific fve_nrm: n/a"]
-        return [f"Item-specific fve_nrm: real {fmt_num(o['real'])} vs within-category floor "
-                f"{fmt_num(o['floor_within']['mean'])} (gap {fmt_num(o['gap_within'], signed=True)}, "
-                f"p={fmt_p(o['p_within'], section.get('n_perm'))})"] + [f"  {v}" for v in self.verdicts(section)]
+        return [f"Item-specific fve_nrm: real {fmt_num(o.get('real'))} vs within-category floor "
+                f"{fmt_num((o.get('floor_within') or {}).get('mean'))} (gap {fmt_num(o.get('gap_within'), signed=True)}, "
+                f"p={fmt_p(o.get('p_within'), section.get('n_perm'))})"] + [f"  {v}" for v in self.verdicts(section)]
 
     def figures(self, section: dict, results: dict, plots_dir: Path, run=None) -> list[Figure]:
         from nlalab import plotting as P
@@ -68,10 +68,10 @@ class ReconPermutation(Control):
         plt = P.plt()
         fig, ax = plt.subplots(figsize=(8, 3.6))
         P.bars(ax, [c for c, _ in blocks],
-               [("real pairing", [{"mean": b["real"]} if b else None for _, b in blocks], P.PALETTE["real"]),
-                ("other items, same category", [b["floor_within"] if b else None for _, b in blocks],
+               [("real pairing", [{"mean": b.get("real")} if b else None for _, b in blocks], P.PALETTE["real"]),
+                ("other items, same category", [b.get("floor_within") if b else None for _, b in blocks],
                  P.PALETTE["within"]),
-                ("other items, any category", [b["floor_cross"] if b else None for _, b in blocks],
+                ("other items, any category", [b.get("floor_cross") if b else None for _, b in blocks],
                  P.PALETTE["cross"])], "fve_nrm")
         ax.set_title("fve_nrm of the real pairing vs reconstructions from other items' explanations")
         fig.tight_layout()
@@ -85,8 +85,8 @@ class ReconPermutation(Control):
             if not o:
                 return None
             if field == "floor_within":
-                e = o[field]
-                return {"mean": e["mean"], "lo": e["lo"], "hi": e["hi"], "n": e.get("n")}
+                e = o.get(field) or {}
+                return {"mean": e.get("mean"), "lo": e.get("lo"), "hi": e.get("hi"), "n": e.get("n")}
             ci = o.get(f"{field}_ci") or {}  # per-item interval: lets compare's Pattern test the step
             return {"mean": o[field], "p": o["p_within" if field == "gap_within" else "p_cross"], "n": o.get("n_items"),
                     "lo": ci.get("lo"), "hi": ci.get("hi")}
