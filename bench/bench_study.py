@@ -22,7 +22,7 @@ come back to the first. The fast verbalization engine runs only on single-device
 model ``run_study`` falls back to the loop engine (recorded as ``engine``).
 
 The study: corpus ``seed50_v1`` (50 prompts), k = 3, 200 new tokens, temperature 1, every control in
-``nlalab.study.config.CONTROLS``. Random weights almost never sample an end-of-turn token, so nearly every
+``nlalab.study.config.control_names()``. Random weights almost never sample an end-of-turn token, so nearly every
 sample runs all 200 tokens: this is the worst case for generation time (``tokens`` counts exactly).
 Marker and AV prompt are chosen as ``nlalab.pairs.build.build_untrained_pair`` does (``choose_marker``,
 canonical template); the injection scale is the builder's calibration (mean ||h_K|| over its 8 prompts,
@@ -397,7 +397,7 @@ def main(argv: Optional[list] = None) -> dict:
 
     import transformers
 
-    from nlalab.study.config import CONTROLS, RunConfig
+    from nlalab.study.config import RunConfig, control_names
     from nlalab.study.models import Preloaded
     from nlalab.study.pipeline import run_study
     from nlalab.verbalize.generate import resolve_engine
@@ -497,7 +497,7 @@ def main(argv: Optional[list] = None) -> dict:
     run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix=f"bench_study_{shape}_"))
     if "verbalize_devices" in RunConfig.model_fields:  # data-parallel verbalization (newer nlalab)
         study["verbalize_devices"] = args.verbalize_devices
-    rc = RunConfig(out=str(run_dir), corpus=args.corpus, temperature=1.0, controls=list(CONTROLS),
+    rc = RunConfig(out=str(run_dir), corpus=args.corpus, temperature=1.0, controls=control_names(),
                    engine=args.engine, batch_size=bs, ar_batch_size=args.ar_batch_size, progress=False, **study)
     res["study"] = {k: v for k, v in rc.model_dump().items()
                     if k in ("corpus", "k", "max_new_tokens", "temperature", "top_p", "controls", "n_random", "n_seeds",

@@ -62,7 +62,7 @@ def check_finite(x, what: str) -> None:
     if bad.any():
         rows = bad.reshape(t.shape[0], -1).any(-1).nonzero().flatten().tolist() if t.ndim > 1 else []
         where = f" (rows {rows[:10]}{'...' if len(rows) > 10 else ''})" if rows else ""
-        raise NLALabError(
+        raise UsageError(
             f"{what} contains NaN or Inf values{where}. Fix: check the source of the vectors; "
             "nlalab never imputes non-finite values."
         )

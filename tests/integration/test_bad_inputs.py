@@ -135,10 +135,14 @@ CORPUS = [{"id": f"{c}-{i}", "category": c, "prompt": f"Question {i} about {c}?"
           for i in range(2)]
 
 
-def results_has_warning(code: str):
+def results_has_warning(code: str, fve_undefined: bool = False):
     def check(ctx: Ctx, res) -> None:
         r = json.loads((ctx.tmp / "w" / "results.json").read_text())
         assert code in [w["code"] for w in r.get("data_warnings", [])], r.get("warnings")
+        if fve_undefined:  # a degenerate B_rv: fve_nrm is n/a everywhere, never -3.8e32
+            assert r["per_category"]["OVERALL"]["fve_nrm"]["mean"] is None
+            assert '"fve_nrm": -' not in (ctx.tmp / "w" / "results.json").read_text()
+            assert "fve_nrm=" not in (ctx.tmp / "w" / "report.md").read_text()
     return check
 
 
@@ -188,13 +192,12 @@ CASES = [
     Case("run-config-unknown-key", lambda c: run_argv(c, config=write_config(c, "n_perms: 10\n")), 2,
          "unknown setting 'n_perms' (did you mean 'n_perm'?)"),
     Case("run-config-bad-value", lambda c: run_argv(c, config=write_config(c, "top_p: 3\n")), 2,
-         "allowed 0 < top_p <= 1", xfail="needs CLI wiring (--config values are replaced by flag defaults)"),
+         "allowed 0 < top_p <= 1"),
     Case("run-config-yaml-syntax", lambda c: run_argv(c, config=write_config(c, "k: 2\ntop_p: [1\n")), 2,
-         "malformed YAML", xfail=CLI_WIRING),
+         "malformed YAML"),
     Case("run-config-not-mapping", lambda c: run_argv(c, config=write_config(c, "- k\n- 2\n")), 2,
-         "expected a mapping", xfail=CLI_WIRING),
-    Case("run-config-missing", lambda c: run_argv(c, config=c.tmp / "nope.yaml"), 2, "not found",
-         xfail=CLI_WIRING),
+         "expected a mapping"),
+    Case("run-config-missing", lambda c: run_argv(c, config=c.tmp / "nope.yaml"), 2, "not found"),
     Case("run-max-memory-bad", lambda c: run_argv(c, max_memory="70GiB"), 2, "is not DEVICE=SIZE"),
     Case("run-corpus-empty-prompt", lambda c: run_argv(c, c.tmp / "e", corpus=corpus_file(
         c, [{"category": "chat", "prompt": " "}])), 2, "empty prompt"),
@@ -202,23 +205,18 @@ CASES = [
     Case("run-position-outside-prompt", lambda c: run_argv(c, c.tmp / "p", position=999), 2,
          "--position 999 is outside item"),
     Case("run-layer-mismatch", lambda c: run_argv(c, c.tmp / "fresh", layer=1), 2,
-         "extraction_layer_index", check=no_stage_output,
-         xfail=WIRING + " (call nlalab.pairs.load.check_layer in resolve_run_pair)"),
+         "extraction_layer_index", check=no_stage_output),
     Case("run-corrupt-stage-file", lambda c: run_argv(c, force="reconstruct"), 3, "--force capture",
-         setup=corrupt_stage, keeps_run=False,
-         xfail=WIRING + " (load_tensors(cap_path, fix='rerun with --force capture'))"),
+         setup=corrupt_stage, keeps_run=False),
     # ---- run: identity -----------------------------------------------------------------------------
-    Case("run-corpus-edited-in-place", edited_corpus_run, 2, "1 item(s) changed (chat-1)",
-         xfail=WIRING + " (check_identity/record_started in run_study)"),
+    Case("run-corpus-edited-in-place", edited_corpus_run, 2, "1 item(s) changed (chat-1)"),
     Case("run-failed-start-then-fixed", failed_then_fixed, 0, ""),
     # ---- run: degenerate data is a warning in results.json, not a silent number -------------------
     Case("run-position-shared-template-token", lambda c: run_argv(c, c.tmp / "w", position=0), 0, "",
-         check=results_has_warning("identical_activations"),
-         xfail=WIRING + " (degenerate.scan + merge_warnings in run_study)"),
+         check=results_has_warning("identical_activations", fve_undefined=True)),
     Case("run-single-item-category", lambda c: run_argv(c, c.tmp / "w", corpus=corpus_file(
         c, CORPUS + [{"id": "solo", "category": "agent", "prompt": "Book a flight?"}])), 0, "",
-         check=results_has_warning("single_item_category"),
-         xfail=WIRING + " (degenerate.scan + merge_warnings in run_study)"),
+         check=results_has_warning("single_item_category")),
     # ---- validate: pair files (exit 1, one FAIL line each) ------------------------------------------
     Case("validate-truncated-ar-weights", validate_argv, 1, "model.safetensors: file size",
          setup=damage("ar", "model.safetensors")),

@@ -121,10 +121,12 @@ def test_without_fve_nrm_blanks_every_fve_nrm_and_nothing_else():
                         "recon_permutation": {"verdicts": {"chat": "chat: evidence ..."}}},
            "confabulation": {"fve_threshold": -2e31}}
     out = without_fve_nrm(res)
-    assert out["per_category"]["chat"] == {"fve_nrm": None, "fve_nrm_seed": {"mean": 0.2}, "cos": 0.9}
-    assert out["controls"]["seeds"]["spread"] == {"fve_nrm[chat]": None, "recall": {"mean": 0.1}}
+    assert out["per_category"]["chat"] == {"fve_nrm": {"mean": None}, "fve_nrm_seed": {"mean": 0.2}, "cos": 0.9}
+    assert out["controls"]["seeds"]["spread"] == {"fve_nrm[chat]": {"mean": None}, "recall": {"mean": 0.1}}
     assert out["controls"]["random_gaussian"]["comparison"] == [
         {"metric": "fve_nrm", "real": None, "diff": None}, {"metric": "cos", "real": {"mean": 0.1}, "diff": 0.0}]
     assert "n/a" in out["controls"]["recon_permutation"]["verdicts"]["chat"]
     assert out["confabulation"]["fve_threshold"] is None
+    v = without_fve_nrm({"grounding": {"verdict": "evidence ... true - false fve_nrm +0.2", "n": 3}})
+    assert v["grounding"]["verdict"].startswith("n/a") and v["grounding"]["n"] == 3
     assert res["per_category"]["chat"]["fve_nrm"] == {"mean": -3.8e32}  # the input is not changed

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from nlalab.errors import NLALabError
+from nlalab.errors import NLALabError, UsageError
 
 # Files needed to check a checkpoint without its weights (validate).
 LIGHT_PATTERNS = (
@@ -29,9 +29,9 @@ def resolve_dir(
     if p.is_dir():
         return p
     if p.exists():
-        raise NLALabError(f"{what} {ref!r} is a file; expected a checkpoint directory.")
+        raise UsageError(f"{what} {ref!r} is a file; expected a checkpoint directory. Fix: pass its folder.")
     if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
-        raise NLALabError(
+        raise UsageError(
             f"{what} {ref!r} is neither an existing directory nor a hub id of the form owner/name. "
             "Fix: check the path."
         )

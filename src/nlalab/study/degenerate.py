@@ -239,6 +239,19 @@ def _is_fve_key(k: str) -> bool:
     return k == "fve_nrm" or k.startswith("fve_nrm[") or k in ("fve_threshold", "gap_real_minus_this")
 
 
+def _blank(v):
+    """Every number in ``v`` undefined (None), its shape kept: counts (ints) and labels stay."""
+    if isinstance(v, dict):
+        return {k: (x if k in ("n", "n_items", "n_rows", "n_clusters", "metric") else _blank(x)) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_blank(x) for x in v]
+    if isinstance(v, float):
+        return None
+    if isinstance(v, str) and "fve_nrm" in v:
+        return "n/a: B_rv is degenerate, so fve_nrm is undefined"
+    return v
+
+
 def without_fve_nrm(obj):
     """``obj`` (results, rows) with every fve_nrm value replaced by None: with a degenerate B_rv the
     statistic is undefined, and n/a is shown instead of a number that looks like a result. Verdicts that
@@ -250,9 +263,11 @@ def without_fve_nrm(obj):
     out = {}
     for k, v in obj.items():
         if isinstance(k, str) and _is_fve_key(k):
-            out[k] = None
+            out[k] = _blank(v)
         elif k == "verdicts" and isinstance(v, dict):  # the item-specific verdicts are about fve_nrm
             out[k] = {c: f"{c}: n/a (B_rv is degenerate, so fve_nrm is undefined)" for c in v}
+        elif k in ("verdict", "verdict_cross") and isinstance(v, str) and "fve_nrm" in v:
+            out[k] = "n/a: B_rv is degenerate, so fve_nrm and every verdict on it are undefined"
         else:
             out[k] = without_fve_nrm(v)
     if out.get("metric") == "fve_nrm":  # comparison rows of the random-Gaussian control

@@ -180,8 +180,11 @@ def baseline_ladder(acts: torch.Tensor, preds: dict[str, tuple[torch.Tensor, Seq
             "raw_fve of predicting the dataset mean is 0 by construction; fve_nrm renormalises the "
             f"prediction, so it is 1 - B_mn/B_rv = {1 - metrics.bmn(acts, mse_scale) / b_rv:+.4f} on this run "
             f"(|mu| = {float(mu.norm()):.4f}), not 0")
-        out["mean_direction"]["raw_fve_of_dataset_mean"] = metrics.raw_fve(
-            acts.mean(0, keepdim=True).expand_as(acts), acts)
+        try:
+            out["mean_direction"]["raw_fve_of_dataset_mean"] = metrics.raw_fve(
+                acts.mean(0, keepdim=True).expand_as(acts), acts)
+        except ValueError:  # identical activations: raw FVE is undefined (named by nlalab.study.degenerate)
+            out["mean_direction"]["raw_fve_of_dataset_mean"] = None
     return out
 
 

@@ -125,6 +125,7 @@ def power_table(results: dict) -> Table:
     pw = results.get("power") or {}
     rows = []
     for m, e in (pw.get("metrics") or {}).items():
+        e = e or {}  # None: the metric is undefined on this run (e.g. fve_nrm with a degenerate B_rv)
         ex = e.get("spread_exceeds_mdd")
         rows.append([m, fmt_num(e.get("pooled_std"), 4), fmt_num(e.get("mdd"), 4), fmt_num(e.get("observed_spread"), 4),
                      "n/a" if ex is None else ("yes" if ex else "no")])

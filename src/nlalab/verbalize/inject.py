@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from nlalab.errors import NLALabError, check_finite
+from nlalab.errors import NLALabError, UsageError, check_finite
 from nlalab.pairs.markers import find_injection_rows
 
 
@@ -28,11 +28,11 @@ def injected_embeds(model: nn.Module, prompt_ids: Sequence[int], vectors: torch.
                     scale: float) -> torch.Tensor:
     """[B, T, d] input embeddings: the shared prompt, with row ``marker_pos`` replaced per vector."""
     if vectors.ndim != 2:
-        raise NLALabError(f"Expected vectors of shape [n, d], got {tuple(vectors.shape)}.")
+        raise UsageError(f"Expected vectors of shape [n, d], got {tuple(vectors.shape)}. Fix: pass a 2-D array.")
     emb_mod = model.get_input_embeddings()
     d = emb_mod.weight.shape[-1]
     if vectors.shape[1] != d:
-        raise NLALabError(
+        raise UsageError(
             f"Vectors have d={vectors.shape[1]} but the AV's embeddings have d={d}. "
             "Fix: capture from the pair's target model at the pair's layer."
         )

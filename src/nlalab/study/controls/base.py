@@ -92,16 +92,17 @@ class StudyContext:
         """The study's metrics of reconstructions against gold rows (same denominators as the main table)."""
         from nlalab import metrics
 
-        s = metrics.score_pairs(rec, gold, self.mse_scale, b_rv=self.b_rv, center=self.center if centered else None)
-        out = {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in s.items()}
-        if self.b_rv is None:  # degenerate B_rv: fve_nrm is undefined, carried as NaN and shown as n/a
-            out["fve_nrm"] = np.full(out["cos"].shape, np.nan)
-        return out
+        # a degenerate B_rv: scored with the placeholder, then every fve_nrm is blanked (b_rv_or_nan's note)
+        s = metrics.score_pairs(rec, gold, self.mse_scale, b_rv=self.b_rv_or_nan,
+                                center=self.center if centered else None)
+        return {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in s.items()}
 
     @property
     def b_rv_or_nan(self) -> float:
-        """B_rv for the statistics helpers; NaN when it is degenerate, so every fve_nrm comes out undefined."""
-        return float("nan") if self.b_rv is None else float(self.b_rv)
+        """B_rv for the statistics helpers. When it is degenerate they run with a placeholder of 1.0 and the
+        pipeline then blanks every fve_nrm number and every verdict that rests on one
+        (``nlalab.study.degenerate.without_fve_nrm``): n/a, never a number computed through."""
+        return 1.0 if self.b_rv is None else float(self.b_rv)
 
     def scored_rows(self, job: str, gold: torch.Tensor) -> list[dict]:
         """The rows of a generation job with their metrics against ``gold[vector_index]``."""

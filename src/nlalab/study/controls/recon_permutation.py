@@ -29,7 +29,7 @@ class ReconPermutation(Control):
         n = section.get("n_perm")
         rows = []
         for m, blk in (section.get("metrics") or {}).items():
-            o = blk.get("overall")
+            o = (blk or {}).get("overall")
             if o:
                 rows.append([m, fmt_num(o.get("real")), fmt_est(o.get("floor_within"), n=False),
                              fmt_est(o.get("floor_cross"), n=False), fmt_num(o.get("gap_within"), signed=True),

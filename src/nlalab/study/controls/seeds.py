@@ -56,19 +56,19 @@ class Seeds(Control):
     def tables(self, section: dict, results: dict) -> list[Table]:
         return [Table(f"Headline numbers over seeds {section.get('seeds')} (std = seed-to-seed spread)",
                       ["number", "mean", "std", "min", "max"],
-                      [[k, fmt_num(v["mean"]), fmt_num(v["std"]), fmt_num(v["min"]), fmt_num(v["max"])]
+                      [[k] + [fmt_num((v or {}).get(f)) for f in ("mean", "std", "min", "max")]
                        for k, v in (section.get("spread") or {}).items()], key="seeds")]
 
     def summary(self, section: dict, results: dict) -> list[str]:
         sp = section.get("spread") or {}
-        parts = [f"{k} ±{fmt_num(sp[k]['std'])}" for k in ("cos", "fve_nrm", "recall") if k in sp]
+        parts = [f"{k} ±{fmt_num((sp[k] or {}).get('std'))}" for k in ("cos", "fve_nrm", "recall") if k in sp]
         return [f"Seed noise floor (std over {len(section.get('seeds') or [])} seeds): " + ", ".join(parts)]
 
     def figures(self, section: dict, results: dict, plots_dir: Path, run=None) -> list[Figure]:
         from nlalab import plotting as P
 
         sp = section.get("spread") or {}
-        keys = [k for k in sp if k.startswith("fve_nrm") or k.startswith("recall")]
+        keys = [k for k in sp if (k.startswith("fve_nrm") or k.startswith("recall")) and sp[k]]
         if not keys:
             return []
         plt = P.plt()
