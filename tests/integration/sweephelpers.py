@@ -9,7 +9,7 @@ import yaml
 
 # a 4-cell grid small enough to run in ~10 s a cell on 2 CPU cores; position -6 is inside every prompt
 # of the fixture chat template (position 3 is template text, the same token for every item: B_rv = 0)
-FAST_SWEEP = dict(k=2, max_new_tokens=8, n_random=4, n_perm=50, n_boot=50, limit_per_category=1, progress=False,
+FAST_SWEEP = dict(k=2, max_new_tokens=8, n_random=4, n_perm=50, n_boot=50, limit_per_category=2, progress=False,
                   controls=[])
 GRID = {"seed": [1, 2], "positions": ["last", -6]}
 CELLS = ["seed-1__pos-last", "seed-1__pos--6", "seed-2__pos-last", "seed-2__pos--6"]

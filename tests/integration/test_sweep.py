@@ -422,9 +422,9 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path):
     lines = [x for x in r.stdout.splitlines() if "\t" in x]
     assert lines[1] == f"{tmp_path / 'o' / 'seed-1__pos-5'}\tseed=1 positions=5" and len(lines) == 4
     assert not (tmp_path / "o").exists()
-    f.write_text(yaml.safe_dump({"grid": {"positions": ["random"]}}))
+    f.write_text(yaml.safe_dump({"grid": {"positions": ["first"]}}))
     r = CliRunner().invoke(sweep_app, [str(f), "--out", str(tmp_path / "o"), "--dry-run"])
-    assert r.exit_code == 2 and "cell pos-random: " in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "cell pos-first: " in r.output and "Traceback" not in r.output
 
 
 def test_help_has_examples_and_exit_codes():
