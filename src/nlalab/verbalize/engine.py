@@ -1155,6 +1155,8 @@ def iter_fast(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v
     """Run ``todo`` (vector, sample) rows in equal micro-batches; yield (vidx, sidx, tokens, done) per batch.
 
     A CUDA out-of-memory frees the engine's buffers, halves the micro-batch and retries."""
+    from nlalab.verbalize.generate import stream_keys
+
     eng = get_engine(av)
     n = len(todo)
     if n == 0:
@@ -1185,8 +1187,7 @@ def iter_fast(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v
         oom = False
         try:
             dev = eng.device
-            keys = row_keys(settings.seed, torch.tensor([keys_v[i] for i in vidx], device=dev),
-                            torch.tensor(sidx, device=dev))
+            keys = stream_keys(settings.seed, keys_v, vidx, sidx, dev)
             toks, done = eng.generate(
                 vectors[vidx].to(dev), keys, injection_scale=av.injection_scale,
                 max_new_tokens=settings.max_new_tokens, eos_ids=av.eos_ids, pad_id=pad,

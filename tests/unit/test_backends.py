@@ -1,0 +1,84 @@
+"""Generation backends: the registry's choices and capabilities, per-row seeds, and the fast engine's plain
+mode (prompts of different lengths, no injection) giving the loop backend's tokens on CPU fixtures."""
+
+import pytest
+import torch
+
+from nlalab.errors import UsageError
+from nlalab.pairs.load import av_eos_ids, load_av, load_target
+from nlalab.testing import torch_threads
+from nlalab.verbalize import GenerationSettings, backends, verbalize
+from nlalab.verbalize.fast_plain import common_prefix
+from nlalab.verbalize.generate import resolve_engine, stream_keys
+from nlalab.verbalize.plain import generate_texts
+from nlalab.verbalize.sampling import row_keys
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+def test_registry_capabilities_and_auto(fixture_pairs):
+    assert set(backends.names()) >= {"loop", "hf", "fast"}
+    assert backends.capabilities("hf").per_row_sampling is False and backends.capabilities("hf").multi_gpu is False
+    assert backends.capabilities("fast").plain and backends.capabilities("fast").prefix_sharing
+    av = load_av(fixture_pairs["llama"].av)
+    assert resolve_engine("auto", av) == "fast"  # CPU fast path
+    assert resolve_engine("loop", av) == "loop"
+    assert backends.resolve("hf", av.model, plain=True) == "loop"  # hf has no plain mode
+    with pytest.raises(UsageError, match="Unknown generation engine 'nope'"):
+        backends.get("nope")
+    with pytest.raises(UsageError):
+        verbalize(av, torch.zeros(1, av.d_model), settings=GenerationSettings(engine="nope", max_new_tokens=2))
+
+
+def test_auto_falls_back_to_loop_for_unsupported_models(fixture_pairs, monkeypatch):
+    av = load_av(fixture_pairs["qwen2"].av)
+    monkeypatch.setattr(av.model.config, "model_type", "mystery")
+    assert resolve_engine("auto", av) == "loop"
+
+
+def test_stream_keys_per_row_seeds_equal_per_call_seeds():
+    """(seed, key) pairs give each row the stream it would get in a call with that seed."""
+    a = stream_keys(0, [(7, 3), (9, 4)], [0, 1, 1], [0, 0, 2], "cpu")
+    assert a[0] == row_keys(7, torch.tensor([3]), torch.tensor([0]))[0]
+    assert torch.equal(a[1:], row_keys(9, torch.tensor([4, 4]), torch.tensor([0, 2])))
+    assert torch.equal(stream_keys(5, [11, 12], [1, 0], [1, 1], "cpu"),
+                       row_keys(5, torch.tensor([12, 11]), torch.tensor([1, 1])))
+
+
+def test_common_prefix():
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert common_prefix([[1, 2], [1, 2, 3]]) == 1  # each prompt keeps one token of its own
+    assert common_prefix([[4, 5], [1, 2]]) == 0
+
+
+def _prompts(tok, texts):
+    ps = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True, add_generation_prompt=True)
+          for t in texts]
+    return [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in ps]
+
+
+@pytest.mark.parametrize("name", ["qwen2", "gemma3_text", "llama"])
+def test_plain_fast_equals_loop(fixture_pairs, name):
+    p = fixture_pairs[name]
+    tg = load_target(p.target, p.layer, truncate=False)
+    tok = tg.tokenizer
+    prompts = _prompts(tok, ["Hi", "What is the capital of Brazil and why?", "Prove it.", "x " * 30])
+    eos = av_eos_ids(tok, tg.model)
+    for kw in (dict(greedy=True), dict(temperature=1.0, seed=3), dict(temperature=0.8, top_k=20, top_p=0.9)):
+        loop = generate_texts(tg.model, tok, prompts, eos, 2, [5, 6, 7, 8],
+                              GenerationSettings(max_new_tokens=14, batch_size=8, engine="loop", **kw))
+        fast = generate_texts(tg.model, tok, prompts, eos, 2, [5, 6, 7, 8],
+                              GenerationSettings(max_new_tokens=14, batch_size=3, engine="fast", **kw))
+        assert [(r.vector_index, r.sample) for r in fast] == [(r.vector_index, r.sample) for r in loop]
+        assert [r.token_ids for r in fast] == [r.token_ids for r in loop], (name, kw)
+        assert [r.to_dict() for r in fast] == [r.to_dict() for r in loop]
+    # the default (auto) on CPU is the fast plain path, with the same records
+    auto = generate_texts(tg.model, tok, prompts, eos, 1, [0, 1, 2, 3], GenerationSettings(max_new_tokens=8, seed=1))
+    ref = generate_texts(tg.model, tok, prompts, eos, 1, [0, 1, 2, 3],
+                         GenerationSettings(max_new_tokens=8, seed=1, engine="loop"))
+    assert [r.token_ids for r in auto] == [r.token_ids for r in ref]
+    assert len({tuple(r.token_ids) for r in ref}) > 1
