@@ -29,7 +29,8 @@ def verbalize(
 ) -> list[Verbalization]:
     """K explanations per vector, ordered by (vector, sample).
 
-    ``vector_keys`` name each vector's noise stream (default: its index); ``skip`` lists (vector, sample)
+    ``vector_keys`` name each vector's noise stream (default: its index), stream (settings.seed, key, sample);
+    a (seed, key) pair gives that vector its own seed (a study's plan runs several jobs in one call); ``skip`` lists (vector, sample)
     pairs already done (resume); ``on_batch`` receives each finished batch (incremental writes).
     A CUDA out-of-memory halves the micro-batch and retries (per device).
 
@@ -44,7 +45,8 @@ def verbalize(
     if k < 1:
         raise NLALabError(f"k must be >= 1, got {k}.")
     n = vectors.shape[0]
-    keys_v = list(range(n)) if vector_keys is None else [int(x) for x in vector_keys]
+    keys_v = list(range(n)) if vector_keys is None else [
+        (int(x[0]), int(x[1])) if isinstance(x, tuple) else int(x) for x in vector_keys]
     todo = [(i, s) for i in range(n) for s in range(k) if not (skip and (i, s) in skip)]
     results: list[Verbalization] = []
     bar = None
