@@ -15,7 +15,7 @@ if not torch.cuda.is_available():  # pragma: no cover - CI has no GPU
 
 from nlalab.pairs.load import LoadOptions, load_av, release  # noqa: E402
 from nlalab.verbalize import GenerationSettings, verbalize  # noqa: E402
-from nlalab.verbalize import engine as fast  # noqa: E402
+from nlalab.verbalize import fast  # noqa: E402
 from nlalab.verbalize.generate import resolve_engine  # noqa: E402
 
 FP32 = LoadOptions(device="cuda", dtype="fp32")

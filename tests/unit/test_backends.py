@@ -8,7 +8,7 @@ from nlalab.errors import UsageError
 from nlalab.pairs.load import av_eos_ids, load_av, load_target
 from nlalab.testing import torch_threads
 from nlalab.verbalize import GenerationSettings, backends, verbalize
-from nlalab.verbalize.fast_plain import common_prefix
+from nlalab.verbalize.fast.plain import common_prefix
 from nlalab.verbalize.generate import resolve_engine, stream_keys
 from nlalab.verbalize.plain import generate_texts
 from nlalab.verbalize.sampling import row_keys

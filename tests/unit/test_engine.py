@@ -13,7 +13,7 @@ import torch
 from nlalab.pairs.load import load_av
 from nlalab.testing import torch_threads
 from nlalab.verbalize import GenerationSettings, verbalize
-from nlalab.verbalize import engine as fast
+from nlalab.verbalize import fast
 from nlalab.verbalize.generate import resolve_engine
 from nlalab.verbalize.sampling import row_keys, sample_next, uniform
 
@@ -153,14 +153,16 @@ def test_tensor_step_noise_is_bitwise_the_loop_noise():
                            sample_next(logits, keys, step, 0.8))
 
 
-def test_auto_is_loop_on_cpu_and_fast_rejects_unsupported(fixture_pairs):
+def test_auto_is_fast_on_cpu_and_fast_rejects_unsupported(fixture_pairs):
+    """The CPU fast path: ``auto`` picks the fast engine wherever it supports the AV, else ``loop``."""
     av = load_av(fixture_pairs["qwen2"].av)
-    assert resolve_engine("auto", av) == "loop" and resolve_engine("fast", av) == "fast"
+    assert resolve_engine("auto", av) == "fast" and resolve_engine("fast", av) == "fast"
     assert GenerationSettings().engine == "auto"
     assert fast.unsupported_reason(av.model) is None
     av.model.config.model_type = "gpt2"
     try:
         assert "gpt2" in fast.unsupported_reason(av.model)
+        assert resolve_engine("auto", av) == "loop"
     finally:
         av.model.config.model_type = "qwen2"
 

@@ -119,13 +119,13 @@ def _load() -> None:
                           plain=False, prefix_sharing=False),
         unsupported=lambda model: None, rows=generate.hf_rows))
     register(Backend(
-        name="fast", doc="nlalab.verbalize.engine: shared prefix, static cache; CUDA graphs + compile on GPU",
+        name="fast", doc="nlalab.verbalize.fast: shared prefix, static cache; CUDA graphs + compile on GPU",
         caps=Capabilities(per_row_sampling=True, multi_gpu=True, devices=("cpu", "cuda"), dtypes=any_dtype,
                           plain=True, prefix_sharing=True),
         unsupported=_fast_unsupported, rows=generate.fast_rows, plain_rows=plain.fast_plain_rows))
 
 
 def _fast_unsupported(model) -> Optional[str]:
-    from nlalab.verbalize.engine import unsupported_reason
+    from nlalab.verbalize.fast import unsupported_reason
 
     return unsupported_reason(model)

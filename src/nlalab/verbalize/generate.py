@@ -4,7 +4,7 @@ Engines behind one function (``GenerationSettings.engine``), registered with the
 ``nlalab.verbalize.backends``:
 - ``auto`` (default): the first of ``backends.AUTO_ORDER`` for the AV's device that supports the model
   (``fast``, else ``loop``; on the CPU too, where ``fast`` runs eagerly).
-- ``fast``: ``nlalab.verbalize.engine`` -- shared-prefix prefill, static KV cache, CUDA graphs, the same
+- ``fast``: ``nlalab.verbalize.fast`` -- shared-prefix prefill, static KV cache, CUDA graphs, the same
   batch-invariant sampling as ``loop`` (same tokens whenever the logits agree).
 - ``loop``: our KV-cached decode loop with batch-invariant per-row sampling, so every
   sample is fixed by (seed, vector key, sample index) whatever the batching, resume or device count.
@@ -186,7 +186,7 @@ def iter_rows(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v
 
 def fast_rows(av, vectors, todo, keys_v, settings: GenerationSettings, stop=None):
     """The fast backend; with ``engine="auto"`` an engine that cannot be built falls back to ``loop``."""
-    from nlalab.verbalize import engine as fast
+    from nlalab.verbalize import fast
 
     try:
         fast.get_engine(av)
@@ -237,7 +237,7 @@ def _chunked_rows(av, vectors, todo, keys_v, settings: GenerationSettings, stop,
                     "use a GPU with more memory, or shard the AV with --device-map auto."
                 )
             bs = max(1, bs // 2)
-            from nlalab.verbalize.engine import empty_cache
+            from nlalab.verbalize.fast import empty_cache
 
             empty_cache()
             continue

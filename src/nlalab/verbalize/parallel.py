@@ -57,7 +57,7 @@ from torch import nn
 
 from nlalab.errors import NLALabError
 from nlalab.pairs import arch
-from nlalab.verbalize import engine as fast
+from nlalab.verbalize import fast
 from nlalab.verbalize.generate import iter_rows
 
 DeviceSpec = Union[None, str, int, Sequence[Union[str, torch.device]]]

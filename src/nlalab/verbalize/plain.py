@@ -64,13 +64,13 @@ def loop_plain_rows(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids:
 
 
 def fast_plain_rows(model, tokenizer, prompts, eos_ids, todo, keys_v, settings: GenerationSettings):
-    """The fast backend's plain mode (``nlalab.verbalize.fast_plain``); with ``engine="auto"`` a model the
+    """The fast backend's plain mode (``nlalab.verbalize.fast.plain``); with ``engine="auto"`` a model the
     engine cannot run falls back to ``loop``."""
     from nlalab.errors import NLALabError
-    from nlalab.verbalize import fast_plain
+    from nlalab.verbalize.fast import plain as fplain
 
     try:
-        rows = fast_plain.iter_plain(model, tokenizer, prompts, eos_ids, todo, keys_v, settings)
+        rows = fplain.iter_plain(model, tokenizer, prompts, eos_ids, todo, keys_v, settings)
         first = next(rows, None)
     except NLALabError as e:
         if settings.engine != "auto":

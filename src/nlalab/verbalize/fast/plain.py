@@ -48,7 +48,7 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
                    eos_ids: Sequence[int], pad_id: int, temperature: float = 1.0, top_k: int = 0,
                    top_p: float = 1.0, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens [B, <=max_new] (pad after the end) and finished flags [B] for rows ``prefix + suffixes[i]``."""
-    from nlalab.verbalize.engine import _sdpa_backends
+    from nlalab.verbalize.fast import _sdpa_backends
 
     dev, P = eng.device, eng.P
     B = len(suffixes)
@@ -145,7 +145,7 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
 def plain_engine(model, prefix: Sequence[int], pad_id: int):
     """A ``FastEngine`` whose shared prefix is ``prefix`` (built under the device lock; not cached)."""
     from nlalab.pairs.arch import input_device
-    from nlalab.verbalize.engine import DEVICE_LOCK, FastEngine, on_device
+    from nlalab.verbalize.fast import DEVICE_LOCK, FastEngine, on_device
 
     with DEVICE_LOCK, on_device(input_device(model)):
         return FastEngine(model, list(prefix) + [int(pad_id)], len(prefix))
@@ -156,7 +156,7 @@ def iter_plain(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids: Sequ
                ) -> Iterator[tuple[list[int], list[int], torch.Tensor, torch.Tensor]]:
     """``todo`` (prompt, sample) rows in micro-batches of ``settings.fast_batch_size or batch_size``
     (halved on CUDA out-of-memory); yields (prompt idx, sample idx, tokens, done) on the CPU."""
-    from nlalab.verbalize.engine import empty_cache
+    from nlalab.verbalize.fast import empty_cache
     from nlalab.verbalize.generate import stream_keys
 
     if not todo:
