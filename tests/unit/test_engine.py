@@ -185,3 +185,27 @@ def test_fused_weights_give_the_same_tokens_and_are_restored(fixture_pairs, monk
     fast.end_call(av)
     for n, p in av.model.named_parameters():
         assert torch.equal(p, before[n]) and p.untyped_storage().nbytes() == p.numel() * p.element_size(), n
+
+
+@pytest.mark.parametrize("compact", [0.25, 1e-9])
+def test_cpu_compaction_of_finished_rows_keeps_every_row(fixture_pairs, monkeypatch, compact):
+    """Eager decoding drops rows that have ended (OPTIONS.compact); the remaining rows' tokens, the finished
+    rows' padding and the flags equal the uncompacted run's."""
+    av = load_av(fixture_pairs["qwen2"].av)
+    eng = fast.FastEngine(av.model, av.prompt_ids, av.marker_pos)
+    torch.manual_seed(5)
+    vecs = torch.randn(7, av.d_model)
+    keys = row_keys(3, torch.arange(7), torch.zeros(7, dtype=torch.long))
+    eos = list(range(0, eng.vocab, 9))  # ~11% of the vocabulary ends a row: rows stop at different steps
+    kw = dict(injection_scale=av.injection_scale, max_new_tokens=30, eos_ids=eos, pad_id=1, batch=8)
+    monkeypatch.setattr(fast.OPTIONS, "compact", 0)
+    ref_t, ref_d = eng.generate(vecs, keys, **kw)
+    monkeypatch.setattr(fast.OPTIONS, "compact", compact)
+    got_t, got_d = eng.generate(vecs, keys, **kw)
+    ends = [next((i for i, t in enumerate(r) if t in set(eos)), None) for r in ref_t.tolist()]
+    assert len({e for e in ends}) > 2 and any(e is not None for e in ends)  # rows really end at different steps
+    assert torch.equal(got_t, ref_t) and torch.equal(got_d, ref_d)
+    # in compacted runs the finished rows are padding after their end token
+    for r, e in zip(got_t.tolist(), ends):
+        if e is not None:
+            assert set(r[e + 1:]) <= {1}

@@ -579,15 +579,18 @@ class FastEngine:
                 every = max(1, int(OPTIONS.check_every))
                 check = sp["eos"] is not None
                 compiled = DEVICE_LOCK if cuda and self.compile_mode != "none" else contextlib.nullcontext()
-                for step in range(1, max_new):
-                    if st.graph is not None and self.use_graphs:
-                        st.graph.replay()
-                    else:
-                        with compiled:  # no graphs (capture failed or off): compiled step, see prefill
-                            self._step(st, sp, fns)
-                    steps = step + 1
-                    if check and (step % every == 0 or not cuda) and bool(st.done.all()):
-                        break
+                if not cuda and check and OPTIONS.compact:
+                    steps = self._decode_compacting(st, sp, fns, max_new)
+                else:
+                    for step in range(1, max_new):
+                        if st.graph is not None and self.use_graphs:
+                            st.graph.replay()
+                        else:
+                            with compiled:  # no graphs (capture failed or off): compiled step, see prefill
+                                self._step(st, sp, fns)
+                        steps = step + 1
+                        if check and (step % every == 0 or not cuda) and bool(st.done.all()):
+                            break
                 if profile:
                     sync()
                 stats.decode_s = time.perf_counter() - t2
@@ -597,6 +600,38 @@ class FastEngine:
             self.stats = stats
             _LAST[0] = stats
             return st.out[:n, :steps].clone(), st.done[:n].clone()
+
+    def _decode_compacting(self, st: _State, sp: dict, fns: dict, max_new: int) -> int:
+        """The eager (CPU) decode loop that drops finished rows: when at least ``OPTIONS.compact`` of the rows
+        still in the batch have ended, the others continue in a smaller batch (their caches, keys and outputs
+        gathered), so no step computes rows that only emit padding. A row's computation is its own (per-row
+        sampling, row-wise ops), so its tokens are those of the full batch (tests/unit/test_engine.py).
+        Writes the results into ``st.out``/``st.done``; returns the number of steps."""
+        full_out, full_done = st.out, st.done
+        idx = torch.arange(st.B, device=self.device)
+        cur = st
+        steps = 1
+        for step in range(1, max_new):
+            self._step(cur, sp, fns)
+            steps = step + 1
+            n_done = int(cur.done.sum())
+            if n_done == cur.B:
+                break
+            if n_done >= max(1, OPTIONS.compact * cur.B):
+                keep = (~cur.done).nonzero().squeeze(1)
+                gone = (cur.done).nonzero().squeeze(1)
+                full_out[idx[gone]] = cur.out[gone]
+                full_out[idx[gone], steps:] = sp["pad"]
+                full_done[idx[gone]] = True
+                idx = idx[keep]
+                cur = _State(B=len(keep), S=cur.S, Lr=cur.Lr, max_new=cur.max_new,
+                             kr=[k.index_select(0, keep) for k in cur.kr], vr=[v.index_select(0, keep) for v in cur.vr],
+                             cur=cur.cur[keep], t=cur.t, keys=cur.keys[keep], done=cur.done[keep],
+                             out=cur.out[keep], kpos_r=cur.kpos_r, shared=cur.shared, off=cur.off)
+        if cur is not st:
+            full_out[idx] = cur.out
+            full_done[idx] = cur.done
+        return steps
 
     def _compile_failed(self, e: Exception) -> dict:
         warnings.warn(f"fast engine: torch.compile failed ({type(e).__name__}: {str(e)[:300]}); "

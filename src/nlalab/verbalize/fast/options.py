@@ -49,6 +49,8 @@ class EngineOptions:
       passes its self-check; CUDA, bf16/fp16 only).
     - ``check_every``: decode steps between "all rows finished?" checks (one host sync each).
     - ``max_batch``: upper bound on rows per micro-batch when sized automatically.
+    - ``compact``: eager (CPU) decoding drops finished rows once this fraction of the batch has ended
+      (0 = never; the fixed-shape CUDA graphs never compact).
     - ``keep_state``: keep per-batch buffers and graphs between ``verbalize`` calls (faster repeated calls,
       holds GPU memory until ``release_engines``).
     - ``profile``: synchronise around prefill and decode so ``Stats`` times are device times.
@@ -65,6 +67,7 @@ class EngineOptions:
     max_batch: int = 512
     mem_fraction: float = 0.85
     keep_state: bool = False
+    compact: float = 0.25
     profile: bool = False
     fuse_weights: Optional[bool] = None
 
