@@ -62,7 +62,7 @@ def resolve_engine(engine: str, av, plain: bool = False) -> str:
     explicit names unchanged (``nlalab.verbalize.backends.resolve``)."""
     from nlalab.verbalize import backends
 
-    return backends.resolve(engine, av.model if hasattr(av, "model") else av, plain=plain)
+    return backends.resolve(engine, av if isinstance(av, torch.nn.Module) else av.model, plain=plain)
 
 
 @dataclass

@@ -104,7 +104,7 @@ class FastEngine:
 
     Holds the model's Parameters and a weak reference to the model, never copies of the weights."""
 
-    def __init__(self, model: nn.Module, prompt_ids: Sequence[int], marker_pos: int):
+    def __init__(self, model: nn.Module, prompt_ids: Sequence[int], marker_pos: int, rope_len: int = 0):
         why = unsupported_reason(model)
         if why:
             raise NLALabError(f"The fast engine does not support this AV: {why}. Use engine='loop'.")
@@ -171,7 +171,7 @@ class FastEngine:
         self.states: dict = {}
         self.stats = Stats()
         with torch.no_grad():
-            self._rope_tables(self.T + 256)
+            self._rope_tables(max(self.T + 256, int(rope_len)))  # one forward of the model: size it once
             self._prefix()
         self.triton = self._triton_ok()
 

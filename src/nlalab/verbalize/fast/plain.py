@@ -142,13 +142,14 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
     return out[:, :steps], done
 
 
-def plain_engine(model, prefix: Sequence[int], pad_id: int):
-    """A ``FastEngine`` whose shared prefix is ``prefix`` (built under the device lock; not cached)."""
+def plain_engine(model, prefix: Sequence[int], pad_id: int, rope_len: int = 0):
+    """A ``FastEngine`` whose shared prefix is ``prefix`` (built under the device lock; not cached), with
+    rotary tables for ``rope_len`` positions."""
     from nlalab.pairs.arch import input_device
     from nlalab.verbalize.fast import DEVICE_LOCK, FastEngine, on_device
 
     with DEVICE_LOCK, on_device(input_device(model)):
-        return FastEngine(model, list(prefix) + [int(pad_id)], len(prefix))
+        return FastEngine(model, list(prefix) + [int(pad_id)], len(prefix), rope_len=rope_len)
 
 
 def iter_plain(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids: Sequence[int],
@@ -163,7 +164,8 @@ def iter_plain(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids: Sequ
         return
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     P = common_prefix([prompts[i] for i, _ in todo])
-    eng = plain_engine(model, prompts[todo[0][0]][:P], pad)
+    longest = max(len(prompts[i]) for i, _ in todo)
+    eng = plain_engine(model, prompts[todo[0][0]][:P], pad, rope_len=longest + settings.max_new_tokens + 256)
     try:
         cap = max(1, int(settings.fast_batch_size or settings.batch_size))
         pos = 0
