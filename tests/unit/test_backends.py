@@ -82,3 +82,17 @@ def test_plain_fast_equals_loop(fixture_pairs, name):
                          GenerationSettings(max_new_tokens=8, seed=1, engine="loop"))
     assert [r.token_ids for r in auto] == [r.token_ids for r in ref]
     assert len({tuple(r.token_ids) for r in ref}) > 1
+
+
+def test_auto_uses_loop_while_the_model_has_forward_hooks(fixture_pairs):
+    """The fast engine computes without calling module forwards: a hook on the AV must not be skipped."""
+    from nlalab.pairs import arch
+
+    av = load_av(fixture_pairs["llama"].av)
+    h = arch.decoder_layers(av.model)[1].register_forward_hook(lambda *a: None)
+    try:
+        assert resolve_engine("auto", av) == "loop"
+        assert "forward hooks" in backends.get("fast").unsupported(av.model)
+    finally:
+        h.remove()
+    assert resolve_engine("auto", av) == "fast"

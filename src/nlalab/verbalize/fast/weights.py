@@ -67,4 +67,7 @@ def unsupported_reason(model: nn.Module) -> Optional[str]:
         return str(e)
     if getattr(cfg, "use_bidirectional_attention", False):
         return "bidirectional attention"
+    hooked = next((n for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks), None)
+    if hooked is not None:  # the engine never calls module forwards, so it would silently skip the hook
+        return f"forward hooks registered on the model ({hooked or 'the model'}); the fast engine would skip them"
     return None
