@@ -96,3 +96,20 @@ def test_auto_uses_loop_while_the_model_has_forward_hooks(fixture_pairs):
     finally:
         h.remove()
     assert resolve_engine("auto", av) == "fast"
+
+
+def test_families_are_the_one_source(fixture_pairs):
+    """Fixture arches, the fast engine's model types and the embedding scale all come from pairs.families."""
+    from nlalab.pairs import arch, families
+    from nlalab.testing.models import ARCHES, TOKENIZER_FAMILY
+    from nlalab.verbalize import fast
+
+    assert TOKENIZER_FAMILY == {"qwen2": "qwen2", "gemma3_text": "gemma3", "gemma3_mm": "gemma3", "llama": "llama"}
+    assert set(TOKENIZER_FAMILY) == set(ARCHES)
+    assert set(fast.SUPPORTED_MODEL_TYPES) == {"llama", "qwen2", "gemma3_text"}
+    assert {"gemma3", "gemma3_text"} <= arch.EMBED_SCALED_TYPES and "llama" not in arch.EMBED_SCALED_TYPES
+    assert families.family_of("gemma3_text").norm_one_plus_w and families.family_of("mistral") is None
+    for name, p in fixture_pairs.items():
+        tg = load_target(p.target, p.layer)
+        mt = tg.model.config.get_text_config().model_type
+        assert families.family_of(mt).name == TOKENIZER_FAMILY[name]

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 from nlalab.errors import NLALabError
-from nlalab.pairs import arch
+from nlalab.pairs import arch, families
 from nlalab.verbalize.fast.kernel import _triton_kernel, attend_decode_triton
 from nlalab.verbalize.fast.maths import (
     _attend,
@@ -121,7 +121,11 @@ class FastEngine:
         inner = arch.inner_model(model)
         layers = arch.decoder_layers(model)
         a0 = layers[0].self_attn
-        self.gemma = hasattr(layers[0], "pre_feedforward_layernorm")
+        fam = families.family_of(getattr(self.cfg, "model_type", ""))
+        self.gemma = bool(fam.norm_one_plus_w)  # (1 + w) fp32 RMSNorm and sandwich norms (nlalab.pairs.families)
+        if fam.sandwich_norms != hasattr(layers[0], "pre_feedforward_layernorm"):
+            raise NLALabError(f"fast engine: {type(layers[0]).__name__} does not have the layer norms the "
+                              f"{fam.name} family declares (nlalab.pairs.families). Use engine='loop'.")
         self.n_heads = int(self.cfg.num_attention_heads)
         self.n_kv = int(self.cfg.num_key_value_heads)
         self.head_dim = int(getattr(a0, "head_dim", None) or self.cfg.hidden_size // self.n_heads)
