@@ -113,3 +113,21 @@ def test_families_are_the_one_source(fixture_pairs):
         tg = load_target(p.target, p.layer)
         mt = tg.model.config.get_text_config().model_type
         assert families.family_of(mt).name == TOKENIZER_FAMILY[name]
+
+
+@pytest.mark.parametrize("compact", [0.25, 1e-9])
+def test_plain_fast_with_rows_ending_early_equals_loop(fixture_pairs, monkeypatch, compact):
+    """Rows that end leave the CPU batch (OPTIONS.compact); every record still equals the loop backend's."""
+    from nlalab.verbalize import fast
+
+    p = fixture_pairs["gemma3_text"]
+    tg = load_target(p.target, p.layer, truncate=False)
+    tok = tg.tokenizer
+    prompts = _prompts(tok, ["Hi", "What is the capital of Brazil and why?", "Prove it.", "x " * 20, "a b c"])
+    eos = list(range(0, len(tok), 7))  # 1 token in 7 ends a row: rows stop at different steps
+    monkeypatch.setattr(fast.OPTIONS, "compact", compact)
+    gs = dict(max_new_tokens=20, temperature=1.0, seed=11)
+    loop = generate_texts(tg.model, tok, prompts, eos, 3, list(range(5)), GenerationSettings(engine="loop", **gs))
+    got = generate_texts(tg.model, tok, prompts, eos, 3, list(range(5)), GenerationSettings(engine="fast", **gs))
+    assert len({r.n_new_tokens for r in loop}) > 3 and not all(r.truncated for r in loop)
+    assert [r.to_dict(with_tokens=True) for r in got] == [r.to_dict(with_tokens=True) for r in loop]

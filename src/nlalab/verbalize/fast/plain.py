@@ -7,7 +7,8 @@ right-aligned in a window of ``Smax`` cache slots after the prefix ("middle padd
 through one static cache while each keeps its own positions (per-row RoPE rows and key masks, as
 ``verbalize.plain``'s left padding with explicit position ids does). Sampling is the per-row stream of
 ``loop`` (seed, prompt key, sample), so in fp32 on the CPU the tokens equal ``plain.generate_texts`` on
-``loop`` (tests/unit/test_backends.py). Runs eagerly (no CUDA graphs): on a GPU it still skips the
+``loop`` (tests/unit/test_backends.py). On the CPU rows that ended leave the batch (``OPTIONS.compact``,
+as in the engine's eager decode). Runs eagerly (no CUDA graphs): on a GPU it still skips the
 prompt prefix and the per-step cache reallocation of ``generate``.
 """
 
@@ -48,7 +49,7 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
                    eos_ids: Sequence[int], pad_id: int, temperature: float = 1.0, top_k: int = 0,
                    top_p: float = 1.0, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens [B, <=max_new] (pad after the end) and finished flags [B] for rows ``prefix + suffixes[i]``."""
-    from nlalab.verbalize.fast import _sdpa_backends
+    from nlalab.verbalize.fast import OPTIONS, _sdpa_backends
 
     dev, P = eng.device, eng.P
     B = len(suffixes)
@@ -124,9 +125,20 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
         steps = 1
         pos = qpos[:, -1:]  # [B, 1]
         check = eos is not None
+        rows = torch.arange(B, device=dev)  # batch row -> output row (rows that ended are dropped on the CPU)
+        full_done = done.clone()
+        compact = float(OPTIONS.compact) if dev.type != "cuda" else 0.0
         for step in range(1, max_new):
             if check and (dev.type != "cuda" or step % 16 == 0) and bool(done.all()):
                 break
+            n_done = int(done.sum()) if compact else 0
+            if compact and n_done >= max(1, compact * len(rows)):
+                keep = (~done).nonzero().squeeze(1)
+                full_done[rows[done]] = True
+                rows, pos, nxt, done, keys = rows[keep], pos[keep], nxt[keep], done[keep], keys[keep]
+                kpos, valid = kpos[keep], valid[keep]
+                kr = [t.index_select(0, keep) for t in kr]
+                vr = [t.index_select(0, keep) for t in vr]
             pos = pos + 1
             slot = b - 1 + step
             ms = masks(pos, L)
@@ -137,9 +149,10 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
                 vr[i][:, :, slot:slot + 1].copy_(v)
                 x = eng._post(fns, Lay, x, _attend_rows(q, kr[i], vr[i], ms[Lay.window], eng.scaling))
             nxt, done = head(x[:, -1], step)
-            out[:, step] = nxt
+            out[rows, step] = nxt
             steps = step + 1
-    return out[:, :steps], done
+        full_done[rows] = done
+    return out[:, :steps], full_done
 
 
 def plain_engine(model, prefix: Sequence[int], pad_id: int, rope_len: int = 0):
