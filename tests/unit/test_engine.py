@@ -198,10 +198,11 @@ def test_cpu_compaction_of_finished_rows_keeps_every_row(fixture_pairs, monkeypa
     keys = row_keys(3, torch.arange(7), torch.zeros(7, dtype=torch.long))
     eos = list(range(0, eng.vocab, 9))  # ~11% of the vocabulary ends a row: rows stop at different steps
     kw = dict(injection_scale=av.injection_scale, max_new_tokens=30, eos_ids=eos, pad_id=1, batch=8)
-    monkeypatch.setattr(fast.OPTIONS, "compact", 0)
-    ref_t, ref_d = eng.generate(vecs, keys, **kw)
     monkeypatch.setattr(fast.OPTIONS, "compact", compact)
     got_t, got_d = eng.generate(vecs, keys, **kw)
+    eng.drop_states()  # fresh buffers: the reference must not see the compacted run's outputs (nor vice versa)
+    monkeypatch.setattr(fast.OPTIONS, "compact", 0)
+    ref_t, ref_d = eng.generate(vecs, keys, **kw)
     ends = [next((i for i, t in enumerate(r) if t in set(eos)), None) for r in ref_t.tolist()]
     assert len({e for e in ends}) > 2 and any(e is not None for e in ends)  # rows really end at different steps
     assert torch.equal(got_t, ref_t) and torch.equal(got_d, ref_d)
