@@ -168,9 +168,10 @@ def plain_engine(model, prefix: Sequence[int], pad_id: int, rope_len: int = 0):
 def iter_plain(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids: Sequence[int],
                todo: Sequence[tuple[int, int]], keys_v: Sequence, settings
                ) -> Iterator[tuple[list[int], list[int], torch.Tensor, torch.Tensor]]:
-    """``todo`` (prompt, sample) rows in micro-batches of ``settings.fast_batch_size or batch_size``
-    (halved on CUDA out-of-memory); yields (prompt idx, sample idx, tokens, done) on the CPU."""
-    from nlalab.verbalize.fast import empty_cache
+    """``todo`` (prompt, sample) rows in micro-batches of ``settings.fast_batch_size``, else ``batch_size`` on
+    the CPU and up to ``OPTIONS.max_batch`` on CUDA (halved on out-of-memory); yields (prompt idx, sample
+    idx, tokens, done) on the CPU."""
+    from nlalab.verbalize.fast import OPTIONS, empty_cache
     from nlalab.verbalize.generate import stream_keys
 
     if not todo:
@@ -180,7 +181,9 @@ def iter_plain(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids: Sequ
     longest = max(len(prompts[i]) for i, _ in todo)
     eng = plain_engine(model, prompts[todo[0][0]][:P], pad, rope_len=longest + settings.max_new_tokens + 256)
     try:
-        cap = max(1, int(settings.fast_batch_size or settings.batch_size))
+        # CPU: the study's batch size; CUDA: every row at once up to OPTIONS.max_batch (halved on OOM)
+        auto = min(len(todo), int(OPTIONS.max_batch)) if eng.device.type == "cuda" else settings.batch_size
+        cap = max(1, int(settings.fast_batch_size or auto))
         pos = 0
         while pos < len(todo):
             chunk = todo[pos:pos + cap]
