@@ -3,10 +3,12 @@
 A script, not a test. Runs ``run_study`` with the CLI's offline-demo settings (SmolLM2-135M-Instruct and the
 shipped trained NLA, k = 2, 128 new tokens, every control; models must be cached) twice in this process:
 
-- ``old``: ``engine="loop"`` -- the decode loop the study used on the CPU before the CPU fast path (the
-  blind control on ``verbalize.plain``'s loop, every AV job on ``loop``);
-- ``new``: ``engine="auto"`` -- today's default: the fast engine on the CPU (shared-prefix prefill, static
-  cache) for the AV jobs (one plan, one engine session) and for the blind control (plain mode).
+- ``old``: ``engine="loop"`` and ``NLALAB_CPU_THREADS=keep`` -- the decode loop the study used on the CPU
+  before the CPU fast path (the blind control on ``verbalize.plain``'s loop, every AV job on ``loop``), with
+  torch's default thread count;
+- ``new``: ``engine="auto"`` and ``NLALAB_CPU_THREADS=auto`` -- today's default: the fast engine on the CPU
+  (shared-prefix prefill, static cache, finished rows dropped) for the AV jobs (one plan, one engine
+  session) and for the blind control (plain mode), one thread while the machine is oversubscribed.
 
 The order alternates with ``--order`` so that a loaded machine does not always favour one side. Records per
 stage timings (``timings_s_this_invocation``), total seconds, whether the two runs wrote identical
@@ -57,11 +59,12 @@ def one(engine: str, out: Path, limit) -> dict:
 
     cfg = RunConfig(out=str(out), controls=list(CONTROLS), engine=engine, limit_per_category=limit, progress=False,
                     **OFFLINE_DEMO)
+    os.environ["NLALAB_CPU_THREADS"] = "keep" if engine == "loop" else "auto"
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     res = run_study(cfg)
     total = time.perf_counter() - t0
-    return {"engine": engine, "total_s": round(total, 2), "timings_s": res.get("timings_s_this_invocation"),
+    return {"engine": engine, "cpu_threads_policy": os.environ["NLALAB_CPU_THREADS"], "total_s": round(total, 2), "timings_s": res.get("timings_s_this_invocation"),
             "load_avg_1min_before": round(load0, 2), "load_avg_1min_after": round(os.getloadavg()[0], 2)}
 
 

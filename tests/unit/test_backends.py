@@ -131,3 +131,37 @@ def test_plain_fast_with_rows_ending_early_equals_loop(fixture_pairs, monkeypatc
     got = generate_texts(tg.model, tok, prompts, eos, 3, list(range(5)), GenerationSettings(engine="fast", **gs))
     assert len({r.n_new_tokens for r in loop}) > 3 and not all(r.truncated for r in loop)
     assert [r.to_dict(with_tokens=True) for r in got] == [r.to_dict(with_tokens=True) for r in loop]
+
+
+def test_cpu_thread_policy(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("os.getloadavg", lambda: (6.0, 6.0, 6.0))
+    monkeypatch.delenv("NLALAB_CPU_THREADS", raising=False)
+    assert backends.cpu_threads(2) == 1  # oversubscribed: one thread
+    monkeypatch.setattr("os.getloadavg", lambda: (1.2, 1.0, 1.0))
+    assert backends.cpu_threads(2) == 2
+    monkeypatch.setenv("NLALAB_CPU_THREADS", "keep")
+    monkeypatch.setattr("os.getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert backends.cpu_threads(2) == 2
+    monkeypatch.setenv("NLALAB_CPU_THREADS", "3")
+    assert backends.cpu_threads(2) == 3
+    with torch_threads(2):
+        with backends.generation_threads("cpu"):
+            assert torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 2
+        with backends.generation_threads("cuda"):
+            assert torch.get_num_threads() == 2
+    monkeypatch.setenv("NLALAB_CPU_THREADS", "lots")
+    with pytest.raises(UsageError, match="NLALAB_CPU_THREADS"):
+        backends.cpu_threads(2)
+
+
+def test_thread_count_does_not_change_rows(fixture_pairs, monkeypatch):
+    av = load_av(fixture_pairs["gemma3_mm"].av)
+    torch.manual_seed(1)
+    vecs = torch.randn(5, av.d_model)
+    got = {}
+    for n in ("1", "2"):
+        monkeypatch.setenv("NLALAB_CPU_THREADS", n)
+        got[n] = [r.token_ids for r in verbalize(av, vecs, k=2, settings=GenerationSettings(max_new_tokens=12))]
+    assert got["1"] == got["2"]

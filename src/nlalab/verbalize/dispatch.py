@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from nlalab.errors import NLALabError
+from nlalab.verbalize.backends import generation_threads
 from nlalab.verbalize.generate import GenerationSettings, Verbalization, iter_rows, resolve_engine, to_records
 from nlalab.verbalize.parallel import iter_parallel, note_single, resolve_devices
 
@@ -63,7 +64,7 @@ def verbalize(
     else:
         note_single(devices[0], len(todo), engine)
         rows = iter_rows(av, vectors, todo, keys_v, settings, engine)
-    with contextlib.closing(rows):
+    with contextlib.closing(rows), generation_threads(devices[0].type if len(devices) == 1 else "multi"):
         for vidx, sidx, toks, done in rows:
             recs = to_records(av, toks, done, vidx, sidx)
             results.extend(recs)

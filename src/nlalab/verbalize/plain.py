@@ -100,11 +100,12 @@ def generate_texts(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids: 
     todo.sort(key=lambda t: -len(prompts[t[0]]))  # length bucketing keeps padding small
     out: list[Verbalization] = []
     name = backends.resolve(settings.engine, model, plain=True)
-    for vidx, sidx, toks, done in backends.get(name).plain_rows(model, tokenizer, prompts, eos_ids, todo,
-                                                                list(vector_keys), settings):
-        recs = to_records(shim, toks, done, vidx, sidx)
-        out.extend(recs)
-        if on_batch is not None:
-            on_batch(recs)
+    with backends.generation_threads(input_device(model).type):
+        for vidx, sidx, toks, done in backends.get(name).plain_rows(model, tokenizer, prompts, eos_ids, todo,
+                                                                    list(vector_keys), settings):
+            recs = to_records(shim, toks, done, vidx, sidx)
+            out.extend(recs)
+            if on_batch is not None:
+                on_batch(recs)
     out.sort(key=lambda r: (r.vector_index, r.sample))
     return out
