@@ -185,7 +185,7 @@ def run(
     n_boot: int = typer.Option(2000, "--n-boot"),
     brv_reference: Optional[str] = typer.Option(None, "--brv-reference", help="Vector file defining B_rv."),
     lexicon: Optional[str] = typer.Option(None, "--lexicon", help="Category lexicon JSON (direction control)."),
-    engine: str = typer.Option("auto", "--engine", help="auto (fast on CUDA, loop on CPU), fast, loop or hf."),
+    engine: str = typer.Option("auto", "--engine", help="auto (fast where it supports the model, CPU or CUDA; else loop), fast, loop or hf."),
     batch_size: int = typer.Option(32, "--batch-size", help="Sequences per generation batch."),
     position: str = typer.Option("last", "--position", help="Capture position: last (the seed protocol) or a "
                                  "token index of the chat-templated prompt (negative counts from the end)."),

@@ -35,7 +35,7 @@ class RunConfig(BaseModel):
     greedy: bool = False
     max_new_tokens: int = 200
     seed: int = 42
-    engine: str = Field("auto", description="auto (fast on CUDA, loop on CPU), fast, loop or hf "
+    engine: str = Field("auto", description="auto (fast where it supports the model, else loop), fast, loop or hf "
                                             "(transformers.generate, the reference).")
     controls: list[str] = Field(default_factory=lambda: list(CONTROLS))
     n_random: int = Field(30, description="Random-Gaussian vectors.")
