@@ -140,6 +140,8 @@ def test_cpu_thread_policy(monkeypatch):
     assert backends.cpu_threads(2) == 1  # oversubscribed: one thread
     monkeypatch.setattr("os.getloadavg", lambda: (1.2, 1.0, 1.0))
     assert backends.cpu_threads(2) == 2
+    monkeypatch.setattr("os.getloadavg", lambda: (3.5, 1.0, 1.0))  # moderately loaded: not measured better
+    assert backends.cpu_threads(2) == 2
     monkeypatch.setenv("NLALAB_CPU_THREADS", "keep")
     monkeypatch.setattr("os.getloadavg", lambda: (9.0, 9.0, 9.0))
     assert backends.cpu_threads(2) == 2

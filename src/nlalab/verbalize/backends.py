@@ -133,8 +133,8 @@ def _fast_unsupported(model) -> Optional[str]:
 
 def cpu_threads(default: int) -> int:
     """Threads for generation on the CPU. ``NLALAB_CPU_THREADS``: a number, or ``keep`` (torch's setting);
-    default ``auto``: 1 thread when the machine is oversubscribed (1-minute load average above the core
-    count), else torch's setting. Why: decode runs thousands of small ops per token, and with more runnable
+    default ``auto``: 1 thread when the machine is heavily oversubscribed (1-minute load average above twice
+    the core count; our own threads count in it), else torch's setting. Why: decode runs thousands of small ops per token, and with more runnable
     threads than cores each parallel op waits for a descheduled worker -- measured on the shared 2-core
     machine at load ~6: 0.24-0.26 s per decode step with 1 thread against 0.35-3.7 s with 2 (SmolLM2-135M,
     32 rows). Thread count does not change which tokens are sampled (per-row streams; tested)."""
@@ -148,7 +148,7 @@ def cpu_threads(default: int) -> int:
             load = os.getloadavg()[0]
         except OSError:  # pragma: no cover - no load average on this platform
             return default
-        return 1 if load > (os.cpu_count() or 1) else default
+        return 1 if load > 2 * (os.cpu_count() or 1) else default
     if not spec.isdigit() or int(spec) < 1:
         raise UsageError(f"NLALAB_CPU_THREADS must be auto, keep or a positive number, got {spec!r}.")
     return int(spec)
