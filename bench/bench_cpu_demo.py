@@ -68,13 +68,74 @@ def one(engine: str, out: Path, limit) -> dict:
             "load_avg_1min_before": round(load0, 2), "load_avg_1min_after": round(os.getloadavg()[0], 2)}
 
 
+def interleaved(reps: int, rows: int) -> dict:
+    """The two generation stages alone, old and new alternating in one process with one thread, timed by
+    process CPU time (less sensitive than wall time to other jobs on a shared machine): ``rows`` corpus-like
+    AV rows (random vectors at the injection scale) and ``rows`` blind-like plain rows (the corpus prompts in
+    the AV template), 128 tokens, the demo's sampling settings."""
+    import torch
+
+    from nlalab.corpus import load_corpus
+    from nlalab.pairs import shipped
+    from nlalab.pairs.load import av_eos_ids, load_av, load_target
+    from nlalab.pairs.markers import av_prompt_ids
+    from nlalab.pairs.sidecar import DEFAULT_AV_TEMPLATE
+    from nlalab.verbalize import GenerationSettings, verbalize
+    from nlalab.verbalize.plain import generate_texts
+
+    torch.set_num_threads(1)
+    os.environ["NLALAB_CPU_THREADS"] = "keep"
+    avd, _ard, base = shipped.materialize()
+    av = load_av(avd)
+    tg = load_target(base, 20, truncate=False)
+    items = load_corpus("seed50_v1")[:rows]
+    if not items:
+        raise SystemExit("no corpus items")
+    template = av.sidecar.av_template or DEFAULT_AV_TEMPLATE
+    prompts = [av_prompt_ids(tg.tokenizer, it.prompt, template) for it in items]
+    eos = av_eos_ids(tg.tokenizer, tg.model)
+    g = torch.Generator().manual_seed(0)
+    vecs = torch.randn(rows, av.d_model, generator=g)
+    out: dict = {"verbalize": {"old": [], "new": []}, "blind": {"old": [], "new": []}}
+    toks: dict = {}
+    for _ in range(reps):
+        for side, engine in (("old", "loop"), ("new", "auto")):
+            gs = GenerationSettings(max_new_tokens=128, engine=engine, seed=42, batch_size=32)
+            c = time.process_time()
+            r = verbalize(av, vecs, k=1, settings=gs)
+            out["verbalize"][side].append(round(time.process_time() - c, 2))
+            toks[("v", side)] = [x.token_ids for x in r]
+            c = time.process_time()
+            r = generate_texts(tg.model, tg.tokenizer, prompts, eos, 1, list(range(rows)), gs)
+            out["blind"][side].append(round(time.process_time() - c, 2))
+            toks[("b", side)] = [x.token_ids for x in r]
+            print(side, out, flush=True)
+    out["rows_identical"] = {"verbalize": toks[("v", "old")] == toks[("v", "new")],
+                             "blind": toks[("b", "old")] == toks[("b", "new")]}
+    out["tokens"] = {"verbalize": sum(map(len, toks[("v", "new")])), "blind": sum(map(len, toks[("b", "new")]))}
+    out["speedup_cpu_time"] = {k: round(min(out[k]["old"]) / min(out[k]["new"]), 3) for k in ("verbalize", "blind")}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--interleaved", type=int, default=0, help="reps of the interleaved stage bench (0 = off)")
+    ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--limit-per-category", type=int, default=None)
     ap.add_argument("--order", default="old,new", help="old,new or new,old")
     ap.add_argument("--tag", default="")
     ap.add_argument("--keep", default=None, help="keep the run directories under this folder")
     args = ap.parse_args()
+    if args.interleaved:
+        rec = {"what": "verbalize and blind-like generation, old (loop) vs new (auto) alternating, one thread, "
+                       "process CPU seconds", "rows": args.rows, "load_avg_1min": round(os.getloadavg()[0], 2),
+               **interleaved(args.interleaved, args.rows)}
+        rec["device"] = device_info()  # after interleaved() set one thread
+        name = "cpu_demo_interleaved" + (f"_{args.tag}" if args.tag else "") + ".json"
+        (HERE / "results").mkdir(exist_ok=True)
+        (HERE / "results" / name).write_text(json.dumps(rec, indent=1) + "\n")
+        print("SUMMARY", json.dumps(rec["speedup_cpu_time"]), json.dumps(rec["rows_identical"]))
+        return
     from nlalab.pairs import shipped
 
     shipped.materialize()  # cached models only: building them is not part of the timing
