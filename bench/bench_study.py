@@ -483,7 +483,7 @@ def main(argv: Optional[list] = None) -> dict:
     res["calibration_s"] = round(time.perf_counter() - t0, 2)
     res.update(info)
     engine_planned = resolve_engine(args.engine, av)
-    from nlalab.verbalize import engine as fast
+    from nlalab.verbalize import fast
 
     res["fast_engine_unsupported"] = fast.unsupported_reason(model)
 

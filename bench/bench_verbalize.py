@@ -11,7 +11,7 @@ random vectors, and times in ONE process on ONE device:
 
 - ``default``: ``model.generate(inputs_embeds=...)`` with the default (dynamic) cache;
 - ``static``: the same with ``cache_implementation="static"`` (first call = compile + run, reported apart);
-- ``ours``: ``nlalab.verbalize.engine.FastEngine`` (first call = compile + capture, then timed runs), and
+- ``ours``: ``nlalab.verbalize.fast.FastEngine`` (first call = compile + capture, then timed runs), and
   ``ours_nocompile`` (CUDA graphs with only the sampler compiled) for the profile.
 
 All sample at temperature 1 over the full vocabulary (no top-k/top-p) for a fixed number of new tokens
@@ -43,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from nlalab.verbalize import engine as fast  # noqa: E402
+from nlalab.verbalize import fast  # noqa: E402
 from nlalab.verbalize.generate import GenerationSettings  # noqa: E402
 
 try:  # the public name since the fast-engine commit; older trees had the private one

@@ -13,7 +13,7 @@ import torch
 from nlalab.pairs.load import load_av
 from nlalab.testing import torch_threads
 from nlalab.verbalize import GenerationSettings, verbalize
-from nlalab.verbalize import engine as fast
+from nlalab.verbalize import fast
 from nlalab.verbalize.generate import resolve_engine
 from nlalab.verbalize.sampling import row_keys, sample_next, uniform
 
@@ -153,14 +153,16 @@ def test_tensor_step_noise_is_bitwise_the_loop_noise():
                            sample_next(logits, keys, step, 0.8))
 
 
-def test_auto_is_loop_on_cpu_and_fast_rejects_unsupported(fixture_pairs):
+def test_auto_is_fast_on_cpu_and_fast_rejects_unsupported(fixture_pairs):
+    """The CPU fast path: ``auto`` picks the fast engine wherever it supports the AV, else ``loop``."""
     av = load_av(fixture_pairs["qwen2"].av)
-    assert resolve_engine("auto", av) == "loop" and resolve_engine("fast", av) == "fast"
+    assert resolve_engine("auto", av) == "fast" and resolve_engine("fast", av) == "fast"
     assert GenerationSettings().engine == "auto"
     assert fast.unsupported_reason(av.model) is None
     av.model.config.model_type = "gpt2"
     try:
         assert "gpt2" in fast.unsupported_reason(av.model)
+        assert resolve_engine("auto", av) == "loop"
     finally:
         av.model.config.model_type = "qwen2"
 
@@ -183,3 +185,28 @@ def test_fused_weights_give_the_same_tokens_and_are_restored(fixture_pairs, monk
     fast.end_call(av)
     for n, p in av.model.named_parameters():
         assert torch.equal(p, before[n]) and p.untyped_storage().nbytes() == p.numel() * p.element_size(), n
+
+
+@pytest.mark.parametrize("compact", [0.25, 1e-9])
+def test_cpu_compaction_of_finished_rows_keeps_every_row(fixture_pairs, monkeypatch, compact):
+    """Eager decoding drops rows that have ended (OPTIONS.compact); the remaining rows' tokens, the finished
+    rows' padding and the flags equal the uncompacted run's."""
+    av = load_av(fixture_pairs["qwen2"].av)
+    eng = fast.FastEngine(av.model, av.prompt_ids, av.marker_pos)
+    torch.manual_seed(5)
+    vecs = torch.randn(7, av.d_model)
+    keys = row_keys(3, torch.arange(7), torch.zeros(7, dtype=torch.long))
+    eos = list(range(0, eng.vocab, 9))  # ~11% of the vocabulary ends a row: rows stop at different steps
+    kw = dict(injection_scale=av.injection_scale, max_new_tokens=30, eos_ids=eos, pad_id=1, batch=8)
+    monkeypatch.setattr(fast.OPTIONS, "compact", compact)
+    got_t, got_d = eng.generate(vecs, keys, **kw)
+    eng.drop_states()  # fresh buffers: the reference must not see the compacted run's outputs (nor vice versa)
+    monkeypatch.setattr(fast.OPTIONS, "compact", 0)
+    ref_t, ref_d = eng.generate(vecs, keys, **kw)
+    ends = [next((i for i, t in enumerate(r) if t in set(eos)), None) for r in ref_t.tolist()]
+    assert len({e for e in ends}) > 2 and any(e is not None for e in ends)  # rows really end at different steps
+    assert torch.equal(got_t, ref_t) and torch.equal(got_d, ref_d)
+    # in compacted runs the finished rows are padding after their end token
+    for r, e in zip(got_t.tolist(), ends):
+        if e is not None:
+            assert set(r[e + 1:]) <= {1}

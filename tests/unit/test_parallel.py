@@ -14,7 +14,7 @@ from nlalab.errors import NLALabError
 from nlalab.pairs.load import load_av, release
 from nlalab.testing import torch_threads
 from nlalab.verbalize import GenerationSettings, verbalize
-from nlalab.verbalize import engine as fast
+from nlalab.verbalize import fast
 from nlalab.verbalize import generate
 from nlalab.verbalize import parallel
 

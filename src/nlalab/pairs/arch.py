@@ -8,12 +8,14 @@ import torch
 from torch import nn
 
 from nlalab.errors import NLALabError
+from nlalab.pairs.families import embed_scaled_types
 
 # Per-layer config arrays that transformers validates against num_hidden_layers.
 PER_LAYER_KEYS = ("layer_types", "sliding_window_pattern", "no_rope_layers", "swa_layers", "full_attn_idxs")
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f")
 # kitft arch_adapters: an explicit registry, not prefix matching.
-EMBED_SCALED_TYPES = {"gemma", "gemma2", "gemma3", "gemma3_text", "t5"}
+# (our families' entries come from nlalab.pairs.families; older Gemmas and T5 are listed here)
+EMBED_SCALED_TYPES = {"gemma", "gemma2", "t5"} | embed_scaled_types()
 
 
 def is_wrapper(config: Any) -> bool:

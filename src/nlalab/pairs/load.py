@@ -181,7 +181,7 @@ def release(*objs: Any) -> None:
     """
     import sys
 
-    engine = sys.modules.get("nlalab.verbalize.engine")  # only if the fast engine was ever used
+    engine = sys.modules.get("nlalab.verbalize.fast")  # only if the fast engine was ever used
     parallel = sys.modules.get("nlalab.verbalize.parallel")  # data-parallel replicas (normally none left)
     for o in objs:
         for m in (getattr(o, "model", o), getattr(o, "value_head", None)):

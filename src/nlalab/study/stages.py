@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -141,22 +141,91 @@ def run_plain(tg, template: str, job: PlainJob, k: int, gs: GenerationSettings, 
                    on_batch=lambda recs: (log.append([r.to_dict() for r in recs]), on_rows and on_rows(len(recs))))
 
 
-def run_verbalize(av, jobs: list[GenJob], stages: Path, k: int, gs: GenerationSettings, progress: bool,
-                  on_rows: Optional[Callable[[int], None]] = None) -> dict[str, list]:
-    """Every pending AV job; returns the devices each job ran on."""
-    from nlalab.verbalize import parallel
+@dataclass
+class PlannedJob:
+    """One AV job's rows still to generate: its vectors occupy ``offset .. offset + n`` of its group."""
 
-    devices = {}
+    job: GenJob
+    log: JsonlLog
+    done: set
+    k: int
+    offset: int = 0
+
+    @property
+    def pending(self) -> int:
+        return self.job.vectors.shape[0] * self.k - len(self.done)
+
+
+def plan_verbalize(jobs: list[GenJob], stages: Path, k: int, merge: bool = True) -> list[list[PlannedJob]]:
+    """Every pending AV job of a study, grouped so that each group runs as one ``verbalize`` call (one engine
+    session, micro-batches as large as memory allows, across job boundaries). Consecutive jobs share a
+    group when their vectors have the same dtype, device and width (concatenating them is then exact), and
+    only if ``merge`` (the backend samples per row; else a row's tokens depend on its batch: one job each)."""
+    groups: list[list[PlannedJob]] = []
+    prev = None
     for job in jobs:
         log = job_log(stages, job.name)
         done = done_keys(log)
         if len(done) >= job.vectors.shape[0] * k:
             continue
-        keys = [job.key_base + i for i in range(job.vectors.shape[0])]
-        verbalize(av, job.vectors, k=k, settings=replace(gs, seed=job.seed), vector_keys=keys, skip=done,
-                  on_batch=lambda recs, log=log: (log.append([r.to_dict() for r in recs]),
-                                                   on_rows and on_rows(len(recs))), progress=progress)
-        devices[job.name] = parallel.last_info()["devices"]
+        sig = (job.vectors.dtype, job.vectors.device, job.vectors.shape[1])
+        if not groups or sig != prev or not merge:
+            groups.append([])
+        pj = PlannedJob(job=job, log=log, done=done, k=k)
+        pj.offset = sum(g.job.vectors.shape[0] for g in groups[-1])
+        groups[-1].append(pj)
+        prev = sig
+    return groups
+
+
+def run_group(av, group: list[PlannedJob], k: int, gs: GenerationSettings, progress: bool,
+              on_rows: Optional[Callable[[int], None]] = None) -> None:
+    """One ``verbalize`` call for a group: each row keeps its job's stream (job seed, job key, sample), and
+    records are appended to their job's log per micro-batch, in (vector, sample) order, as one call per job
+    would (same bytes: tests/unit/test_plan.py)."""
+    if len(group) == 1:  # one job: its own seed, integer keys (exactly the per-job call)
+        pj = group[0]
+        verbalize(av, pj.job.vectors, k=k, settings=replace(gs, seed=pj.job.seed),
+                  vector_keys=[pj.job.key_base + i for i in range(pj.job.vectors.shape[0])], skip=pj.done,
+                  on_batch=lambda recs: (pj.log.append([r.to_dict() for r in recs]), on_rows and on_rows(len(recs))),
+                  progress=progress)
+        return
+    vectors = torch.cat([pj.job.vectors for pj in group], 0)
+    keys, owner, skip = [], [], set()
+    for gi, pj in enumerate(group):
+        n = pj.job.vectors.shape[0]
+        keys.extend((pj.job.seed, pj.job.key_base + i) for i in range(n))
+        owner.extend([gi] * n)
+        skip.update((pj.offset + i, s) for i, s in pj.done)
+
+    def on_batch(recs) -> None:
+        by_job: dict[int, list] = {}
+        for r in recs:
+            gi = owner[r.vector_index]
+            d = r.to_dict()
+            d["vector_index"] = r.vector_index - group[gi].offset
+            by_job.setdefault(gi, []).append(d)
+        for gi in sorted(by_job):
+            group[gi].log.append(by_job[gi])
+        if on_rows is not None:
+            on_rows(len(recs))
+
+    verbalize(av, vectors, k=k, settings=gs, vector_keys=keys, skip=skip, on_batch=on_batch, progress=progress)
+
+
+def run_verbalize(av, jobs: list[GenJob], stages: Path, k: int, gs: GenerationSettings, progress: bool,
+                  on_rows: Optional[Callable[[int], None]] = None) -> dict[str, list]:
+    """Every pending AV job, planned up front (``plan_verbalize``) and run in as few engine sessions as the
+    jobs allow; returns the devices each job ran on."""
+    from nlalab.verbalize import backends, parallel
+    from nlalab.verbalize.generate import resolve_engine
+
+    merge = backends.capabilities(resolve_engine(gs.engine, av)).per_row_sampling
+    devices = {}
+    for group in plan_verbalize(jobs, stages, k, merge=merge):
+        run_group(av, group, k, gs, progress, on_rows)
+        for pj in group:
+            devices[pj.job.name] = parallel.last_info()["devices"]
     return devices
 
 

@@ -13,11 +13,13 @@ from typing import Literal
 
 import torch
 
+from nlalab.pairs.families import families
 from nlalab.testing.tokenizers import generation_eos_ids, make_tokenizer
 
 Arch = Literal["qwen2", "gemma3_text", "gemma3_mm", "llama"]
 ARCHES: tuple[str, ...] = ("qwen2", "gemma3_text", "gemma3_mm", "llama")
-TOKENIZER_FAMILY = {"qwen2": "qwen2", "gemma3_text": "gemma3", "gemma3_mm": "gemma3", "llama": "llama"}
+# fixture arch -> model family (nlalab.pairs.families), which also names its tokenizer
+TOKENIZER_FAMILY = {a: f.name for f in families() for a in f.fixture_arches}
 
 INIT_STD = 0.2
 SLIDING_WINDOW = 8  # far shorter than the AV prompt, so sliding layers really differ from full ones

@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from nlalab.errors import NLALabError
+from nlalab.verbalize.backends import generation_threads
 from nlalab.verbalize.generate import GenerationSettings, Verbalization, iter_rows, resolve_engine, to_records
 from nlalab.verbalize.parallel import iter_parallel, note_single, resolve_devices
 
@@ -29,7 +30,8 @@ def verbalize(
 ) -> list[Verbalization]:
     """K explanations per vector, ordered by (vector, sample).
 
-    ``vector_keys`` name each vector's noise stream (default: its index); ``skip`` lists (vector, sample)
+    ``vector_keys`` name each vector's noise stream (default: its index), stream (settings.seed, key, sample);
+    a (seed, key) pair gives that vector its own seed (a study's plan runs several jobs in one call); ``skip`` lists (vector, sample)
     pairs already done (resume); ``on_batch`` receives each finished batch (incremental writes).
     A CUDA out-of-memory halves the micro-batch and retries (per device).
 
@@ -44,7 +46,8 @@ def verbalize(
     if k < 1:
         raise NLALabError(f"k must be >= 1, got {k}.")
     n = vectors.shape[0]
-    keys_v = list(range(n)) if vector_keys is None else [int(x) for x in vector_keys]
+    keys_v = list(range(n)) if vector_keys is None else [
+        (int(x[0]), int(x[1])) if isinstance(x, tuple) else int(x) for x in vector_keys]
     todo = [(i, s) for i in range(n) for s in range(k) if not (skip and (i, s) in skip)]
     results: list[Verbalization] = []
     bar = None
@@ -61,7 +64,7 @@ def verbalize(
     else:
         note_single(devices[0], len(todo), engine)
         rows = iter_rows(av, vectors, todo, keys_v, settings, engine)
-    with contextlib.closing(rows):
+    with contextlib.closing(rows), generation_threads(devices[0].type if len(devices) == 1 else "multi"):
         for vidx, sidx, toks, done in rows:
             recs = to_records(av, toks, done, vidx, sidx)
             results.extend(recs)

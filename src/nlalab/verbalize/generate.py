@@ -1,8 +1,10 @@
 """Batched K-sample generation from injected vectors.
 
-Engines behind one function (``GenerationSettings.engine``):
-- ``auto`` (default): ``fast`` when the AV is on a CUDA GPU and the fast engine supports it, else ``loop``.
-- ``fast``: ``nlalab.verbalize.engine`` -- shared-prefix prefill, static KV cache, CUDA graphs, the same
+Engines behind one function (``GenerationSettings.engine``), registered with their capabilities in
+``nlalab.verbalize.backends``:
+- ``auto`` (default): the first of ``backends.AUTO_ORDER`` for the AV's device that supports the model
+  (``fast``, else ``loop``; on the CPU too, where ``fast`` runs eagerly).
+- ``fast``: ``nlalab.verbalize.fast`` -- shared-prefix prefill, static KV cache, CUDA graphs, the same
   batch-invariant sampling as ``loop`` (same tokens whenever the logits agree).
 - ``loop``: our KV-cached decode loop with batch-invariant per-row sampling, so every
   sample is fixed by (seed, vector key, sample index) whatever the batching, resume or device count.
@@ -32,7 +34,7 @@ from nlalab.settings import (DEFAULT_GREEDY, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEE
                              DEFAULT_TOP_P, SamplingSettings)
 from nlalab.verbalize.extract import extract_explanation
 from nlalab.verbalize.inject import injected_embeds
-from nlalab.verbalize.sampling import row_keys, sample_next
+from nlalab.verbalize.sampling import MASK32, hash32, row_keys, sample_next
 
 Engine = Literal["auto", "fast", "loop", "hf"]
 
@@ -68,15 +70,12 @@ class GenerationSettings:
         return cls(**sampling.model_dump(), **execution)
 
 
-def resolve_engine(engine: str, av) -> str:
-    """``auto`` -> ``fast`` on a CUDA AV the fast engine supports, else ``loop``; others unchanged."""
-    if engine != "auto":
-        return engine
-    if av.device.type != "cuda":
-        return "loop"
-    from nlalab.verbalize.engine import unsupported_reason
+def resolve_engine(engine: str, av, plain: bool = False) -> str:
+    """``auto`` -> the first backend of ``backends.AUTO_ORDER`` for the AV's device that supports it;
+    explicit names unchanged (``nlalab.verbalize.backends.resolve``)."""
+    from nlalab.verbalize import backends
 
-    return "loop" if unsupported_reason(av.model) else "fast"
+    return backends.resolve(engine, av if isinstance(av, torch.nn.Module) else av.model, plain=plain)
 
 
 @dataclass
@@ -170,39 +169,64 @@ def to_records(av, toks: torch.Tensor, done: torch.Tensor, vidx: Sequence[int], 
     return out
 
 
-def iter_rows(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v: Sequence[int],
+def stream_keys(seed: int, keys_v: Sequence, vidx: Sequence[int], sidx: Sequence[int], device) -> torch.Tensor:
+    """Noise-stream ids of rows: ``keys_v[i]`` is vector i's key (stream (seed, key, sample)), or a
+    (seed, key) pair when rows of one call use different seeds (a study's plan runs several jobs at once)."""
+    if keys_v and isinstance(keys_v[vidx[0]] if vidx else keys_v[0], tuple):
+        seeds = torch.tensor([int(keys_v[i][0]) & MASK32 for i in vidx], device=device)
+        vk = torch.tensor([int(keys_v[i][1]) for i in vidx], device=device)
+        s = torch.tensor(sidx, device=device)
+        return hash32(hash32(hash32(seeds) ^ hash32(vk)) ^ (s * 0x9E3779B1 & MASK32))
+    return row_keys(seed, torch.tensor([int(keys_v[i]) for i in vidx], device=device), torch.tensor(sidx, device=device))
+
+
+def iter_rows(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v: Sequence,
               settings: GenerationSettings, engine: str, stop=None
               ) -> Iterator[tuple[list[int], list[int], torch.Tensor, torch.Tensor]]:
-    """The single-device path: run the ``todo`` (vector, sample) rows on ``av`` with ``engine`` (resolved:
-    fast, loop or hf), yielding (vidx, sidx, tokens, done) per micro-batch, on the CPU, in ``todo`` order.
+    """The single-device path: run the ``todo`` (vector, sample) rows on ``av`` with the resolved backend
+    ``engine`` (``nlalab.verbalize.backends``), yielding (vidx, sidx, tokens, done) per micro-batch, on the
+    CPU, in ``todo`` order.
 
     ``stop`` (a ``threading.Event``) ends it after the current micro-batch. A CUDA out-of-memory halves the
     micro-batch and retries (per engine, so per device). Close the generator when stopping early (the
     fast engine's per-call state is dropped in its ``finally``)."""
     if not todo:
         return
-    if engine == "fast":
-        from nlalab.verbalize import engine as fast
+    from nlalab.verbalize import backends
 
-        try:
-            fast.get_engine(av)
-        except NLALabError as e:
-            if settings.engine != "auto":
-                raise
-            warnings.warn(f"fast engine unavailable ({e}); using the loop engine.")
-            engine = "loop"
-    if engine == "fast":
-        try:
-            for batch in fast.iter_fast(av, vectors, todo, keys_v, settings,
-                                        batch_size=settings.fast_batch_size or None):
-                yield batch
-                if stop is not None and stop.is_set():
-                    return
-        finally:
-            fast.end_call(av)  # drop the engine: buffers, graphs, prefix K/V; fused weights restored
+    yield from backends.get(engine).rows(av, vectors, todo, keys_v, settings, stop)
+
+
+def fast_rows(av, vectors, todo, keys_v, settings: GenerationSettings, stop=None):
+    """The fast backend; with ``engine="auto"`` an engine that cannot be built falls back to ``loop``."""
+    from nlalab.verbalize import fast
+
+    try:
+        fast.get_engine(av)
+    except NLALabError as e:
+        if settings.engine != "auto":
+            raise
+        warnings.warn(f"fast engine unavailable ({e}); using the loop engine.")
+        yield from loop_rows(av, vectors, todo, keys_v, settings, stop)
         return
-    if engine not in ("loop", "hf"):
-        raise NLALabError(f"Unknown engine {settings.engine!r}; use 'auto', 'fast', 'loop' or 'hf'.")
+    try:
+        for batch in fast.iter_fast(av, vectors, todo, keys_v, settings, batch_size=settings.fast_batch_size or None):
+            yield batch
+            if stop is not None and stop.is_set():
+                return
+    finally:
+        fast.end_call(av)  # drop the engine: buffers, graphs, prefix K/V; fused weights restored
+
+
+def loop_rows(av, vectors, todo, keys_v, settings: GenerationSettings, stop=None):
+    return _chunked_rows(av, vectors, todo, keys_v, settings, stop, hf=False)
+
+
+def hf_rows(av, vectors, todo, keys_v, settings: GenerationSettings, stop=None):
+    return _chunked_rows(av, vectors, todo, keys_v, settings, stop, hf=True)
+
+
+def _chunked_rows(av, vectors, todo, keys_v, settings: GenerationSettings, stop, hf: bool):
     bs = max(1, int(settings.batch_size))
     pos = 0
     while pos < len(todo):
@@ -212,12 +236,10 @@ def iter_rows(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v
         oom = False
         try:
             embeds = injected_embeds(av.model, av.prompt_ids, vectors[vidx], av.marker_pos, av.injection_scale)
-            if engine == "hf":
+            if hf:
                 toks, done = _decode_hf(av, embeds, settings.seed + pos, settings)
             else:
-                dev = embeds.device
-                keys = row_keys(settings.seed, torch.tensor([keys_v[i] for i in vidx], device=dev),
-                                torch.tensor(sidx, device=dev))
+                keys = stream_keys(settings.seed, keys_v, vidx, sidx, embeds.device)
                 toks, done = decode_loop(av, embeds, keys, settings)
         except torch.cuda.OutOfMemoryError:
             oom = True
@@ -228,7 +250,7 @@ def iter_rows(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v
                     "use a GPU with more memory, or shard the AV with --device-map auto."
                 )
             bs = max(1, bs // 2)
-            from nlalab.verbalize.engine import empty_cache
+            from nlalab.verbalize.fast import empty_cache
 
             empty_cache()
             continue

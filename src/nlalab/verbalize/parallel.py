@@ -35,7 +35,8 @@ and synchronisations release the GIL, and the host work per decode step is one g
   compile per GPU), and the decode steps themselves are graph replays, which run concurrently. The SDPA
   backend choice is global torch state, so it is set once around all threads.
 
-``engine="hf"`` is never split (its sampling depends on batch composition).
+A backend that does not declare ``multi_gpu`` and per-row sampling (``hf``: its sampling depends on
+batch composition) is never split (``nlalab.verbalize.backends``).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from torch import nn
 
 from nlalab.errors import NLALabError
 from nlalab.pairs import arch
-from nlalab.verbalize import engine as fast
+from nlalab.verbalize import fast
 from nlalab.verbalize.generate import iter_rows
 
 DeviceSpec = Union[None, str, int, Sequence[Union[str, torch.device]]]
@@ -71,6 +72,14 @@ AUTO_MIN_ROWS_PER_DEVICE = 256
 _LAST: list = [None]
 # source model -> replicas alive right now (so ``release`` of the source also frees them)
 _LIVE: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+
+
+def _splittable(engine: str) -> bool:
+    """Rows may be split over devices only on a backend that samples per row and declares multi-GPU."""
+    from nlalab.verbalize import backends
+
+    caps = backends.capabilities(engine) if engine != "auto" else None
+    return caps is None or (caps.multi_gpu and caps.per_row_sampling)
 
 
 def last_info() -> Optional[dict]:
@@ -149,8 +158,9 @@ def resolve_devices(spec: DeviceSpec, av, engine: str, n_rows: Optional[int] = N
     hard = None
     if home.type != "cuda":
         hard = f"the AV is on {home}, not on a CUDA device"
-    elif engine == "hf":
-        hard = "engine 'hf' samples from torch's global RNG per batch, so splitting the rows would change them"
+    elif not _splittable(engine):
+        hard = (f"engine {engine!r} samples from torch's global RNG per batch, so splitting the rows would "
+                "change them")
     else:
         hard = replicate_unsupported_reason(av.model)
     if key == "auto":
@@ -190,8 +200,8 @@ def resolve_devices(spec: DeviceSpec, av, engine: str, n_rows: Optional[int] = N
             raise NLALabError("--verbalize-devices: list each GPU once (two threads on one GPU share its "
                               "streams and gain nothing).")
         if len(devs) > 1:
-            if engine == "hf":
-                raise NLALabError("Cannot verbalize on several devices with engine 'hf' (its sampling "
+            if not _splittable(engine):
+                raise NLALabError(f"Cannot verbalize on several devices with engine {engine!r} (its sampling "
                                   "depends on batch composition). Use engine fast or loop.")
             why = replicate_unsupported_reason(av.model)
             if why:
@@ -310,8 +320,8 @@ def iter_parallel(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], ke
     todo = list(todo)
     if not todo:
         return
-    if engine == "hf":
-        raise NLALabError("engine 'hf' cannot run data parallel (its sampling depends on batch composition).")
+    if not _splittable(engine):
+        raise NLALabError(f"engine {engine!r} cannot run data parallel (its sampling depends on batch composition).")
     home = _norm(arch.input_device(av.model))
     devices = [_norm(d) for d in devices][:len(todo)]
     t0 = time.perf_counter()

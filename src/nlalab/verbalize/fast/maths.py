@@ -1,0 +1,193 @@
+"""The decoder maths as pure functions of tensors (norms, RoPE, attention, MLP, head + sampler) and their
+compiled variants: one compiled graph serves every layer, and the CPU path runs the very same code."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from nlalab.verbalize.sampling import MASK32, filter_logits, hash32
+
+# ----------------------------------------------------------------------------------- pure functions
+# Module-level functions of tensors and Python constants only, so one torch.compile'd graph serves every
+# layer (weights are arguments, not module attributes) and the CPU path runs the very same code.
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float, gemma: bool) -> torch.Tensor:
+    """transformers' RMSNorm, operation by operation (Llama/Qwen2: ``w * x_normed.to(dtype)``;
+    Gemma-3: ``(x_normed * (1 + w)).to(dtype)`` in fp32)."""
+    if gemma:
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        out = out * (1.0 + w.float())
+        return out.type_as(x)
+    dt = x.dtype
+    xf = x.to(torch.float32)
+    var = xf.pow(2).mean(-1, keepdim=True)
+    xf = xf * torch.rsqrt(var + eps)
+    return w * xf.to(dt)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return (x * cos) + (_rotate_half(x) * sin)
+
+
+def _pre_attn(x, ln_w, wq, bq, wk, bk, wv, bv, qn, kn, cos, sin, eps: float, qk_eps: float, gemma: bool,
+              n_heads: int, n_kv: int, head_dim: int):
+    """Input norm, q/k/v projections, q/k norms (Gemma-3), RoPE. Returns q [B,H,S,D], k, v [B,kvH,S,D]."""
+    B, S, _ = x.shape
+    h = _rms(x, ln_w, eps, gemma)
+    if wk is None:  # fused q/k/v weights (one GEMM)
+        q, k, v = F.linear(h, wq, bq).split([n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1)
+    else:
+        q, k, v = F.linear(h, wq, bq), F.linear(h, wk, bk), F.linear(h, wv, bv)
+    q = q.reshape(B, S, n_heads, head_dim).transpose(1, 2)
+    k = k.reshape(B, S, n_kv, head_dim).transpose(1, 2)
+    v = v.reshape(B, S, n_kv, head_dim).transpose(1, 2)
+    if qn is not None:
+        q = _rms(q, qn, qk_eps, gemma)
+        k = _rms(k, kn, qk_eps, gemma)
+    return _rope(q, cos, sin), _rope(k, cos, sin), v
+
+
+def _post_attn(x, a, wo, bo, ln_post_attn, ln_pre_ff, ln_post_ff, wg, wu, wd, act: Callable, eps: float,
+               gemma: bool):
+    """Output projection of the attention result a [B,H,S,D], residuals, MLP (Gemma-3: extra norms)."""
+    B, S, _ = x.shape
+    a = F.linear(a.transpose(1, 2).reshape(B, S, -1), wo, bo)
+    if gemma:
+        x = x + _rms(a, ln_post_attn, eps, True)
+        h = _rms(x, ln_pre_ff, eps, True)
+        return x + _rms(_mlp(h, wg, wu, wd, act), ln_post_ff, eps, True)
+    x = x + a
+    h = _rms(x, ln_post_attn, eps, False)
+    return x + _mlp(h, wg, wu, wd, act)
+
+
+def _mlp(h, wg, wu, wd, act):
+    if wu is None:  # fused gate/up weights (one GEMM)
+        g, u = F.linear(h, wg).chunk(2, dim=-1)
+        return F.linear(act(g) * u, wd)
+    return F.linear(act(F.linear(h, wg)) * F.linear(h, wu), wd)
+
+
+def _attend(q, kp, vp, kr, vr, mask_p, mask_r, scaling: float, softcap: Optional[float] = None):
+    """Two-part GQA attention of q [B,H,S,D] over a shared prefix (kp/vp [kvH,P,D], no batch) and per-row
+    keys (kr/vr [B,kvH,L,D]); boolean masks [S,P], [S,L] are the same for every row and head. The prefix
+    scores come from one GEMM over all rows; one fp32 softmax spans both parts (scores are the matmul in
+    the model dtype, as in transformers' eager attention)."""
+    B, H, S, D = q.shape
+    n_kv = kr.shape[1]
+    G = H // n_kv
+    qg = q.reshape(B, n_kv, G * S, D)
+    s_r = torch.matmul(qg, kr.transpose(-1, -2)).view(B, n_kv, G, S, -1)
+    if kp is not None:
+        P = kp.shape[1]
+        qp = qg.permute(1, 0, 2, 3).reshape(n_kv, B * G * S, D)
+        s_p = torch.matmul(qp, kp.transpose(-1, -2)).view(n_kv, B, G, S, P).permute(1, 0, 2, 3, 4)
+        s = torch.cat([s_p, s_r], dim=-1)
+        mask = torch.cat([mask_p, mask_r], dim=-1)
+    else:
+        P = 0
+        s = s_r
+        mask = mask_r
+    s = s.float() * scaling
+    if softcap is not None:
+        s = torch.tanh(s / softcap) * softcap
+    s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1).to(q.dtype)
+    out = torch.matmul(p[..., P:].reshape(B, n_kv, G * S, -1), vr)
+    if kp is not None:
+        pp = p[..., :P].permute(1, 0, 2, 3, 4).reshape(n_kv, B * G * S, P)
+        out = out + torch.matmul(pp, vp).view(n_kv, B, G * S, D).permute(1, 0, 2, 3)
+    return out.reshape(B, H, S, D)
+
+
+def _attend_sdpa(q, k, v, mask, scaling: float):
+    """GQA attention through ``F.scaled_dot_product_attention`` (fp32 scores inside the kernel): query heads
+    of one KV head are stacked along the query axis, so K/V are never repeated. mask [S,L] bool."""
+    B, H, S, D = q.shape
+    n_kv = k.shape[1]
+    G = H // n_kv
+    qg = q.reshape(B, n_kv, G * S, D)
+    m = mask.repeat(G, 1)[None, None]
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=m, scale=scaling)
+    return out.reshape(B, H, S, D)
+
+
+def uniform_t(keys: torch.Tensor, step, hv: torch.Tensor) -> torch.Tensor:
+    """``sampling.uniform`` with the step as a Python int or a device tensor, and the per-token hash
+    ``hv = hash32(arange(V) * 0x27D4EB2F & MASK32)`` precomputed; bitwise the same values."""
+    k = hash32(keys ^ ((step * 0x85EBCA77 + 0x165667B1) & MASK32)).unsqueeze(1)
+    bits = hash32(k ^ hv.unsqueeze(0))
+    return (bits.to(torch.float64) + 0.5) / 4294967296.0
+
+
+def token_hash(vocab: int, device) -> torch.Tensor:
+    v = torch.arange(vocab, device=device, dtype=torch.int64)
+    return hash32(v * 0x27D4EB2F & MASK32)
+
+
+def _sample(logits, keys, step, hv, temperature: float, top_k: int, top_p: float, greedy: bool):
+    """``sampling.sample_next`` with a tensor step (same Gumbel-max over the filtered fp32 logits)."""
+    if greedy:
+        return logits.float().argmax(-1)
+    lg = filter_logits(logits, top_k, top_p) / float(temperature)
+    u = uniform_t(keys, step, hv)
+    g = -torch.log(-torch.log(u))
+    return (lg.double() + g).argmax(-1)
+
+
+def _head_sample(x, norm_w, eps: float, gemma: bool, lm_w, lm_b, final_softcap: Optional[float], keys, step, hv,
+                 done, eos, pad: int, temperature: float, top_k: int, top_p: float, greedy: bool):
+    """Final norm, LM head, soft-capping, sampling, pad-after-end, and the updated finished flags."""
+    h = _rms(x, norm_w, eps, gemma)
+    logits = F.linear(h, lm_w, lm_b)
+    if final_softcap is not None:
+        logits = logits / final_softcap
+        logits = torch.tanh(logits)
+        logits = logits * final_softcap
+    nxt = _sample(logits, keys, step, hv, temperature, top_k, top_p, greedy)
+    nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+    if eos is not None:
+        done = done | torch.isin(nxt, eos)
+    return nxt, done
+
+
+_COMPILED: dict = {}
+
+
+def _compiled_fns(mode: str) -> dict:
+    """The decode-step functions for a compile mode; one set per process, so engines rebuilt for a new
+    call reuse dynamo's compiled code instead of compiling again."""
+    autotune = os.environ.get("NLALAB_FAST_AUTOTUNE", "0") not in ("0", "", "false", "False")
+    fns = _COMPILED.get((mode, autotune))
+    if fns is not None:
+        return fns
+    fns = {"pre": _pre_attn, "post": _post_attn, "head": _head_sample}
+    if mode != "none":
+        import torch._dynamo
+        import torch._inductor.config as icfg
+
+        cfg = torch._dynamo.config
+        for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                     "accumulated_recompile_limit"):
+            if hasattr(cfg, name):
+                setattr(cfg, name, max(int(getattr(cfg, name)), 256))
+        # round at every .to(bf16) as eager does, so compiled steps follow the eager numerics
+        opts = {"emulate_precision_casts": True} if hasattr(icfg, "emulate_precision_casts") else {}
+        if autotune:  # NLALAB_FAST_AUTOTUNE=1: inductor benchmarks Triton GEMM templates against cuBLAS
+            opts.update({"max_autotune": True, "max_autotune_gemm_backends": "ATEN,TRITON"})
+        fns["head"] = torch.compile(_head_sample, fullgraph=True, options=opts)
+        if mode == "all":
+            fns["pre"] = torch.compile(_pre_attn, fullgraph=True, options=opts)
+            fns["post"] = torch.compile(_post_attn, fullgraph=True, options=opts)
+    _COMPILED[(mode, autotune)] = fns
+    return fns

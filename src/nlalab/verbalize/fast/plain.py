@@ -1,0 +1,213 @@
+"""Plain mode of the fast engine: prompts of different lengths, no injection (blind control, corpus texts).
+
+Every prompt of a call starts with the same template tokens, so their K/V (the longest common prefix,
+``P`` tokens) are computed once by a ``FastEngine`` built on that prefix. Each row's remaining tokens are
+right-aligned in a window of ``Smax`` cache slots after the prefix ("middle padding": row i's first
+``Smax - S_i`` slots are gaps, masked out of every attention), so all rows still advance in lockstep
+through one static cache while each keeps its own positions (per-row RoPE rows and key masks, as
+``verbalize.plain``'s left padding with explicit position ids does). Sampling is the per-row stream of
+``loop`` (seed, prompt key, sample), so in fp32 on the CPU the tokens equal ``plain.generate_texts`` on
+``loop`` (tests/unit/test_backends.py). On the CPU rows that ended leave the batch (``OPTIONS.compact``,
+as in the engine's eager decode). Runs eagerly (no CUDA graphs): on a GPU it still skips the
+prompt prefix and the per-step cache reallocation of ``generate``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from nlalab.errors import NLALabError
+
+
+def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens shared by the start of every prompt, leaving each at least one token of its own."""
+    first = prompts[0]
+    n = min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        i = 0
+        while i < n and p[i] == first[i]:
+            i += 1
+        n = i
+    return max(0, n)
+
+
+def _attend_rows(q, k, v, mask, scaling: float):
+    """GQA sdpa with a per-row boolean mask [B,S,L] (query heads of one KV head stacked on the query axis)."""
+    B, H, S, D = q.shape
+    G = H // k.shape[1]
+    qg = q.reshape(B, k.shape[1], G * S, D)
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask.repeat(1, G, 1)[:, None], scale=scaling)
+    return out.reshape(B, H, S, D)
+
+
+def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *, max_new_tokens: int,
+                   eos_ids: Sequence[int], pad_id: int, temperature: float = 1.0, top_k: int = 0,
+                   top_p: float = 1.0, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens [B, <=max_new] (pad after the end) and finished flags [B] for rows ``prefix + suffixes[i]``."""
+    from nlalab.verbalize.fast import OPTIONS, _sdpa_backends
+
+    dev, P = eng.device, eng.P
+    B = len(suffixes)
+    lens = torch.tensor([len(s) for s in suffixes], device=dev)
+    if int(lens.min()) < 1:
+        raise NLALabError("fast engine (plain): every prompt needs a token after the shared prefix.")
+    Smax = int(lens.max())
+    max_new = int(max_new_tokens)
+    greedy = bool(greedy or temperature == 0)
+    temperature, top_k, top_p = (1.0, 0, 1.0) if greedy else (float(temperature), int(top_k or 0), float(top_p))
+    if P + Smax + max_new + 16 > eng.rope_len:
+        with torch.no_grad():
+            eng._rope_tables(P + Smax + max_new + 256)
+    gap = Smax - lens  # [B]
+    ids = torch.full((B, Smax), int(pad_id), dtype=torch.long, device=dev)
+    for i, s in enumerate(suffixes):
+        ids[i, Smax - len(s):] = torch.tensor(list(s), device=dev)
+    L = P + Smax + max_new
+    slots = torch.arange(L, device=dev)
+    # per-row key position of each cache slot (gap slots get -1 and are masked out)
+    kpos = torch.where(slots[None] < P, slots[None], slots[None] - gap[:, None])
+    valid = (slots[None] < P) | (slots[None] >= P + gap[:, None])
+    kpos = torch.where(valid, kpos, torch.full_like(kpos, -1))
+    qpos = (P + torch.arange(Smax, device=dev))[None] - gap[:, None]  # [B, Smax]; gap queries are unused
+    eos = torch.tensor(sorted({int(e) for e in eos_ids}), device=dev, dtype=torch.long) if len(eos_ids) else None
+    fns = eng._eager_fns()
+    kr = [torch.zeros(B, eng.n_kv, L, eng.head_dim, device=dev, dtype=eng.dtype) for _ in eng.layers]
+    vr = [torch.zeros_like(kr[0]) for _ in eng.layers]
+    keys = keys.to(dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    out = torch.full((B, max_new), int(pad_id), dtype=torch.long, device=dev)
+
+    def masks(qp: torch.Tensor, upto: int, self_slot=None) -> dict:
+        """window -> [B, S, upto] for query positions qp [B, S] over the first ``upto`` slots. A gap query
+        (prefill) also sees its own slot, so no row of the softmax is empty (no NaN in masked slots)."""
+        kp = kpos[:, None, :upto]
+        base = valid[:, None, :upto] & (kp <= qp[:, :, None])
+        if self_slot is not None:
+            base = base | (slots[None, None, :upto] == self_slot[None, :, None])
+        out = {}
+        for w in eng.windows:
+            m = base if w is None else base & (kp > qp[:, :, None] - w)
+            out[w] = m if self_slot is None else m | (slots[None, None, :upto] == self_slot[None, :, None])
+        return out
+
+    def pre(Lay, x, pos):
+        cos = eng.cos[Lay.rope][pos][:, None]
+        sin = eng.sin[Lay.rope][pos][:, None]
+        w = (Lay.wqkv, Lay.bqkv, None, None, None, None) if Lay.wqkv is not None else (
+            Lay.wq, Lay.bq, Lay.wk, Lay.bk, Lay.wv, Lay.bv)
+        return fns["pre"](x, Lay.ln_in, *w, Lay.qn, Lay.kn, cos, sin, eng.eps, eng.qk_eps, eng.gemma,
+                          eng.n_heads, eng.n_kv, eng.head_dim)
+
+    def head(x, step):
+        return fns["head"](x, eng.norm_w, eng.norm_eps, eng.gemma, eng.lm_w, eng.lm_b, eng.final_softcap, keys,
+                           step, eng.hv, done, eos, int(pad_id), temperature, top_k, top_p, greedy)
+
+    with torch.no_grad(), _sdpa_backends(dev):
+        for i in range(len(eng.layers)):
+            if P:
+                kr[i][:, :, :P].copy_(eng.kp[i][None])
+                vr[i][:, :, :P].copy_(eng.vp[i][None])
+        b = P + Smax
+        ms = masks(qpos, b, self_slot=P + torch.arange(Smax, device=dev))
+        x = eng.embed(ids)
+        for i, Lay in enumerate(eng.layers):
+            q, k, v = pre(Lay, x, qpos.clamp_min(0))
+            kr[i][:, :, P:b].copy_(k)
+            vr[i][:, :, P:b].copy_(v)
+            x = eng._post(fns, Lay, x, _attend_rows(q, kr[i][:, :, :b], vr[i][:, :, :b], ms[Lay.window], eng.scaling))
+        nxt, done = head(x[:, -1], 0)
+        out[:, 0] = nxt
+        steps = 1
+        pos = qpos[:, -1:]  # [B, 1]
+        check = eos is not None
+        rows = torch.arange(B, device=dev)  # batch row -> output row (rows that ended are dropped on the CPU)
+        full_done = done.clone()
+        compact = float(OPTIONS.compact) if dev.type != "cuda" else 0.0
+        for step in range(1, max_new):
+            if check and (dev.type != "cuda" or step % 16 == 0) and bool(done.all()):
+                break
+            n_done = int(done.sum()) if compact else 0
+            if compact and n_done >= max(1, compact * len(rows)):
+                keep = (~done).nonzero().squeeze(1)
+                full_done[rows[done]] = True
+                rows, pos, nxt, done, keys = rows[keep], pos[keep], nxt[keep], done[keep], keys[keep]
+                kpos, valid = kpos[keep], valid[keep]
+                kr = [t.index_select(0, keep) for t in kr]
+                vr = [t.index_select(0, keep) for t in vr]
+            pos = pos + 1
+            slot = b - 1 + step
+            ms = masks(pos, L)
+            x = eng.embed(nxt[:, None])
+            for i, Lay in enumerate(eng.layers):
+                q, k, v = pre(Lay, x, pos)
+                kr[i][:, :, slot:slot + 1].copy_(k)
+                vr[i][:, :, slot:slot + 1].copy_(v)
+                x = eng._post(fns, Lay, x, _attend_rows(q, kr[i], vr[i], ms[Lay.window], eng.scaling))
+            nxt, done = head(x[:, -1], step)
+            out[rows, step] = nxt
+            steps = step + 1
+        full_done[rows] = done
+    return out[:, :steps], full_done
+
+
+def plain_engine(model, prefix: Sequence[int], pad_id: int, rope_len: int = 0):
+    """A ``FastEngine`` whose shared prefix is ``prefix`` (built under the device lock; not cached), with
+    rotary tables for ``rope_len`` positions."""
+    from nlalab.pairs.arch import input_device
+    from nlalab.verbalize.fast import DEVICE_LOCK, FastEngine, on_device
+
+    with DEVICE_LOCK, on_device(input_device(model)):
+        return FastEngine(model, list(prefix) + [int(pad_id)], len(prefix), rope_len=rope_len)
+
+
+def iter_plain(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids: Sequence[int],
+               todo: Sequence[tuple[int, int]], keys_v: Sequence, settings
+               ) -> Iterator[tuple[list[int], list[int], torch.Tensor, torch.Tensor]]:
+    """``todo`` (prompt, sample) rows in micro-batches of ``settings.fast_batch_size``, else ``batch_size`` on
+    the CPU and up to ``OPTIONS.max_batch`` on CUDA (halved on out-of-memory); yields (prompt idx, sample
+    idx, tokens, done) on the CPU."""
+    from nlalab.verbalize.fast import OPTIONS, empty_cache
+    from nlalab.verbalize.generate import stream_keys
+
+    if not todo:
+        return
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    P = common_prefix([prompts[i] for i, _ in todo])
+    longest = max(len(prompts[i]) for i, _ in todo)
+    eng = plain_engine(model, prompts[todo[0][0]][:P], pad, rope_len=longest + settings.max_new_tokens + 256)
+    try:
+        # CPU: the study's batch size; CUDA: every row at once up to OPTIONS.max_batch (halved on OOM)
+        auto = min(len(todo), int(OPTIONS.max_batch)) if eng.device.type == "cuda" else settings.batch_size
+        cap = max(1, int(settings.fast_batch_size or auto))
+        pos = 0
+        while pos < len(todo):
+            chunk = todo[pos:pos + cap]
+            vidx = [i for i, _ in chunk]
+            sidx = [s for _, s in chunk]
+            oom = False
+            try:
+                keys = stream_keys(settings.seed, keys_v, vidx, sidx, eng.device)
+                toks, done = generate_plain(
+                    eng, [prompts[i][P:] for i in vidx], keys, max_new_tokens=settings.max_new_tokens,
+                    eos_ids=eos_ids, pad_id=pad, temperature=settings.temperature, top_k=settings.top_k,
+                    top_p=settings.top_p, greedy=settings.greedy)
+            except torch.cuda.OutOfMemoryError:
+                oom = True
+            if oom:
+                empty_cache()
+                if cap == 1:
+                    raise NLALabError("GPU out of memory at batch size 1 in plain generation (fast engine). "
+                                      "Fix: lower --max-new-tokens or use engine 'loop'.")
+                cap = max(1, math.ceil(cap / 2))
+                warnings.warn(f"fast engine (plain): CUDA out of memory; retrying with {cap} rows per batch.")
+                continue
+            yield vidx, sidx, toks.cpu(), done.cpu()
+            pos += len(chunk)
+    finally:
+        eng.drop_states()
+        eng.unfuse()

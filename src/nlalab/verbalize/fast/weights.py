@@ -1,0 +1,73 @@
+"""Which models the fast engine runs, and per-layer weight views read off the model (no copies)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from nlalab.errors import NLALabError
+from nlalab.pairs import arch, families
+from torch import nn
+
+SUPPORTED_MODEL_TYPES = families.fast_engine_types()
+
+# ------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class _Layer:
+    ln_in: torch.Tensor
+    ln_post_attn: torch.Tensor
+    ln_pre_ff: Optional[torch.Tensor]
+    ln_post_ff: Optional[torch.Tensor]
+    wq: torch.Tensor
+    bq: Optional[torch.Tensor]
+    wk: torch.Tensor
+    bk: Optional[torch.Tensor]
+    wv: torch.Tensor
+    bv: Optional[torch.Tensor]
+    wo: torch.Tensor
+    bo: Optional[torch.Tensor]
+    qn: Optional[torch.Tensor]
+    kn: Optional[torch.Tensor]
+    wg: torch.Tensor
+    wu: torch.Tensor
+    wd: torch.Tensor
+    window: Optional[int]
+    rope: int  # index into the engine's cos/sin tables
+    wqkv: Optional[torch.Tensor] = None  # fused weights (fuse_weights), views of which the Parameters are
+    bqkv: Optional[torch.Tensor] = None
+    wgu: Optional[torch.Tensor] = None
+
+
+def _eps(norm: nn.Module) -> float:
+    for name in ("variance_epsilon", "eps"):
+        if hasattr(norm, name):
+            return float(getattr(norm, name))
+    raise NLALabError(f"fast engine: cannot read the epsilon of {type(norm).__name__}.")
+
+
+def unsupported_reason(model: nn.Module) -> Optional[str]:
+    """None if the fast engine supports ``model``, else why not (the caller falls back to ``loop``)."""
+    cfg = arch.text_config(model.config)
+    mt = getattr(cfg, "model_type", "")
+    if mt not in SUPPORTED_MODEL_TYPES:
+        return f"model type {mt!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+    devs = {p.device for p in model.parameters()}
+    if len(devs) != 1:
+        return "weights on several devices (device_map sharding)"
+    if next(iter(devs)).type == "meta":
+        return "weights released (meta device)"
+    if getattr(model, "lm_head", None) is None or not hasattr(model.lm_head, "weight"):
+        return "no lm_head"
+    try:
+        arch.decoder_layers(model)
+    except NLALabError as e:
+        return str(e)
+    if getattr(cfg, "use_bidirectional_attention", False):
+        return "bidirectional attention"
+    hooked = next((n for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks), None)
+    if hooked is not None:  # the engine never calls module forwards, so it would silently skip the hook
+        return f"forward hooks registered on the model ({hooked or 'the model'}); the fast engine would skip them"
+    return None
