@@ -60,8 +60,8 @@ def test_plan_writes_the_bytes_of_one_call_per_job(fixture_pairs, tmp_path, engi
     ref.mkdir(), new.mkdir()
     _per_job_reference(av, jobs, ref, 2, gs)
     seen = []
-    ST.run_verbalize(av, jobs, new, 2, gs, progress=False, on_job=lambda n, m: seen.append((n, m)))
-    assert seen == [("corpus", 10), ("random_gaussian", 6), ("directions", 4), ("seed7", 10)]
+    ST.run_verbalize(av, jobs, new, 2, gs, progress=False, on_rows=seen.append)
+    assert sum(seen) == 10 + 6 + 4 + 10  # every row reported once to the progress hook
     a, b = _files(ref), _files(new)
     assert set(a) == {"verbalize.jsonl", "control_random_gaussian.jsonl", "control_directions.jsonl",
                       "control_seed7.jsonl"}

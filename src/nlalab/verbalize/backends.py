@@ -101,34 +101,15 @@ _LOADED: list = [False]
 
 
 def _load() -> None:
-    """Register the built-in backends (on first use, so importing this module stays cheap)."""
+    """Register the built-in backends on first use. They live in ``nlalab.verbalize.builtin_backends``, loaded
+    by name: this registry sits below the engines that dispatch through it (generate, plain), so it imports
+    none of them (tests/unit/test_architecture.py keeps the verbalize package free of import circles)."""
     if _LOADED[0]:
         return
     _LOADED[0] = True
-    from nlalab.verbalize import generate, plain
+    import importlib
 
-    any_dtype = (torch.float32, torch.bfloat16, torch.float16)
-    register(Backend(
-        name="loop", doc="our KV-cached decode loop over the model's own forward (the reference path)",
-        caps=Capabilities(per_row_sampling=True, multi_gpu=True, devices=("cpu", "cuda"), dtypes=any_dtype,
-                          plain=True, prefix_sharing=False),
-        unsupported=lambda model: None, rows=generate.loop_rows, plain_rows=plain.loop_plain_rows))
-    register(Backend(
-        name="hf", doc="transformers.generate (sampling depends on batch composition)",
-        caps=Capabilities(per_row_sampling=False, multi_gpu=False, devices=("cpu", "cuda"), dtypes=any_dtype,
-                          plain=False, prefix_sharing=False),
-        unsupported=lambda model: None, rows=generate.hf_rows))
-    register(Backend(
-        name="fast", doc="nlalab.verbalize.fast: shared prefix, static cache; CUDA graphs + compile on GPU",
-        caps=Capabilities(per_row_sampling=True, multi_gpu=True, devices=("cpu", "cuda"), dtypes=any_dtype,
-                          plain=True, prefix_sharing=True),
-        unsupported=_fast_unsupported, rows=generate.fast_rows, plain_rows=plain.fast_plain_rows))
-
-
-def _fast_unsupported(model) -> Optional[str]:
-    from nlalab.verbalize.fast import unsupported_reason
-
-    return unsupported_reason(model)
+    importlib.import_module("nlalab.verbalize.builtin_backends")
 
 
 def cpu_threads(default: int) -> int:

@@ -34,7 +34,7 @@ from nlalab.settings import (DEFAULT_GREEDY, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEE
                              DEFAULT_TOP_P, SamplingSettings)
 from nlalab.verbalize.extract import extract_explanation
 from nlalab.verbalize.inject import injected_embeds
-from nlalab.verbalize.sampling import MASK32, hash32, row_keys, sample_next
+from nlalab.verbalize.sampling import MASK32, hash32, row_keys, sample_next, stream_keys  # noqa: F401
 
 Engine = Literal["auto", "fast", "loop", "hf"]
 
@@ -167,17 +167,6 @@ def to_records(av, toks: torch.Tensor, done: torch.Tensor, vidx: Sequence[int], 
         out.append(Verbalization(vector_index=int(vidx[r]), sample=int(sidx[r]), raw_output=raw,
                                  n_new_tokens=len(body) + (0 if cut is None else 1), token_ids=body, **ex))
     return out
-
-
-def stream_keys(seed: int, keys_v: Sequence, vidx: Sequence[int], sidx: Sequence[int], device) -> torch.Tensor:
-    """Noise-stream ids of rows: ``keys_v[i]`` is vector i's key (stream (seed, key, sample)), or a
-    (seed, key) pair when rows of one call use different seeds (a study's plan runs several jobs at once)."""
-    if keys_v and isinstance(keys_v[vidx[0]] if vidx else keys_v[0], tuple):
-        seeds = torch.tensor([int(keys_v[i][0]) & MASK32 for i in vidx], device=device)
-        vk = torch.tensor([int(keys_v[i][1]) for i in vidx], device=device)
-        s = torch.tensor(sidx, device=device)
-        return hash32(hash32(hash32(seeds) ^ hash32(vk)) ^ (s * 0x9E3779B1 & MASK32))
-    return row_keys(seed, torch.tensor([int(keys_v[i]) for i in vidx], device=device), torch.tensor(sidx, device=device))
 
 
 def iter_rows(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v: Sequence,

@@ -8,6 +8,8 @@ filtered softmax distribution (same distribution as transformers' sampler, diffe
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 MASK32 = 0xFFFFFFFF
@@ -63,3 +65,14 @@ def sample_next(logits: torch.Tensor, keys: torch.Tensor, step: int, temperature
     u = uniform(keys, step, lg.shape[-1])
     gumbel = -torch.log(-torch.log(u))
     return (lg.double() + gumbel).argmax(-1)
+
+
+def stream_keys(seed: int, keys_v: Sequence, vidx: Sequence[int], sidx: Sequence[int], device) -> torch.Tensor:
+    """Noise-stream ids of rows: ``keys_v[i]`` is vector i's key (stream (seed, key, sample)), or a
+    (seed, key) pair when rows of one call use different seeds (a study's plan runs several jobs at once)."""
+    if keys_v and isinstance(keys_v[vidx[0]] if vidx else keys_v[0], tuple):
+        seeds = torch.tensor([int(keys_v[i][0]) & MASK32 for i in vidx], device=device)
+        vk = torch.tensor([int(keys_v[i][1]) for i in vidx], device=device)
+        s = torch.tensor(sidx, device=device)
+        return hash32(hash32(hash32(seeds) ^ hash32(vk)) ^ (s * 0x9E3779B1 & MASK32))
+    return row_keys(seed, torch.tensor([int(keys_v[i]) for i in vidx], device=device), torch.tensor(sidx, device=device))

@@ -172,7 +172,7 @@ def iter_plain(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids: Sequ
     the CPU and up to ``OPTIONS.max_batch`` on CUDA (halved on out-of-memory); yields (prompt idx, sample
     idx, tokens, done) on the CPU."""
     from nlalab.verbalize.fast import OPTIONS, empty_cache
-    from nlalab.verbalize.generate import stream_keys
+    from nlalab.verbalize.sampling import stream_keys
 
     if not todo:
         return

@@ -84,7 +84,7 @@ def iter_fast(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v
     """Run ``todo`` (vector, sample) rows in equal micro-batches; yield (vidx, sidx, tokens, done) per batch.
 
     A CUDA out-of-memory frees the engine's buffers, halves the micro-batch and retries."""
-    from nlalab.verbalize.generate import stream_keys
+    from nlalab.verbalize.sampling import stream_keys
 
     eng = get_engine(av)
     n = len(todo)
