@@ -147,13 +147,9 @@ def conversation_ids(tokenizer, messages: list[dict]) -> list[int]:
 
     if getattr(tokenizer, "chat_template", None) is None:
         raise NLALabError("The target's tokenizer has no chat_template. Fix: use the instruct tokenizer.")
-    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-    if hasattr(out, "keys"):
-        out = out["input_ids"]
-    ids = list(out)
-    if ids and isinstance(ids[0], list):
-        ids = ids[0]
-    return [int(i) for i in ids]
+    from nlalab.pairs.markers import template_ids
+
+    return template_ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
 
 
 def content_start(tokenizer, messages: list[dict]) -> int:

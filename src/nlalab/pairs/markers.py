@@ -61,8 +61,13 @@ def chat_ids(tokenizer, content: str) -> list[int]:
             f"Tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat_template. Fix: use the instruct "
             "tokenizer, or set tokenizer.chat_template (nlalab ships Gemma-3 and Llama-3 templates)."
         )
-    out = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=True,
-                                        add_generation_prompt=True)
+    return template_ids(tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=True,
+                                                      add_generation_prompt=True))
+
+
+def template_ids(out) -> list[int]:
+    """Token ids of what ``apply_chat_template(..., tokenize=True)`` returned (a list, a nested list or an
+    encoding, depending on the transformers version)."""
     if hasattr(out, "keys"):
         out = out["input_ids"]
     ids = list(out)

@@ -52,7 +52,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -113,13 +112,11 @@ def classify_pattern(values: Sequence[Optional[float]], names: Optional[Sequence
         return PT.classify_steps(values, steps, names, alpha=alpha)
     names = list(names) if names is not None else [f"run {i + 1}" for i in range(len(values))]
     eps = tol * STEP_EPS_FRACTION if eps is None else float(eps)
-    if any(v is None or not math.isfinite(float(v)) for v in values):
-        miss = [names[i] for i, v in enumerate(values) if v is None or not math.isfinite(float(v))]
-        return {"kind": "na", "text": f"n/a (missing in {', '.join(miss)})", "at": None}
+    trivial = PT.trivial_pattern(values, names)
+    if trivial is not None:
+        return trivial
     v = [float(x) for x in values]
     m = len(v)
-    if m < 2:
-        return {"kind": "single", "text": "single run", "at": None}
     rng = max(v) - min(v)
     if rng <= tol:
         return {"kind": "flat", "text": f"flat (range {rng:.3f} ≤ {tol:g})", "at": None}

@@ -73,6 +73,16 @@ def _step_p(step: Optional[dict]) -> Optional[float]:
     return 2 * (1 - NormalDist().cdf(abs(step["mean"]) / se))
 
 
+def trivial_pattern(values, names: list[str]) -> Optional[dict]:
+    """``n/a`` when a run lacks the value, ``single run`` with one run; None otherwise."""
+    if any(v is None or not math.isfinite(float(v)) for v in values):
+        miss = [names[i] for i, v in enumerate(values) if v is None or not math.isfinite(float(v))]
+        return {"kind": "na", "text": f"n/a (missing in {', '.join(miss)})", "at": None}
+    if len(values) < 2:
+        return {"kind": "single", "text": "single run", "at": None}
+    return None
+
+
 def classify_steps(values: Sequence[Optional[float]], steps: Sequence[Optional[dict]],
                    names: Optional[Sequence[str]] = None, alpha: float = 0.05) -> dict:
     """Pattern of a trajectory from its tested steps (see the module docstring).
@@ -81,13 +91,11 @@ def classify_steps(values: Sequence[Optional[float]], steps: Sequence[Optional[d
     Returns ``{"kind", "text", "at", "steps": [{"mean", "p", "p_holm", "counts"}], "correction"}``.
     """
     names = list(names) if names is not None else [f"run {i + 1}" for i in range(len(values))]
-    if any(v is None or not math.isfinite(float(v)) for v in values):
-        miss = [names[i] for i, v in enumerate(values) if v is None or not math.isfinite(float(v))]
-        return {"kind": "na", "text": f"n/a (missing in {', '.join(miss)})", "at": None}
+    trivial = trivial_pattern(values, names)
+    if trivial is not None:
+        return trivial
     v = [float(x) for x in values]
     m = len(v)
-    if m < 2:
-        return {"kind": "single", "text": "single run", "at": None}
     if len(steps) != m - 1:
         raise ValueError(f"steps: expected {m - 1} steps for {m} runs; found {len(steps)}")
     ps = [_step_p(s) for s in steps]
