@@ -167,3 +167,23 @@ def test_thread_count_does_not_change_rows(fixture_pairs, monkeypatch):
         monkeypatch.setenv("NLALAB_CPU_THREADS", n)
         got[n] = [r.token_ids for r in verbalize(av, vecs, k=2, settings=GenerationSettings(max_new_tokens=12))]
     assert got["1"] == got["2"]
+
+
+def test_library_hooks_do_not_block_the_fast_engine(fixture_pairs):
+    """Hooks that transformers/accelerate install to record outputs do not change a module's output; only a
+    user's hook makes the fast engine step aside."""
+    from nlalab.pairs import arch
+    from nlalab.verbalize.fast.weights import user_hooks
+
+    av = load_av(fixture_pairs["qwen2"].av)
+    layer = arch.decoder_layers(av.model)[0]
+
+    def recorder(m, a, o):
+        return None
+
+    recorder.__module__ = "transformers.utils.output_capturing"
+    h = layer.register_forward_hook(recorder)
+    try:
+        assert user_hooks(layer) == [] and backends.get("fast").unsupported(av.model) is None
+    finally:
+        h.remove()

@@ -67,7 +67,21 @@ def unsupported_reason(model: nn.Module) -> Optional[str]:
         return str(e)
     if getattr(cfg, "use_bidirectional_attention", False):
         return "bidirectional attention"
-    hooked = next((n for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks), None)
+    hooked = next(((n, h) for n, m in model.named_modules() for h in user_hooks(m)), None)
     if hooked is not None:  # the engine never calls module forwards, so it would silently skip the hook
-        return f"forward hooks registered on the model ({hooked or 'the model'}); the fast engine would skip them"
+        name, h = hooked
+        return (f"forward hooks registered on the model ({name or 'the model'}: "
+                f"{getattr(h, '__module__', '?')}.{getattr(h, '__qualname__', type(h).__name__)}); "
+                "the fast engine would skip them")
     return None
+
+
+# Hooks of these libraries record outputs or move tensors; they do not change what a module computes on one
+# device (a sharded model is refused above by its devices), so the engine may skip them.
+LIBRARY_HOOKS = ("transformers.", "accelerate.", "torch.")
+
+
+def user_hooks(module) -> list:
+    """The forward (pre-)hooks of ``module`` that may change its output: every hook but the libraries' own."""
+    hooks = list(module._forward_hooks.values()) + list(module._forward_pre_hooks.values())
+    return [h for h in hooks if not str(getattr(h, "__module__", "") or "").startswith(LIBRARY_HOOKS)]
