@@ -40,7 +40,7 @@ def test_batched_equals_unbatched_fp32(fixture_pairs, arch):
         ar = load_ar(p.ar, LoadOptions(device="cpu", dtype="fp32"), layer=p.layer)
         texts = EXPL + EXPL[:3]  # repeats share a length, so pad-free batches really hold several rows
         single = torch.cat([reconstruct(ar, [e], batch_size=1) for e in texts])
-        free = reconstruct(ar, texts, batch_size=4)
+        free = reconstruct(ar, texts, batch_size=4, pad_free=True)
         padded = reconstruct(ar, texts, batch_size=4, pad_free=False)
     assert _rel(free, single) <= BATCH_TOLERANCE["fp32"]
     assert _rel(padded, single) <= BATCH_TOLERANCE["fp32"]
