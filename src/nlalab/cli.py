@@ -5,6 +5,10 @@ output format (``--json`` survives as a hidden alias); ``--out`` is a directory 
 and a file for ``report``, ``compare`` and ``export``; ``--overwrite`` replaces earlier output
 (``--restart`` survives as a hidden alias); flags beat ``--config`` only when typed on the command line;
 exit codes are 0 ok, 1 a check failed, 2 a usage error, 3 a runtime error (nlalab.errors).
+
+One module (~720 lines): a thin typer layer, one short function per command, each turning flags into one
+library call; keeping the commands together keeps the shared conventions (--seed, --format, --out, exit codes,
+examples) in one place.
 """
 
 from __future__ import annotations

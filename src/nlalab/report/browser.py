@@ -19,6 +19,9 @@ Design choices, and why:
   content words are computed here, in Python, and the page marks an explanation token when its lower-cased
   form is one of them (the same ``[A-Za-z0-9]+`` tokens). A ``<mark>`` is therefore exactly a word that counts
   towards that row's recall.
+
+One module (~550 lines) because most of it is the browser's embedded CSS and JavaScript, which must travel as
+one self-contained fragment (no CDN, file:// URLs); the Python around it only prepares and escapes the data.
 """
 
 from __future__ import annotations

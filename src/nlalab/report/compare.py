@@ -45,6 +45,10 @@ below (point estimates, ``tol`` default 0.02, step tolerance ``eps = tol / 4``) 
 On the seed's numbers these rules give its own column: overall fve_nrm 0.880 → 0.992 → 0.982 "peak at
 V2"; recall spread 0.490 → 0.649 → 0.654 "saturating up"; overall recall 0.336 → 0.420 → 0.474
 "monotonic up"; fve_nrm spread 0.017 → 0.005 → 0.010 "flat".
+
+One module (~610 lines): the comparison's rows, its comparability checks and its four renderings (terminal,
+Markdown, CSV, JSON) are one data structure read in several ways; the statistics of the Pattern column live in
+nlalab.report.pattern.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ data keys through ``__pydantic_extra__``.
 
 ``SCHEMA_VERSION`` is bumped when a key moves or changes meaning (not when one is added); a reader
 migrates older files in memory (:func:`nlalab.rundir.load.migrate`) and refuses newer ones.
+
+One module (~800 lines): the run directory's contract is the set of these models, and the field reference
+(docs/run-directory.md) and the key-coverage test walk them together; splitting it would scatter one versioned
+schema.
 """
 
 from __future__ import annotations

@@ -30,6 +30,10 @@ Conventions (all deterministic given ``seed``):
 - **Power.** Minimum detectable difference between two categories
   (:func:`nlalab.stats.min_detectable_difference`, alpha 0.05, power 0.8) at the *smallest* number of
   items per category in this run, with the pooled within-category std (ddof=1) of item means.
+
+One module (~570 lines): the core tables of the seed paper (per-category, spread test, stability,
+confabulation, power, flags) and the three row-only controls' entry points share one validated-row pipeline;
+the statistics themselves live in nlalab.stats and nlalab.rowstats.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ study's own prompts would leak the evaluation set.
 
 :func:`generate_corpus` is the other option: the base model writes documents and prompts from topic
 prompts (on a GPU; the pilot in device-notes did this for prompts).
+
+One module (~720 lines): the offline training corpus builders (mined package text, synthetic tasks, generation
+by the base model, dedup and split) share one row format and provenance record.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ Output directory::
     eval.json, curves.json, curves.png, summary.md
 
 The SFT pair is ``stages/av_sft/av`` + ``stages/ar_sft/ar``; the untrained control is ``init/``.
+
+One module (~620 lines): the training stages' orchestration (presets, resumable stage folders, per-stage
+timing, export) is one sequence; each stage's own logic lives in its module (ar_sft, av_sft, grpo, data,
+export).
 """
 
 from __future__ import annotations
