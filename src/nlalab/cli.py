@@ -417,6 +417,8 @@ def run(
                                           "tag (or truncated, or empty) in the headline tables (default: left out, "
                                           "as the release measures; the all-rows figures are shown beside)."),
     lexicon: Optional[str] = typer.Option(None, "--lexicon", help="Category lexicon JSON (direction control)."),
+    untrained_run: Optional[str] = typer.Option(None, "--untrained-run", help="A finished --untrained-baseline run "
+                                                "of the same pair and corpus: fills the ladder's untrained rung."),
     directions: Optional[List[str]] = typer.Option(None, "--directions", help="Contrast sets for directions beyond "
                                                    "the corpus categories (repeatable): valence_v1, factuality_v1 or "
                                                    "a JSON file of named prompt sets."),

@@ -84,3 +84,38 @@ def test_a_registered_toy_control_runs_and_renders_everywhere(toy, fixture_pairs
     assert row["values"][0]["mean"] == pytest.approx(sec["neg_fve_nrm"]) and row["values"][1] is None
     assert "Toy: negated fve_nrm" in to_markdown(cmp)
     assert isinstance(RunConfig(out="x", controls=["toy"]).controls, list)
+
+
+def test_untrained_rung_is_read_from_its_own_run_and_compared_item_by_item(fixture_pairs, tmp_path):
+    """--untrained-run DIR fills the baseline ladder's untrained rung: the other run's item means, and the paired
+    gap real − untrained over the items both scored (a known answer from the two samples files)."""
+    import statistics
+
+    from nlalab.study.pipeline import run_study
+
+    p = fixture_pairs["qwen2"]
+    other = run_study(cfg_for(fixture_pairs["llama"], tmp_path / "untrained", controls=[], limit_per_category=2,
+                              brv="0.8"))
+    res = run_study(cfg_for(p, tmp_path / "real", controls=["baselines"], limit_per_category=2, brv="0.8",
+                            untrained_run=str(tmp_path / "untrained")))
+    rung = res["controls"]["baselines"]["rungs"]["untrained_pair"]
+
+    def item_means(d):
+        rows = [json.loads(x) for x in (d / "samples.jsonl").read_text().splitlines()]
+        acc = {}
+        for r in rows:
+            acc.setdefault(r["item_id"], []).append(r["fve_nrm"])
+        return {k: statistics.mean(v) for k, v in acc.items()}
+
+    mine, theirs = item_means(tmp_path / "real"), item_means(tmp_path / "untrained")
+    gap = statistics.mean(mine[k] - theirs[k] for k in mine)
+    assert rung["fve_nrm"]["gap_ci"]["mean"] == pytest.approx(gap, abs=1e-9)
+    assert rung["fve_nrm"]["mean"] == pytest.approx(statistics.mean(theirs.values()), abs=1e-9)
+    assert rung["source"].endswith("untrained") and "untrained_pair" in rung["verdict"]
+    assert other["b_rv"] == 0.8
+    # a run with another B_rv is refused: its fve_nrm would not be comparable
+    from nlalab.errors import UsageError
+
+    with pytest.raises(UsageError, match="divides by B_rv"):
+        run_study(cfg_for(p, tmp_path / "real2", controls=["baselines"], limit_per_category=2,
+                          untrained_run=str(tmp_path / "untrained")))

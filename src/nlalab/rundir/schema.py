@@ -464,6 +464,7 @@ class BaselineRung(_Model):
     raw_fve_of_dataset_mean: Num = _f("mean_direction only: raw fve of predicting the dataset mean (0 by "
                                       "construction; a check).")
     verdict: Optional[str] = _f("One line: does the real pair beat this rung on fve_nrm (Holm across rungs).")
+    source: Optional[str] = _f("untrained_pair only: the run directory the rung was read from (--untrained-run).")
 
 
 class BaselineRungs(_Model):
@@ -475,6 +476,8 @@ class BaselineRungs(_Model):
     source_text: Optional[BaselineRung] = _f("The AR reading the prompt itself.")
     blind_explanation: Optional[BaselineRung] = _f("The AR reading an explanation written without the "
                                                    "activation (the blind control's rung).")
+    untrained_pair: Optional[BaselineRung] = _f("The untrained NLA of the same base model, read from its own run "
+                                                "(--untrained-run), compared item by item.")
 
 
 class BaselinesSection(_Model):

@@ -80,6 +80,9 @@ class RunConfig(BaseModel):
         "auto", description="AR precision: auto (fp32 where its weights fit: bf16 AR outputs move ~1% with batch "
                             "composition), fp32 or bf16.")
     lexicon: Optional[str] = Field(None, description="Category lexicon JSON for direction injection.")
+    untrained_run: Optional[str] = Field(None, description="A finished run of the same pair's untrained NLA on the "
+                                         "same corpus (--untrained-baseline into another --out): the baseline "
+                                         "ladder's untrained rung, compared item by item.")
     directions: list[str] = Field(default_factory=list, description="Contrast sets for directions beyond the "
                                   "corpus categories (shipped valence_v1, factuality_v1, or JSON files): each "
                                   "direction is the difference of two sets' mean activations.")

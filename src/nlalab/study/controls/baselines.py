@@ -10,9 +10,45 @@ from typing import Optional
 from nlalab.format import Table, fmt_est, fmt_num
 from nlalab.study.controls.base import Control, Figure, StudyContext, estimate_cell, register
 
-RUNGS = {"real_pair": "the real pair", "mean_direction": "predict the mean direction",
+RUNGS = {"real_pair": "the real pair", "untrained_pair": "the untrained NLA of the same base model", "mean_direction": "predict the mean direction",
          "empty_explanation": "empty explanation", "source_text": "source text as explanation",
          "blind_explanation": "blind explanation (no activation)"}
+
+
+def _item_means(rows: list[dict], metric: str = "fve_nrm") -> dict[str, float]:
+    acc: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get(metric) is not None:
+            acc.setdefault(str(r["item_id"]), []).append(float(r[metric]))
+    return {k: sum(v) / len(v) for k, v in acc.items()}
+
+
+def _untrained_rung(ctx: StudyContext) -> dict:
+    """The untrained pair's rung from its own run (same corpus): its fve_nrm and the paired item-level gap
+    real − untrained, with a verdict; refused when the runs measured different things."""
+    from nlalab.errors import UsageError
+    from nlalab.rundir.load import load_run
+    from nlalab.study import recon_controls as RC
+
+    run = load_run(ctx.cfg.untrained_run)
+    mine = {it.id for it in ctx.items}
+    theirs = {str(r["item_id"]) for r in run.sample_dicts()}
+    if not mine & theirs:
+        raise UsageError(f"--untrained-run {ctx.cfg.untrained_run}: no item in common with this run's corpus. Fix: "
+                         "run --untrained-baseline on the same corpus and position.")
+    b_theirs, b_mine = run.results_dict().get("b_rv"), ctx.b_rv
+    if b_theirs is not None and b_mine is not None and abs(float(b_theirs) - float(b_mine)) > 1e-6 * float(b_mine):
+        raise UsageError(f"--untrained-run {ctx.cfg.untrained_run}: its fve_nrm divides by B_rv {b_theirs:.6g}, this "
+                         f"run by {b_mine:.6g}. Fix: the same --brv (and position and corpus) for both runs.")
+    other = _item_means(run.sample_dicts())
+    gap = RC.paired_item_gap(_item_means(ctx.samples), other, n_boot=ctx.cfg.n_boot, seed=ctx.seed)
+    vals = list(other.values())
+    rung = {"fve_nrm": {"mean": sum(vals) / len(vals), "n": len(vals)}, "source": str(run.dir)}
+    if gap is not None:
+        rung["fve_nrm"]["gap_ci"] = gap
+        rung["fve_nrm"]["gap_real_minus_this"] = gap["mean"]
+        rung["verdict"] = RC.ladder_verdict("untrained_pair", gap)
+    return rung
 
 
 @register
@@ -43,6 +79,8 @@ class Baselines(Control):
         blind = ctx.section("blind")
         if blind and blind.get("rung"):
             out["blind_explanation"] = blind["rung"]
+        if ctx.cfg.untrained_run:
+            out["untrained_pair"] = _untrained_rung(ctx)
         return {"rungs": out}
 
     def verdicts(self, section: dict) -> list[str]:
