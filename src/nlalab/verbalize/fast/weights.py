@@ -67,6 +67,9 @@ def unsupported_reason(model: nn.Module) -> Optional[str]:
         return str(e)
     if getattr(cfg, "use_bidirectional_attention", False):
         return "bidirectional attention"
+    dispatched = next((n for n, m in model.named_modules() if getattr(m, "_hf_hook", None) is not None), None)
+    if dispatched is not None:  # accelerate's device hooks wrap forwards the engine never calls
+        return f"dispatched with accelerate hooks ({dispatched or 'the model'}); the fast engine would skip them"
     hooked = next(((n, h) for n, m in model.named_modules() for h in user_hooks(m)), None)
     if hooked is not None:  # the engine never calls module forwards, so it would silently skip the hook
         name, h = hooked
@@ -76,9 +79,9 @@ def unsupported_reason(model: nn.Module) -> Optional[str]:
     return None
 
 
-# Hooks of these libraries record outputs or move tensors; they do not change what a module computes on one
-# device (a sharded model is refused above by its devices), so the engine may skip them.
-LIBRARY_HOOKS = ("transformers.", "accelerate.", "torch.")
+# Hooks of these libraries record outputs; they do not change what a module computes, so the engine may skip
+# them (accelerate's device hooks are refused above, by the ``_hf_hook`` they leave on a module).
+LIBRARY_HOOKS = ("transformers.", "torch.")
 
 
 def user_hooks(module) -> list:
