@@ -56,12 +56,10 @@ def register(backend: Backend) -> None:
 
 
 def names() -> list[str]:
-    _load()
     return list(_REGISTRY)
 
 
 def get(name: str) -> Backend:
-    _load()
     b = _REGISTRY.get(name)
     if b is None:
         raise UsageError(f"Unknown generation engine {name!r}. Fix: use auto or one of {', '.join(_REGISTRY)}.")
@@ -82,7 +80,6 @@ def resolve(name: str, model, plain: bool = False) -> str:
     """A concrete backend name for ``model``: ``auto`` -> the first of ``AUTO_ORDER`` that supports it (and
     plain mode when ``plain``); an explicit name stays, except that a backend without plain mode runs plain
     generation on ``loop`` (the reference path)."""
-    _load()
     if name != "auto":
         b = get(name)
         if plain and not b.caps.plain:
@@ -95,21 +92,6 @@ def resolve(name: str, model, plain: bool = False) -> str:
         if b.unsupported(model) is None:
             return cand
     return "loop"
-
-
-_LOADED: list = [False]
-
-
-def _load() -> None:
-    """Register the built-in backends on first use. They live in ``nlalab.verbalize.builtin_backends``, loaded
-    by name: this registry sits below the engines that dispatch through it (generate, plain), so it imports
-    none of them (tests/unit/test_architecture.py keeps the verbalize package free of import circles)."""
-    if _LOADED[0]:
-        return
-    _LOADED[0] = True
-    import importlib
-
-    importlib.import_module("nlalab.verbalize.builtin_backends")
 
 
 def cpu_threads(default: int) -> int:

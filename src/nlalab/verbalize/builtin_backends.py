@@ -1,6 +1,7 @@
 """The built-in generation backends (loop, hf, fast), registered in :mod:`nlalab.verbalize.backends`.
 
-Loaded by name on the registry's first use; a third-party backend registers itself the same way
+Imported by the package ``nlalab.verbalize`` (so every import of a verbalize module registers them); the
+registry itself imports none of the engines. A third-party backend registers itself the same way
 (``backends.register(Backend(...))``) from its own module."""
 
 from __future__ import annotations
