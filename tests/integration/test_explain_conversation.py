@@ -122,7 +122,7 @@ def test_content_start_and_conversation_files(fixture_pairs, tmp_path):
 
 
 def test_capture_with_reply_positions(run):
-    from nlalab.explain import capture_with_reply
+    from nlalab.capture_reply import capture_with_reply
 
     res, models, p = run
     tg = models["target"]

@@ -12,7 +12,7 @@ RANKS = {
     "errors": 0, "format": 0, "plotting": 0, "stats": 0, "metrics": 0, "batching": 0, "settings": 0, "rowstats": 0,
     "rundir": 1, "corpus": 1, "realmodels": 1, "vectors_io": 1,
     "pairs": 2, "scorers": 2,
-    "capture": 3, "reconstruct": 3, "verbalize": 3, "testing": 3,
+    "capture": 3, "capture_reply": 3, "reconstruct": 3, "verbalize": 3, "testing": 3,
     "study": 4, "explain": 4, "train": 4, "export": 5, "progress": 0,
     "report": 5, "sweep": 6,
     "cli": 7, "__main__": 8, "__init__": 9,

@@ -63,7 +63,7 @@ def capture_activations(tg, items, layer: int, cfg, path: Path) -> None:
 
     pos = Position.parse(cfg.positions)
     if pos.kind == "reply":
-        from nlalab.explain import capture_with_reply
+        from nlalab.capture_reply import capture_with_reply
 
         cap = capture_with_reply(tg.model, tg.tokenizer, [it.prompt for it in items], layer, positions="reply",
                                  reply_tokens=cfg.reply_tokens, ids=[it.id for it in items], progress=cfg.progress)
