@@ -149,8 +149,9 @@ NAMED_POSITIONS = ("last", "all", "random", "reply")
 _INT = re.compile(r"^[+-]?\d+$")
 
 
-class PositionError(ValueError):
-    """A position that does not parse; a ValueError so that pydantic reports it as a field error."""
+class PositionError(UsageError, ValueError):
+    """A position that does not parse: a usage error (exit 2, one line), and a ValueError so that pydantic
+    reports it as a field error."""
 
 
 @dataclass(frozen=True)

@@ -25,3 +25,10 @@ def test_contrast_directions_control_on_shipped_sets(fixture_pairs, tmp_path):
     # without --directions the control has nothing to do and says "not run"
     none = run_study(cfg_for(p, tmp_path / "n", controls=["contrast_directions"], limit_per_category=2))
     assert none["controls"]["contrast_directions"] is None
+
+
+def test_contrast_directions_with_several_positions_per_item(fixture_pairs, tmp_path):
+    """A run at every prompt token still captures each contrast prompt once (its last token)."""
+    res = run_study(cfg_for(fixture_pairs["qwen2"], tmp_path / "a", positions="all", limit_per_category=1,
+                            controls=["contrast_directions"], directions=["valence_v1"]))
+    assert res["controls"]["contrast_directions"]["alignment"]["n"] == 1

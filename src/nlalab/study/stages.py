@@ -105,7 +105,11 @@ def capture_prompts(tg, prompts: list[str], ids: list[str], layer: int, cfg, pat
     from nlalab.capture import capture
     from nlalab.settings import Position
 
-    cap = capture(tg.model, tg.tokenizer, prompts, layer, ids=ids, positions=Position.parse(cfg.positions).capture_arg(),
+    pos = Position.parse(cfg.positions)
+    # one vector per prompt: the run's position where it gives one, else the last token (a contrast set's
+    # mean direction is defined per prompt, not per token of a reply)
+    arg = pos.capture_arg() if pos.one_per_item else "last"
+    cap = capture(tg.model, tg.tokenizer, prompts, layer, ids=ids, positions=arg,
                   seed=cfg.seed, batch_size=cfg.capture_batch_size, progress=cfg.progress)
     atomic_save_tensors(path, {"activations": cap.vectors},
                         {"meta": json.dumps(cap.meta, ensure_ascii=False), "hook": cap.hook_name,
