@@ -96,3 +96,16 @@ def test_study_headline_leaves_incomplete_rows_out_and_reports_all_rows_beside()
 
     t = incomplete_table(res)
     assert t is not None and t.rows[-1][1] == "3/16 (0.19)" and incomplete_table(every) is None
+
+
+def test_flags_count_every_row_even_when_the_headline_leaves_some_out():
+    from nlalab.study.config import RunConfig
+    from nlalab.study.pipeline import _headline_analysis
+
+    rows = [{"item_id": f"x{i}", "category": "a" if i < 2 else "b", "prompt": f"prompt {i} topic{i}", "sample": 0,
+             "explanation": "e", "raw_output": "", "cos": 0.5, "mse_nrm": 1.0, "fve_nrm_seed": 0.0, "fve_nrm": 0.1,
+             "recall": 0.0, "hit": False, "missing_close_tag": i == 0, "truncated": i == 0, "empty": False,
+             "cjk_smell": False} for i in range(4)]
+    res = _headline_analysis(rows, ["a", "b"], 1.0, "t", RunConfig(out="x", n_perm=20, n_boot=20))
+    assert res["per_category"]["OVERALL"]["n"] == 3
+    assert res["flags"]["counts"]["missing_close_tag"] == 1 and res["flags"]["n"] == 4

@@ -432,6 +432,11 @@ def _power(rows, cats, items, spread, alpha=0.05, power=0.8) -> dict:
 # ----------------------------------------------------------------------------- 8. flags
 
 
+def flag_counts(rows, what: str = "samples") -> dict:
+    """Failure-flag counts and rates of ``rows`` (with the CJK warning)."""
+    return _flag_counts(rows, what)
+
+
 def _flag_counts(rows, what: str = "samples") -> dict:
     n = len(rows)
     counts = {f: int(sum(bool(r.get(f)) for r in rows)) for f in FLAGS}

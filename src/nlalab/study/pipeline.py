@@ -129,6 +129,10 @@ def _headline_analysis(samples: list[dict], cats: list[str], b_rv: float, b_rv_s
     head = [r for r, keep in zip(samples, mask) if keep]
     kw = dict(categories=cats, b_rv=b_rv, b_rv_source=b_rv_source, n_perm=cfg.n_perm, n_boot=cfg.n_boot, seed=cfg.seed)
     results = analyze(head or samples, **kw)
+    if len(head) < len(samples):  # failure flags describe every row, the excluded ones above all
+        from nlalab.study.analysis import flag_counts
+
+        results["flags"] = flag_counts(samples)
     share = excluded_share(samples, cats)
     results["incomplete"] = {
         "policy": ("every row counts (--score-incomplete)" if cfg.score_incomplete else
