@@ -32,6 +32,12 @@ def fmt_p(p: Optional[float], n_perm: Optional[int] = None) -> str:
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
+def p_text(p: Optional[float], n_perm: Optional[int] = None) -> str:
+    """``p=0.123``, or ``p ≤ 0.001`` at the smallest value ``n_perm`` permutations can give."""
+    t = fmt_p(p, n_perm)
+    return f"p {t}" if t.startswith("≤") else f"p={t}"
+
+
 def fmt_est(e: Optional[dict], digits: int = 3, n: Optional[bool] = True, signed: bool = False,
             n_expected: Optional[int] = None) -> str:
     """``mean [lo, hi] n=N``. ``n=False`` drops the n; ``n_expected`` drops it when equal (an N column says it)."""

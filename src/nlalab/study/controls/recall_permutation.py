@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from nlalab.format import OVERALL, Table, fmt_est, fmt_num, fmt_p
+from nlalab.format import p_text, OVERALL, Table, fmt_est, fmt_num, fmt_p
 from nlalab.study.controls.base import Control, Figure, StudyContext, register
 
 
@@ -75,9 +75,9 @@ class RecallPermutation(Control):
             return ["Recall permutation: n/a (no prompt has content words)"]
         n = section.get("n_perm")
         return [f"Recall permutation: real {fmt_num(o.get('real'))}, floor within {fmt_num((o.get('floor_within') or {}).get('mean'))} "
-                f"(gap {fmt_num(o.get('gap_within'), signed=True)}, p={fmt_p(o.get('p_within'), n)}), floor cross "
+                f"(gap {fmt_num(o.get('gap_within'), signed=True)}, {p_text(o.get('p_within'), n)}), floor cross "
                 f"{fmt_num((o.get('floor_cross') or {}).get('mean'))} (gap {fmt_num(o.get('gap_cross'), signed=True)}, "
-                f"p={fmt_p(o.get('p_cross'), n)})"] + [f"  {v}" for v in self.verdicts(section)]
+                f"{p_text(o.get('p_cross'), n)})"] + [f"  {v}" for v in self.verdicts(section)]
 
     def figures(self, section: dict, results: dict, plots_dir: Path, run=None) -> list[Figure]:
         from nlalab import plotting as P

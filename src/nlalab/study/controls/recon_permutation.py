@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from nlalab.format import OVERALL, Table, fmt_est, fmt_num, fmt_p
+from nlalab.format import p_text, OVERALL, Table, fmt_est, fmt_num, fmt_p
 from nlalab.study.controls.base import Control, Figure, StudyContext, register
 
 
@@ -55,7 +55,7 @@ class ReconPermutation(Control):
             return ["Item-specific fve_nrm: n/a"]
         return [f"Item-specific fve_nrm: real {fmt_num(o.get('real'))} vs within-category floor "
                 f"{fmt_num((o.get('floor_within') or {}).get('mean'))} (gap {fmt_num(o.get('gap_within'), signed=True)}, "
-                f"p={fmt_p(o.get('p_within'), section.get('n_perm'))})"] + [f"  {v}" for v in self.verdicts(section)]
+                f"{p_text(o.get('p_within'), section.get('n_perm'))})"] + [f"  {v}" for v in self.verdicts(section)]
 
     def figures(self, section: dict, results: dict, plots_dir: Path, run=None) -> list[Figure]:
         from nlalab import plotting as P
