@@ -291,7 +291,6 @@ def explain(
 ) -> None:
     """Verbalize and reconstruct the activations of a few prompts, vectors from a file, or every token of a chat."""
     from nlalab.explain import explain as run_explain
-    from nlalab.pairs.registry import spec_from_args
     from nlalab.pairs.resolve import resolve_pair
     from nlalab.vectors_io import load_vectors
     from nlalab.verbalize import GenerationSettings
@@ -305,7 +304,7 @@ def explain(
         fmt = _pick_format(fmt, as_json, ("text", "json"))
         if bool(prompt) == (vectors is not None):
             raise UsageError("Give --prompt (one or more), --vectors FILE or --conversation FILE.")
-        spec = spec_from_args(pair, av, ar, target, layer, revision)
+        spec = _pair_or_offline_default(pair, av, ar, target, layer, revision)
         dirs = resolve_pair(spec, need_target=bool(prompt))
         vecs = load_vectors(vectors, key) if vectors is not None else None
         gs = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy,
@@ -331,16 +330,27 @@ def explain(
     typer.echo(f"B_rv: {res.b_rv if res.b_rv is not None else '-'} ({res.b_rv_source})")
 
 
+def _pair_or_offline_default(pair, av, ar, target, layer, revision):
+    """The named pair, or (none named) the offline default: SmolLM2-135M-Instruct with nlalab's trained NLA,
+    as `nlalab run` uses it."""
+    from nlalab.pairs.registry import spec_from_args
+
+    if not (pair or av or ar):
+        from nlalab.study.resolve import offline_default_pair
+
+        return offline_default_pair(layer)
+    return spec_from_args(pair, av, ar, target, layer, revision)
+
+
 def _explain_conversation(path, reply_tokens, k, seed, brv, pair, av, ar, target, layer, revision, opts, fmt,
                           quiet) -> None:
     """The per-token table of a chat (prompt and the target's own greedy reply) with a sampled-variance section."""
     from nlalab.explain import (explain_conversation, load_conversation, render_conversation_json,
                                 render_conversation_markdown, render_conversation_text)
-    from nlalab.pairs.registry import spec_from_args
     from nlalab.pairs.resolve import resolve_pair
     from nlalab.verbalize import GenerationSettings
 
-    spec = spec_from_args(pair, av, ar, target, layer, revision)
+    spec = _pair_or_offline_default(pair, av, ar, target, layer, revision)
     dirs = resolve_pair(spec, need_target=True)
     res = explain_conversation(dirs, load_conversation(path), reply_tokens=reply_tokens, k=k,
                                settings=GenerationSettings(greedy=True, seed=seed), opts=opts, brv=brv,
