@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "nlalab"
 
 # Lower rank = lower in the pipeline; a module may import its own rank or below.
 RANKS = {
-    "errors": 0, "format": 0, "plotting": 0, "stats": 0, "metrics": 0, "batching": 0, "settings": 0, "rowstats": 0,
+    "errors": 0, "format": 0, "plotting": 0, "stats": 0, "metrics": 0, "batching": 0, "settings": 0, "rowstats": 0, "lazy": 0,
     "rundir": 1, "corpus": 1, "realmodels": 1, "vectors_io": 1,
     "pairs": 2, "scorers": 2,
     "capture": 3, "capture_reply": 3, "reconstruct": 3, "verbalize": 3, "testing": 3,

@@ -7,7 +7,7 @@ report/, scorers/ and compare read runs only through this package.
 
 from __future__ import annotations
 
-from typing import Any
+from nlalab.lazy import lazy_getattr
 
 # Loaded on first use: writers import nlalab.rundir.io often and need neither pydantic models nor the loader.
 _EXPORTS = {
@@ -22,10 +22,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'nlalab.rundir' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f"nlalab.rundir.{mod}"), name)
+__getattr__ = lazy_getattr('nlalab.rundir', _EXPORTS)

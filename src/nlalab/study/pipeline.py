@@ -11,7 +11,6 @@ resumed run reproduces an uninterrupted one. One lock per run directory: a secon
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Callable, Optional
@@ -21,7 +20,7 @@ import torch
 from nlalab.corpus import categories as corpus_categories
 from nlalab.corpus import corpus_digest, load_corpus
 from nlalab.errors import NLALabError, UsageError
-from nlalab.rundir.io import (JsonlLog, atomic_save_tensors, atomic_write_json, atomic_write_text, clean_tmp,
+from nlalab.rundir.io import (atomic_save_tensors, atomic_write_json, atomic_write_text, clean_tmp,
                               dir_lock, jsonl_text, read_json, write_jsonl)
 from nlalab.rundir.layout import SCHEMA_VERSION, RunLayout
 from nlalab.rundir.provenance import environment
@@ -372,4 +371,4 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
 
 
 __all__ = ["run_study", "selected_controls", "STAGES", "offline_default_pair", "resolve_run_pair", "disk_models",
-           "Preloaded", "JsonlLog", "json"]
+           "Preloaded"]

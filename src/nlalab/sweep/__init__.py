@@ -8,7 +8,7 @@ directory under one sweep directory, run by an existing engine (in process, Ray,
 
 from __future__ import annotations
 
-from typing import Any
+from nlalab.lazy import lazy_getattr
 
 _EXPORTS = {"run_sweep": "run", "sweep_table": "results", "sweep_plots": "results", "compare_sweep": "results",
             "write_tables": "results", "is_sweep_dir": "grid", "load_sweep_file": "grid", "resolve": "grid",
@@ -17,10 +17,4 @@ _EXPORTS = {"run_sweep": "run", "sweep_table": "results", "sweep_plots": "result
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'nlalab.sweep' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f"nlalab.sweep.{mod}"), name)
+__getattr__ = lazy_getattr('nlalab.sweep', _EXPORTS)

@@ -92,13 +92,13 @@ class StudyContext:
         """The study's metrics of reconstructions against gold rows (same denominators as the main table)."""
         from nlalab import metrics
 
-        # a degenerate B_rv: scored with the placeholder, then every fve_nrm is blanked (b_rv_or_nan's note)
-        s = metrics.score_pairs(rec, gold, self.mse_scale, b_rv=self.b_rv_or_nan,
+        # a degenerate B_rv: scored with the placeholder, then every fve_nrm is blanked (b_rv_for_stats's note)
+        s = metrics.score_pairs(rec, gold, self.mse_scale, b_rv=self.b_rv_for_stats,
                                 center=self.center if centered else None)
         return {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in s.items()}
 
     @property
-    def b_rv_or_nan(self) -> float:
+    def b_rv_for_stats(self) -> float:
         """B_rv for the statistics helpers. When it is degenerate they run with a placeholder of 1.0 and the
         pipeline then blanks every fve_nrm number and every verdict that rests on one
         (``nlalab.study.degenerate.without_fve_nrm``): n/a, never a number computed through."""

@@ -74,7 +74,7 @@ class Baselines(Control):
                  "empty_explanation": (tr[[0]], list(range(n))),
                  "source_text": (tr[1:1 + n], list(range(n)))}
         extra = {"real_pair": {"recall": [np.nan if s["recall"] is None else s["recall"] for s in ctx.samples]}}
-        out = RC.baseline_ladder(ctx.acts, preds, ctx.mse_scale, ctx.b_rv_or_nan, ctx.center, n_boot=ctx.cfg.n_boot,
+        out = RC.baseline_ladder(ctx.acts, preds, ctx.mse_scale, ctx.b_rv_for_stats, ctx.center, n_boot=ctx.cfg.n_boot,
                                  seed=ctx.seed, extra=extra)
         blind = ctx.section("blind")
         if blind and blind.get("rung"):

@@ -55,7 +55,7 @@ class Blind(Control):
         nan = float("nan")
         extra = {"real_pair": {"recall": [nan if s["recall"] is None else s["recall"] for s in ctx.samples]},
                  "blind_explanation": {"recall": [nan if r["recall"] is None else r["recall"] for r in rows]}}
-        ladder = RC.baseline_ladder(ctx.acts, preds, ctx.mse_scale, ctx.b_rv_or_nan, ctx.center, n_boot=ctx.cfg.n_boot,
+        ladder = RC.baseline_ladder(ctx.acts, preds, ctx.mse_scale, ctx.b_rv_for_stats, ctx.center, n_boot=ctx.cfg.n_boot,
                                     seed=ctx.seed, extra=extra)
         per_cat = {}
         for c in ctx.categories:

@@ -22,7 +22,7 @@ class ReconPermutation(Control):
 
         rows = ctx.corpus_rows
         return RC.recon_permutation(ctx.acts, ctx.recons["corpus"], [r["vector_index"] for r in rows],
-                                    [it.category for it in ctx.items], ctx.categories, ctx.mse_scale, ctx.b_rv_or_nan,
+                                    [it.category for it in ctx.items], ctx.categories, ctx.mse_scale, ctx.b_rv_for_stats,
                                     ctx.center, ctx.cfg.n_perm, ctx.seed)
 
     def tables(self, section: dict, results: dict) -> list[Table]:
