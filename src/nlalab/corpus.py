@@ -42,6 +42,7 @@ __all__ = [
 #: Shipped corpora: name -> resource path inside the ``nlalab`` package.
 CORPORA: dict[str, str] = {
     "seed50_v1": "data/corpus/seed50_v1.jsonl",
+    "heldout4_v1": "data/corpus/heldout4_v1.jsonl",
 }
 DEFAULT_CORPUS = "seed50_v1"
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv")

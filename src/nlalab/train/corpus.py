@@ -722,6 +722,7 @@ def merge_corpora(paths: Iterable[str | Path], out: str | Path) -> Path:
     payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     out.write_text(payload, encoding="utf-8")
     Path(str(out) + ".yaml").write_text(yaml.safe_dump(
-        {"kind": "nlalab_corpus", "sha256": hashlib.sha256(payload.encode()).hexdigest(), "parts": metas},
+        {"kind": "nlalab_corpus", "sha256": hashlib.sha256(payload.encode()).hexdigest(),
+         "sources": [s for m in metas for s in (m.get("sources") or [])], "parts": metas},
         sort_keys=False, allow_unicode=True), encoding="utf-8")
     return out

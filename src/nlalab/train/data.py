@@ -158,6 +158,7 @@ def build_dataset(
                 "doc_id": r["id"], "kind": "chat_last", "category": r.get("category", ""),
                 "source": r.get("source", ""), "token_index": m["token_index"], "n_raw_tokens": m["n_tokens"],
                 "token_text": m["token_text"], "norm": m["norm"], "prefix": r["text"], "continuation": "",
+                **{k: r[k] for k in ("topic", "area") if r.get(k)},
             })
             all_vecs.append(v)
     if not all_vecs:
@@ -165,10 +166,16 @@ def build_dataset(
                           "tokens and there are no prompts.")
     vecs = torch.stack(all_vecs).float()
 
+    # A corpus row may pin its split (the broad corpus pins held-out topics to eval); others hash by doc id.
+    pinned = {r["id"]: r["split"] for r in list(docs) + list(prompts) if r.get("split")}
+    bad = sorted({v for v in pinned.values() if v not in fractions})
+    if bad:
+        raise NLALabError(f"corpus rows pin the splits {bad}, which are not among {sorted(fractions)}.")
+    split_by_row = [pinned.get(r["doc_id"]) or split_of(r["doc_id"], seed, fractions) for r in all_rows]
     counts: dict[str, dict[str, int]] = {}
     record_splits = {}
     for split in fractions:
-        idx = [i for i, r in enumerate(all_rows) if split_of(r["doc_id"], seed, fractions) == split]
+        idx = [i for i, sp in enumerate(split_by_row) if sp == split]
         sv = vecs[idx].contiguous() if idx else torch.zeros(0, d_model)
         srows = [dict(all_rows[i], row=j, split=split) for j, i in enumerate(idx)]
         save_file({VECTOR_KEY: sv}, str(out / f"{split}.safetensors"))
@@ -186,7 +193,7 @@ def build_dataset(
         }
         (out / f"{split}.safetensors.nla_meta.yaml").write_text(yaml.safe_dump(side, sort_keys=False))
         record_splits[split] = c
-    ref = vecs[[i for i, r in enumerate(all_rows) if split_of(r["doc_id"], seed, fractions) == "rl"]][:BRV_MAX_ROWS]
+    ref = vecs[[i for i, sp in enumerate(split_by_row) if sp == "rl"]][:BRV_MAX_ROWS]
     s = float(mse_scale) if mse_scale else math.sqrt(d_model)
     b_rv = None
     if ref.shape[0] >= 2:
@@ -203,6 +210,7 @@ def build_dataset(
             "chat_last": "last token of the chat-templated prompt (one user turn + generation prompt)",
         },
         "max_length": max_length, "seed": seed, "fractions": fractions, "splits": record_splits,
+        "pinned_rows": len(pinned),
         "n_vectors": int(vecs.shape[0]), "b_rv": b_rv,
         "b_rv_reference": f"first <= {BRV_MAX_ROWS} rows of the rl split ({int(ref.shape[0])} rows), mse_scale {s:.6g}",
         "corpus": corpus or {}, "created_at": _now(),

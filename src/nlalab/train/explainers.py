@@ -101,11 +101,13 @@ class ExplainInput:
     category: str = ""
     source: str = ""
     kind: str = "raw"  # raw | chat_last
+    topic: str = ""  # the topic a generated prompt was written for (broad corpus), else ""
 
     @classmethod
     def from_row(cls, row: dict) -> "ExplainInput":
         return cls(prefix=row.get("prefix", ""), continuation=row.get("continuation", ""),
-                   category=row.get("category", ""), source=row.get("source", ""), kind=row.get("kind", "raw"))
+                   category=row.get("category", ""), source=row.get("source", ""), kind=row.get("kind", "raw"),
+                   topic=row.get("topic", "") or "")
 
 
 class Explainer(Protocol):
@@ -149,19 +151,30 @@ def _clip_words(text: str, n: int, tail: bool) -> str:
     return s.replace('"', "'")
 
 
+_NUM_RE = re.compile(r"\$?\d[\d,.:%]*")
+_ENTITY_RE = re.compile(r"(?<![.?!]\s)(?<!^)\b([A-Z][A-Za-z0-9'.-]*(?:\s+[A-Z][A-Za-z0-9'.-]*)*)")
+
+
 class ContextExplainer:
-    """Self-supervised explanations: genre + topic words, the last words, the words that follow."""
+    """Self-supervised explanations: genre + topic words, the last words, the words that follow.
+
+    ``style="v2"`` (the broad default pair) opens chat prompts with what a reader would name first: the
+    subject (the topic a generated prompt was written for), the named entities and numbers of the message,
+    and its content words in order, so the AV learns to say *what* a prompt is about and not only its genre.
+    ``v1`` is the first shipped pair's text, kept so its recipe still reproduces."""
 
     name = "context"
 
-    def __init__(self, last_words: int = 8, next_words: int = 8, topic_words: int = 4):
-        self.last_words, self.next_words, self.topic_words = last_words, next_words, topic_words
+    def __init__(self, last_words: int = 8, next_words: int = 8, topic_words: int = 4, style: str = "v1"):
+        if style not in ("v1", "v2"):
+            raise NLALabError(f"context explainer style {style!r}: use v1 or v2.")
+        self.last_words, self.next_words, self.topic_words, self.style = last_words, next_words, topic_words, style
         self._stop = _stopwords() | {"self", "return", "def", "none", "true", "false", "import", "from", "class",
                                      "system", "user", "assistant"}  # chat scaffolding, not topic
 
     def describe(self) -> dict[str, Any]:
         return {"explainer": "context", "last_words": self.last_words, "next_words": self.next_words,
-                "topic_words": self.topic_words}
+                "topic_words": self.topic_words, "style": self.style}
 
     def _topic(self, text: str, window: int = 150) -> list[str]:
         """Most frequent content words of the last ``window`` words (what the passage is about *here*)."""
@@ -174,6 +187,8 @@ class ContextExplainer:
         if not text:
             return None
         src = f" from {it.source}" if it.source and not it.source.startswith("nlalab") else ""
+        if it.kind == "chat_last" and self.style == "v2":
+            return self._chat_v2(it, text, src)
         if it.kind == "chat_last":
             genre = _CHAT_GENRE.get(it.category, _CHAT_GENRE["chat"]).format(src=src)
             topic = self._topic(text)
@@ -188,6 +203,42 @@ class ContextExplainer:
         second = f'The text ends with "{_clip_words(text, self.last_words, tail=True)}".'
         nxt = _clip_words(it.continuation, self.next_words, tail=False)
         third = f'The next words are "{nxt}".' if nxt else "The passage ends here."
+        return "\n\n".join((first, second, third))
+
+    def _content(self, text: str, n: int = 10) -> list[str]:
+        """Content words in order of first use (what keyword recall counts: >= 4 letters, no stopwords)."""
+        out: list[str] = []
+        for w in _WORD_RE.findall(text):
+            w = w.lower().strip("'_")
+            if len(w) >= 4 and w not in self._stop and w not in out:
+                out.append(w)
+        return out[:n]
+
+    def _chat_v2(self, it: ExplainInput, text: str, src: str) -> str:
+        if it.topic:
+            first = f"A user asks an AI assistant about {it.topic}."
+        else:
+            first = _CHAT_GENRE.get(it.category, _CHAT_GENRE["chat"]).format(src=src)
+        ents = []
+        for m in _ENTITY_RE.finditer(text):
+            e = m.group(1).strip(".'")
+            if e and e.lower() not in self._stop and e not in ents and len(e) > 1:
+                ents.append(e)
+        nums = []
+        for m in _NUM_RE.finditer(text):
+            v = m.group(0).rstrip(".,:")
+            if v and v not in nums:
+                nums.append(v)
+        if ents:
+            first += f" It names {', '.join(ents[:4])}."
+        if nums:
+            first += f" Numbers: {', '.join(nums[:4])}."
+        words = self._content(text)
+        if words:
+            first += f" Key words: {', '.join(words)}."
+        quoted = _clip_words(text, 24, tail=False)
+        second = f'The message reads: "{quoted}{" ..." if len(text.split()) > 24 else ""}"'
+        third = "The user's turn has just ended; the assistant's reply is about to begin."
         return "\n\n".join((first, second, third))
 
     def explain(self, items: Sequence[ExplainInput]) -> list[Optional[str]]:

@@ -49,7 +49,8 @@ STAGES = ("corpus", "init", "data", "explain", "ar_sft", "av_sft", "rl")
 
 
 class CorpusSettings(BaseModel):
-    source: str = Field("packages", description="packages | generate | packages+generate | path to a corpus JSONL.")
+    source: str = Field("packages", description="packages | generate | broad | packages+generate | packages+broad | "
+                                                "path to a corpus JSONL.")
     n_docs: int = 6000
     n_prompts: int = 1500
     packages: list[str] = Field(default_factory=lambda: list(DEFAULT_PACKAGES))
@@ -60,6 +61,11 @@ class CorpusSettings(BaseModel):
     generate_docs_per_topic: int = 20
     generate_prompts_per_topic: int = 40
     generate_max_new_tokens: int = 256
+    broad_topics: str = Field("broad_v1", description="broad: topic list (shipped name or YAML file).")
+    broad_per_topic: int = Field(24, description="broad: questions the base model writes per topic.")
+    broad_cap_per_topic: int = Field(18, description="broad: at most this many kept per topic.")
+    broad_max_new_tokens: int = 48
+    broad_batch_size: int = 256
 
 
 class DataSettings(BaseModel):
@@ -72,6 +78,8 @@ class DataSettings(BaseModel):
 
 class ExplainerSettings(BaseModel):
     kind: Literal["context", "api", "local"] = "context"
+    context_style: Literal["v1", "v2"] = Field("v1", description="context: v2 names the subject, entities, "
+                                                                  "numbers and key words of chat prompts.")
     url: Optional[str] = Field(None, description="api: base URL of an OpenAI-compatible endpoint (…/v1).")
     model: Optional[str] = Field(None, description="api: model name.")
     api_key_env: Optional[str] = Field("OPENAI_API_KEY", description="api: env var holding the key.")
@@ -142,6 +150,30 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The default pair: SmolLM2-135M-Instruct, layer 20 of 30, LoRA r=16 (a ~18 MB pack that ships in a
     # package), context explanations, 30 % chat-last-token rows per batch (the study's position), ~25 min on
     # one H100 (see docs/training.md).
+    # The broad default pair (issue 20): the same model, layer and LoRA, trained on user prompts the base model
+    # wrote across the 273 topics of data/topics/broad_v1.yaml (12 held out for picking the checkpoint) mixed
+    # with the mined package text; v2 context explanations name subject, entities, numbers and key words;
+    # half of every batch is chat-last-token rows; RL checkpoints every 15 steps, the shipped one picked on
+    # the held-out topics (docs/training.md).
+    "smollm2-broad": {
+        "layer": 20, "seed": 42,
+        "lora": {"enabled": True, "r": 16, "alpha": 32}, "pack_dtype": "bf16",
+        "corpus": {"source": "packages+broad", "n_docs": 4000, "n_prompts": 1000, "broad_topics": "broad_v1",
+                   "broad_per_topic": 24, "broad_cap_per_topic": 18},
+        "data": {"positions_per_doc": 8, "max_length": 256, "capture_batch_size": 64},
+        "explainer": {"kind": "context", "context_style": "v2"},
+        "ar_sft": {"steps": 600, "batch_size": 64, "micro_batch_size": 64,
+                   "optim": {"lr": 2e-4, "warmup_steps": 20}, "eval_every": 100, "eval_size": 256, "ckpt_every": 200,
+                   "chat_fraction": 0.5},
+        "av_sft": {"steps": 1000, "batch_size": 32, "micro_batch_size": 32, "max_response_tokens": 160,
+                   "optim": {"lr": 2e-4, "warmup_steps": 30}, "eval_every": 100, "eval_size": 128, "ckpt_every": 250,
+                   "chat_fraction": 0.5},
+        "rl": {"steps": 60, "prompts_per_step": 64, "chat_fraction": 0.5, "group_size": 8, "max_response_tokens": 128,
+               "temperature": 1.0, "av_optim": {"lr": 5e-5}, "ar_optim": {"lr": 5e-5}, "kl_coef": 0.01,
+               "eps_clip": 0.2, "micro_batch_size": 64, "ar_micro_batch_size": 256, "rollout_batch_size": 512,
+               "eval_every": 15, "ckpt_every": 15, "samples_every": 15},
+        "eval": {"size": 128, "max_new_tokens": 150, "rl_size": 64},
+    },
     "smollm2-lora": {
         "layer": 20, "seed": 42,
         "lora": {"enabled": True, "r": 16, "alpha": 32}, "pack_dtype": "bf16",
@@ -272,7 +304,7 @@ def _make_explainer(s: ExplainerSettings, device: torch.device):
     from nlalab.train.explainers import ApiExplainer, ContextExplainer, LocalExplainer
 
     if s.kind == "context":
-        return ContextExplainer()
+        return ContextExplainer(style=s.context_style)
     if s.kind == "api":
         if not s.url or not s.model:
             raise NLALabError("explainer.kind=api needs explainer.url and explainer.model.")
@@ -345,17 +377,30 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
     # 1. Corpus.
     t = time.perf_counter()
     src = cfg.corpus.source
-    if src in ("packages", "generate", "packages+generate"):
+    if src in ("packages", "generate", "broad", "packages+generate", "packages+broad"):
         corpus_path = out / "corpus.jsonl"
         if not (cfg.resume and corpus_path.is_file()):
             parts = []
-            if "packages" in src:
+            if "packages" in src and cfg.resume and (out / "corpus.packages.jsonl").is_file():
+                parts.append(out / "corpus.packages.jsonl")  # built earlier (or elsewhere, then carried)
+            elif "packages" in src:
                 say("corpus: mining installed packages")
                 parts.append(build_corpus(out / "corpus.packages.jsonl", n_docs=cfg.corpus.n_docs,
                                           n_prompts=cfg.corpus.n_prompts, packages=cfg.corpus.packages,
                                           include_stdlib=cfg.corpus.include_stdlib,
                                           include_eval_prompts=cfg.corpus.include_eval_prompts,
                                           max_files_per_package=cfg.corpus.max_files_per_package, seed=cfg.seed).path)
+            if "broad" in src:
+                from nlalab.train.broad import generate_broad_prompts
+
+                say("corpus: the base model writes user prompts across the broad topic list")
+                tg = load_target(base, layer, LoadOptions(device=str(device), dtype="auto"), truncate=False)
+                parts.append(generate_broad_prompts(
+                    tg.model, tg.tokenizer, out / "corpus.broad.jsonl", topics=cfg.corpus.broad_topics,
+                    per_topic=cfg.corpus.broad_per_topic, cap_per_topic=cfg.corpus.broad_cap_per_topic,
+                    max_new_tokens=cfg.corpus.broad_max_new_tokens, batch_size=cfg.corpus.broad_batch_size,
+                    seed=cfg.seed, model_id=base_id).path)
+                release(tg)
             if "generate" in src:
                 say("corpus: the base model writes documents and prompts")
                 tg = load_target(base, layer, LoadOptions(device=str(device), dtype="auto"), truncate=False)

