@@ -66,3 +66,36 @@ def test_checkpoints_at_the_interval_resume_and_sweep_order(fixture_pairs, tmp_p
     assert (ck / "rl_step_000002" / "av" / "model.safetensors").stat().st_mtime_ns == mtime2
     assert [r["name"] for r in read_checkpoints(out)] == ["rl_step_000002", "rl_step_000003"]
     assert validate_pair(ck / "rl_step_000003" / "av", ck / "rl_step_000003" / "ar").ok
+
+
+def test_lora_checkpoints_carry_packs_and_select_best_exports_one(fixture_pairs, tmp_path):
+    pytest.importorskip("peft")
+    pair = fixture_pairs["llama"]
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    out = tmp_path / "run"
+    cfg = apply_overrides(tiny_config(out, pair, corpus, lora=True), {
+        "rl.steps": 2, "rl.checkpoint_every": 1, "rl.select": "best", "rl.eval_every": 0, "eval.untrained": False,
+        "pack_dtype": "fp32", "data.fractions": {"ar_sft": 0.25, "av_sft": 0.25, "rl": 0.25, "eval": 0.25}})
+    final = train_pair(cfg)
+    ck = out / "checkpoints"
+    for n in ("rl_step_000001", "rl_step_000002"):
+        assert (ck / n / "adapter_pack" / "pack.yaml").is_file() and not (ck / n / ".adapters").exists()
+    ev = json.loads((out / "eval.json").read_text())
+    sel = ev["selection"]
+    assert sel["select"] == "best" and sel["selected"] in ("rl_step_000001", "rl_step_000002")
+    from nlalab.train.checkpoints import select_checkpoint
+
+    assert select_checkpoint(read_checkpoints(out), "best")[0]["name"] == sel["selected"]
+    src = ck / sel["selected"]
+    assert (src / "av" / "model.safetensors").read_bytes() == (final / "av" / "model.safetensors").read_bytes()
+    assert ((src / "adapter_pack" / "av_adapter_0" / "adapter_model.safetensors").read_bytes()
+            == (out / "adapter_pack" / "av_adapter_0" / "adapter_model.safetensors").read_bytes())
+    assert validate_pair(final / "av", final / "ar").ok
+
+
+def test_cli_flag_sets_the_interval():
+    from nlalab.train import build_config
+
+    tc = build_config(flags={"out": "x", "rl.checkpoint_every": 5, "rl.select": "best"})
+    assert tc.rl.checkpoint_every == 5 and tc.rl.select == "best"
+    assert build_config(flags={"out": "x"}, sets=["rl.checkpoint_every=7"]).rl.checkpoint_every == 7
