@@ -682,6 +682,11 @@ def train(
     ar_steps: Optional[int] = typer.Option(None, "--ar-steps"),
     av_steps: Optional[int] = typer.Option(None, "--av-steps"),
     rl_steps: Optional[int] = typer.Option(None, "--rl-steps"),
+    checkpoint_every: Optional[int] = typer.Option(
+        None, "--checkpoint-every", help="Save checkpoints/rl_step_XXXXXX/{av,ar} every N RL steps and at the last "
+        "one (a training trace for `nlalab sweep`; = --set rl.checkpoint_every=N)."),
+    select: Optional[str] = typer.Option(None, "--select", help="last | best: export the last RL step, or the "
+                                         "checkpoint with the best held-out chat keyword hit rate (= rl.select)."),
     chat_fraction: Optional[float] = typer.Option(
         None, "--chat-fraction", help="Share of chat-last-token rows in every AR SFT, AV SFT and RL batch (the "
         "study's capture position; natural share ~3-7 %). Per stage: --set rl.chat_fraction=0.5."),
@@ -710,6 +715,7 @@ def train(
                  "corpus.source": corpus, "explainer.kind": explainer, "explainer.url": explainer_url,
                  ("explainer.local_model" if explainer == "local" else "explainer.model"): explainer_model,
                  "lora.enabled": lora, "ar_sft.steps": ar_steps, "av_sft.steps": av_steps, "rl.steps": rl_steps,
+                 "rl.checkpoint_every": checkpoint_every, "rl.select": select,
                  **{f"{st}.chat_fraction": chat_fraction for st in ("ar_sft", "av_sft", "rl")},
                  "seed": typed("seed", seed), "device": typed("device", device), "stop_after": stop_after,
                  "resume": False if (overwrite or restart) else None}

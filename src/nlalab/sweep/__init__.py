@@ -12,7 +12,8 @@ from nlalab.lazy import lazy_getattr
 
 _EXPORTS = {"run_sweep": "run", "sweep_table": "results", "sweep_plots": "results", "compare_sweep": "results",
             "write_tables": "results", "is_sweep_dir": "grid", "load_sweep_file": "grid", "resolve": "grid",
-            "expand_checkpoints": "grid", "read_status": "status", "run_cell": "cell"}
+            "expand_checkpoints": "grid", "read_status": "status", "run_cell": "cell",
+            "write_training_trace": "trace", "trace_rows": "trace"}
 
 __all__ = sorted(_EXPORTS)
 

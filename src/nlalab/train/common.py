@@ -320,6 +320,7 @@ def plot_curves(out_dir: Path, stages: dict[str, Path], png: Optional[Path] = No
         ("rl", ["fve_nrm", "fve_nrm_valid", "eval_fve_nrm", "eval_fve_nrm_chat"], "RL: fve_nrm"),
         ("rl", ["response_len", "fail_frac"], "RL: response length / failures"),
         ("rl", ["kl_ref", "ar_loss", "clipfrac"], "RL: KL to SFT, AR loss, clip fraction"),
+        ("rl", ["eval_recall_chat", "eval_hit_chat"], "RL: held-out chat keyword recall / hit"),
     ]
     panels = [p for p in panels if p[0] in data and data[p[0]]]
     if not panels:

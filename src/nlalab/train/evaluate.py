@@ -35,8 +35,12 @@ def _summary(pred: torch.Tensor, gold: torch.Tensor, scale: float, b_rv: Optiona
 
 def round_trip(av: AV, ar: AR, vectors: torch.Tensor, *, max_new_tokens: int = 150, greedy: bool = True,
                temperature: float = 1.0, b_rv: Optional[float] = None, mean_dir: Optional[torch.Tensor] = None,
-               batch_size: int = 256, seed: int = 42, n_samples: int = 4) -> dict:
-    """AV explains each vector (greedy by default), the AR reconstructs it from the explanation."""
+               batch_size: int = 256, seed: int = 42, n_samples: int = 4,
+               prompts: Optional[Sequence[str]] = None) -> dict:
+    """AV explains each vector (greedy by default), the AR reconstructs it from the explanation.
+
+    ``prompts`` (one per vector: for chat-last-token rows the user's message) adds the seed's keyword
+    recall and hit rate of the explanation against it (:func:`keyword_summary`)."""
     was_av, was_ar = av.model.training, ar.model.training
     av.model.eval()
     ar.model.eval()
@@ -57,7 +61,22 @@ def round_trip(av: AV, ar: AR, vectors: torch.Tensor, *, max_new_tokens: int = 1
         "response_tokens": sum(v.n_new_tokens for v in verbs) / n,
         "samples": [v.explanation[:400] for v in verbs[:n_samples]],
     })
+    if prompts is not None:
+        out.update(keyword_summary(prompts, expl))
     return out
+
+
+def keyword_summary(prompts: Sequence[str], explanations: Sequence[str]) -> dict:
+    """Mean keyword recall and hit rate (``nlalab.scorers.keyword``, as the study scores them) over the rows
+    whose prompt has content words; ``keyword_n`` counts those rows (None means: no such row, not 0)."""
+    from nlalab.scorers.keyword import keyword_hit, keyword_recall
+
+    rec = [keyword_recall(p, e) for p, e in zip(prompts, explanations)]
+    hit = [keyword_hit(p, e) for p, e in zip(prompts, explanations)]
+    rec = [r for r in rec if r is not None]
+    hit = [float(h) for h in hit if h is not None]
+    return {"keyword_recall": sum(rec) / len(rec) if rec else None,
+            "keyword_hit": sum(hit) / len(hit) if hit else None, "keyword_n": len(rec)}
 
 
 def text_ceiling(ar: AR, explanations: Sequence[str], vectors: torch.Tensor, *, b_rv: Optional[float] = None,

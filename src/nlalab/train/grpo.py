@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from nlalab.pairs.load import AV
 from nlalab.train.common import (
@@ -70,6 +70,18 @@ class GRPOSettings(BaseModel):
     samples_every: int = 10
     seed: int = 42
     chat_fraction: ChatFraction = None
+    checkpoint_every: int = Field(0, ge=0, description=(
+        "Write checkpoints/rl_step_XXXXXX/ (release-layout pair, held-out metrics) every N RL steps and at the "
+        "last one, for a training-trace sweep; 0 = off. Forces a held-out eval at those steps."))
+    select: Literal["last", "best"] = Field("last", description=(
+        "Which pair export writes: the last RL step, or the checkpoint with the best held-out chat keyword hit "
+        "rate among those with held-out chat fve_nrm > 0 (needs checkpoint_every > 0)."))
+
+    @model_validator(mode="after")
+    def _select_needs_checkpoints(self):
+        if self.select == "best" and not self.checkpoint_every:
+            raise ValueError("rl.select=best chooses among interval checkpoints: set rl.checkpoint_every > 0")
+        return self
 
 
 @dataclasses.dataclass
@@ -169,8 +181,10 @@ class GRPOTrainer:
     def __init__(self, tav: TrainAV, tar: Optional[TrainAR], vectors: torch.Tensor, settings: GRPOSettings,
                  out_dir: str | Path, *, b_rv: Optional[float] = None, reward_fn: Optional[RewardFn] = None,
                  reference=None, resume: bool = True, on_log=None, eval_fn=None,
-                 kinds: Optional[Sequence[str]] = None):
+                 kinds: Optional[Sequence[str]] = None, checkpoints=None):
         self.tav, self.tar, self.s = tav, tar, settings
+        # interval checkpoints (nlalab.train.checkpoints.IntervalCheckpoints: due(step), done(step), write(step, row))
+        self.checkpoints = checkpoints
         self.vectors = vectors.float()
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -335,20 +349,37 @@ class GRPOTrainer:
                                         "explanation": ro.verbs[i].explanation[:800],
                                         "n_tokens": len(ro.tokens[i])}, ensure_ascii=False) + "\n")
 
+    def _due(self, step: int) -> bool:
+        return self.checkpoints is not None and self.checkpoints.due(step)
+
+    def _resume_checkpoint(self) -> None:
+        """Resumed exactly at a checkpoint step whose pair is missing (deleted, or never finished): the
+        weights are those of that step, so write it now with the step's logged (or a fresh) held-out eval."""
+        if self.step_no == 0 or not self._due(self.step_no) or self.checkpoints.done(self.step_no):
+            return
+        row = next((r for r in reversed(self.curves.rows()) if r.get("step") == self.step_no), {})
+        if self.eval_fn is not None and not any(k.startswith("eval_") for k in row):
+            row = {**row, **self.eval_fn()}
+        self.checkpoints.write(self.step_no, row)
+
     def train(self) -> StageResult:
         last: dict = {}
         if self.step_no == 0 and self.eval_fn is not None:
             ev = self.eval_fn()
             self.curves.log({"step": 0, **ev})
+        self._resume_checkpoint()
         while self.step_no < self.s.steps:
             row = self.step()
-            if self.eval_fn is not None and self.s.eval_every and (
-                    self.step_no % self.s.eval_every == 0 or self.step_no == self.s.steps):
+            due = self._due(self.step_no)
+            if self.eval_fn is not None and (due or self.s.eval_every and (
+                    self.step_no % self.s.eval_every == 0 or self.step_no == self.s.steps)):
                 row.update(self.eval_fn())
             self.curves.log(row)
             if self.on_log:
                 self.on_log("rl", row)
             last = row
+            if due:  # before the resume checkpoint below, so a crash in between replays this step
+                self.checkpoints.write(self.step_no, row)
             if self.s.ckpt_every and self.step_no % self.s.ckpt_every == 0 and self.step_no < self.s.steps:
                 self.save()
         if last:

