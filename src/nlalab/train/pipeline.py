@@ -172,7 +172,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rl": {"steps": 60, "prompts_per_step": 64, "chat_fraction": 0.5, "group_size": 8, "max_response_tokens": 128,
                "temperature": 1.0, "av_optim": {"lr": 5e-5}, "ar_optim": {"lr": 5e-5}, "kl_coef": 0.01,
                "eps_clip": 0.2, "micro_batch_size": 64, "ar_micro_batch_size": 256, "rollout_batch_size": 512,
-               "eval_every": 15, "ckpt_every": 15, "samples_every": 15},
+               "eval_every": 15, "ckpt_every": 5, "samples_every": 15, "checkpoint_every": 15, "select": "best"},
         "eval": {"size": 128, "max_new_tokens": 150, "rl_size": 64},
     },
     "smollm2-lora": {
