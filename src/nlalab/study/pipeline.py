@@ -111,7 +111,7 @@ def _b_rv(cfg: RunConfig, acts: torch.Tensor, mse_scale: float, provenance: dict
     from nlalab.study.brv import resolve_brv
 
     choice = cfg.brv if cfg.brv is not None else cfg.brv_reference
-    entry = find_pair(cfg.pair) if cfg.pair else provenance.get("name")
+    entry = (find_pair(cfg.pair) if cfg.pair else None) or provenance.get("name")  # shipped pairs by name
     return resolve_brv(choice, entry, acts, mse_scale)
 
 

