@@ -100,9 +100,6 @@ def _run(models: dict, comm, cmd: dict, device: torch.device):
             ids = cmd["input_ids"].to(device)
             mask = cmd["mask"].to(device)
             x = compute.embed(m.W, comm, ids)
-            if cmd.get("marker") is not None:  # (row, position, vector): injected rows (AR-side use)
-                for r, p, v in cmd["marker"]:
-                    x[r, p] = v.to(device, x.dtype)
             pos = torch.arange(ids.shape[1], device=device)[None].expand(ids.shape[0], -1)
             return compute.hidden(m.W, comm, m.rope, x, mask, pos, cmd["n_blocks"]).cpu()
     if op == "drop":
