@@ -9,10 +9,11 @@ import torch
 
 from nlalab.capture import run_to_block
 from nlalab.errors import UsageError
-from nlalab.pairs.load import load_av, load_target
+from nlalab.pairs.load import av_eos_ids, load_av, load_target
 from nlalab.testing import torch_threads
 from nlalab.verbalize import GenerationSettings, backends, verbalize
 from nlalab.verbalize import tp
+from nlalab.verbalize.plain import generate_texts
 
 TWO = ["cpu", "cpu"]
 
@@ -73,10 +74,36 @@ def test_block_k_forward_equals_the_model(fixture_pairs):
     torch.testing.assert_close(got[m], ref[m], rtol=1e-5, atol=1e-5)
 
 
+def _prompts(tok, texts):
+    ps = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True, add_generation_prompt=True)
+          for t in texts]
+    return [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in ps]
+
+
+@pytest.mark.parametrize("name", ["gemma3_text", "qwen2"])
+def test_plain_mode_gives_the_loop_rows(fixture_pairs, name):
+    """The blind control's plain mode on 2 ranks: prompts of different lengths (shared template prefix once,
+    per-row positions), greedy and sampled, rows ending early; records equal the one-process loop's."""
+    p = fixture_pairs[name]
+    tg = load_target(p.target, p.layer, truncate=False)
+    tok = tg.tokenizer
+    prompts = _prompts(tok, ["Hi", "What is the capital of Brazil and why?", "Prove it.", "x " * 20])
+    eos = av_eos_ids(tok, tg.model)
+    cases = [(eos, dict(greedy=True)), (eos, dict(temperature=1.0, seed=3)),
+             (list(range(0, len(tok), 7)), dict(temperature=0.8, top_k=20, top_p=0.9, seed=4))]
+    for eos_i, kw in cases:  # the last: 1 token in 7 ends a row, so rows stop at different steps
+        loop = generate_texts(tg.model, tok, prompts, eos_i, 2, [5, 6, 7, 8],
+                              GenerationSettings(max_new_tokens=14, batch_size=8, engine="loop", **kw))
+        two = generate_texts(tg.model, tok, prompts, eos_i, 2, [5, 6, 7, 8],
+                             GenerationSettings(max_new_tokens=14, batch_size=3, engine="tp", devices=TWO, **kw))
+        assert [r.to_dict(with_tokens=True) for r in two] == [r.to_dict(with_tokens=True) for r in loop], (name, kw)
+    assert len({tuple(r.token_ids) for r in loop}) > 1 and len({r.n_new_tokens for r in loop}) > 1
+
+
 def test_registry_and_refusals(fixture_pairs):
     caps = backends.capabilities("tp")
-    assert caps.tensor_parallel and caps.multi_gpu and caps.per_row_sampling and not caps.plain
-    assert backends.resolve("tp", load_av(fixture_pairs["llama"].av).model, plain=True) == "loop"
+    assert caps.tensor_parallel and caps.multi_gpu and caps.per_row_sampling and caps.plain
+    assert backends.resolve("tp", load_av(fixture_pairs["llama"].av).model, plain=True) == "tp"
     with pytest.raises(UsageError, match="4 attention heads do not split evenly"):
         tp.check_world(4, 2, 3)
     with pytest.raises(UsageError, match="key/value heads neither split"):

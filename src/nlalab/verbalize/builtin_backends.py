@@ -26,6 +26,12 @@ def _tp_rows(*args, **kw):
     return tp_rows(*args, **kw)
 
 
+def _tp_plain_rows(*args, **kw):
+    from nlalab.verbalize.tp.backend import tp_plain_rows
+
+    return tp_plain_rows(*args, **kw)
+
+
 def _fast_unsupported(model) -> Optional[str]:
     from nlalab.verbalize.fast import unsupported_reason
 
@@ -51,5 +57,5 @@ register(Backend(
 register(Backend(
     name="tp", doc="nlalab.verbalize.tp: tensor parallel, one process per device (torch.distributed)",
     caps=Capabilities(per_row_sampling=True, multi_gpu=True, devices=("cpu", "cuda"), dtypes=any_dtype,
-                      plain=False, prefix_sharing=True, tensor_parallel=True),
-    unsupported=_tp_unsupported, rows=_tp_rows))
+                      plain=True, prefix_sharing=True, tensor_parallel=True),
+    unsupported=_tp_unsupported, rows=_tp_rows, plain_rows=_tp_plain_rows))

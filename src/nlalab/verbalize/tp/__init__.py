@@ -10,13 +10,15 @@ are the ``loop`` engine's rows, tests/unit/test_tp_gloo.py).
 Layout: ``shard`` (which slice of each weight a rank holds; refuses head counts that do not split),
 ``compute`` (the sharded decoder: prefill over the shared prompt prefix, decode, block-K hidden states),
 ``group`` (``torch.distributed`` group: spawned by nlalab with ``torch.multiprocessing``, or torchrun's),
-``backend`` (the registry's rows function, devices, ``tp_run_to_block`` for capture/AR forwards).
+``backend`` (the registry's rows and plain-rows functions, devices, ``tp_run_to_block`` /
+``tp_forward_group`` for the capture and AR forwards).
 Launch: ``GenerationSettings(engine="tp", devices=2)`` (``nlalab run --engine tp --verbalize-devices 2``)
 starts ranks 1..N-1 itself; under ``torchrun --nproc-per-node N`` every rank runs the program and the
 group is torchrun's. Design notes and what is measured: docs/performance.md, "Tensor parallelism".
 """
 
-from nlalab.verbalize.tp.backend import tp_devices, tp_rows, tp_run_to_block  # noqa: F401
+from nlalab.verbalize.tp.backend import (  # noqa: F401
+    tp_devices, tp_forward_group, tp_plain_rows, tp_rows, tp_run_to_block)
 from nlalab.verbalize.tp.group import TPGroup, current, group_for, release, shutdown, torchrun_env  # noqa: F401
 from nlalab.verbalize.tp.shard import (  # noqa: F401
-    TPConfig, TPLayer, TPWeights, check_world, rope_tables, shard_weights, unsupported_reason)
+    TPConfig, TPLayer, TPWeights, check_world, has_head, rope_tables, shard_weights, unsupported_reason)

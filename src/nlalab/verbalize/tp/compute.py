@@ -224,6 +224,93 @@ def generate(W: TPWeights, comm: Comm, rope: Rope, prompt_ids: Sequence[int], ma
     return torch.stack(toks, 1), done
 
 
+def generate_plain(W: TPWeights, comm: Comm, rope: Rope, P: int, kp, vp, suffixes: Sequence[Sequence[int]],
+                   keys: torch.Tensor, *, max_new_tokens: int, eos_ids: Sequence[int], pad_id: int,
+                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain mode (blind control, corpus texts): rows ``prefix + suffixes[i]`` of different lengths, no
+    injection. The shared prefix's K/V (``kp``/``vp``, ``P`` tokens) are computed once; each suffix is
+    right-aligned in ``Smax`` slots after it ("middle padding", as ``fast.plain.generate_plain``): a row's
+    gap slots are masked out and it keeps its own positions, so its tokens do not depend on its batch and
+    equal the loop engine's left-padded plain rows in fp32. Tokens [B, <=max_new] and finished flags [B]."""
+    c, dev = W.cfg, W.device
+    act = _act(c.act)
+    B = len(suffixes)
+    lens = torch.tensor([len(s) for s in suffixes], device=dev)
+    if int(lens.min()) < 1:
+        raise ValueError("tensor-parallel plain generation: every prompt needs a token after the shared prefix.")
+    Smax, max_new = int(lens.max()), int(max_new_tokens)
+    greedy = bool(greedy or temperature == 0)
+    keys = keys.to(dev)
+    eos = torch.tensor(sorted(set(int(e) for e in eos_ids)), device=dev, dtype=torch.long) if eos_ids else None
+    gap = Smax - lens
+    ids = torch.full((B, Smax), int(pad_id), dtype=torch.long, device=dev)
+    for i, s in enumerate(suffixes):
+        ids[i, Smax - len(s):] = torch.tensor(list(s), device=dev)
+    L = P + Smax + max_new
+    slots = torch.arange(L, device=dev)
+    valid = (slots[None] < P) | (slots[None] >= P + gap[:, None])  # [B, L]; gap slots never attended
+    kpos = torch.where(valid, torch.where(slots[None] < P, slots[None], slots[None] - gap[:, None]),
+                       torch.full((B, L), -1, device=dev, dtype=torch.long))
+    qpos = (P + torch.arange(Smax, device=dev))[None] - gap[:, None]  # [B, Smax]; gap queries unused
+    kr = [torch.zeros(B, c.n_kv, L, c.head_dim, device=dev, dtype=W.dtype) for _ in W.layers]
+    vr = [torch.zeros_like(kr[0]) for _ in W.layers]
+    for i in range(len(W.layers)):
+        if P:
+            kr[i][:, :, :P].copy_(kp[i][None])
+            vr[i][:, :, :P].copy_(vp[i][None])
+
+    def masks(qp, upto, self_slot=None):
+        """window -> [B, S, upto]; a gap query also sees its own slot (no empty softmax row, no NaN)."""
+        kq = kpos[:, None, :upto]
+        base = valid[:, None, :upto] & (kq <= qp[:, :, None])
+        out = {}
+        for w in set(c.windows):
+            m = base if w is None else base & (kq > qp[:, :, None] - w)
+            if self_slot is not None:
+                m = m | (slots[None, None, :upto] == self_slot[None, :, None])
+            out[w] = m
+        return out
+
+    def attend(q, k, v, m):
+        G = q.shape[1] // k.shape[1]
+        Bq, H, S, D = q.shape
+        qg = q.reshape(Bq, k.shape[1], G * S, D)
+        o = F.scaled_dot_product_attention(qg, k, v, attn_mask=m.repeat(1, G, 1)[:, None], scale=c.scaling)
+        return o.reshape(Bq, H, S, D)
+
+    b = P + Smax
+    mk = masks(qpos, b, self_slot=P + torch.arange(Smax, device=dev))
+    x = embed(W, comm, ids)
+    for i, Lay in enumerate(W.layers):
+        q, k, v = pre(W, rope, i, Lay, x, qpos.clamp_min(0))
+        kr[i][:, :, P:b].copy_(k)
+        vr[i][:, :, P:b].copy_(v)
+        x = post(W, comm, Lay, x, attend(q, kr[i][:, :, :b], vr[i][:, :, :b], mk[c.windows[i]]), act)
+    nxt = sample_next(logits(W, comm, x[:, -1]), keys, 0, temperature, top_k, top_p, greedy)
+    done = torch.isin(nxt, eos) if eos is not None else torch.zeros(B, dtype=torch.bool, device=dev)
+    toks = [nxt]
+    pos = qpos[:, -1:]
+    for step in range(1, max_new):
+        if bool(done.all()):
+            break
+        pos = pos + 1
+        slot = b - 1 + step
+        mk = masks(pos, L)
+        x = embed(W, comm, nxt[:, None])
+        for i, Lay in enumerate(W.layers):
+            q, k, v = pre(W, rope, i, Lay, x, pos)
+            kr[i][:, :, slot].copy_(k[:, :, 0])
+            vr[i][:, :, slot].copy_(v[:, :, 0])
+            x = post(W, comm, Lay, x, attend(q, kr[i], vr[i], mk[c.windows[i]]), act)
+        nxt = sample_next(logits(W, comm, x[:, -1]), keys, step, temperature, top_k, top_p, greedy)
+        nxt = torch.where(done, torch.full_like(nxt, int(pad_id)), nxt)
+        if eos is not None:
+            done = done | torch.isin(nxt, eos)
+        toks.append(nxt)
+    return torch.stack(toks, 1), done
+
+
 def hidden(W: TPWeights, comm: Comm, rope: Rope, x: torch.Tensor, key_mask: Optional[torch.Tensor],
            positions: torch.Tensor, n_blocks: int) -> torch.Tensor:
     """The residual stream after the first ``n_blocks`` blocks (what ``output_hidden_states[n_blocks]``

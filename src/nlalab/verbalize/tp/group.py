@@ -95,13 +95,24 @@ def _run(models: dict, comm, cmd: dict, device: torch.device):
             kp, vp = m.prefix(comm, cmd["prompt_ids"], cmd["marker_pos"])
             return compute.generate(m.W, comm, m.rope, cmd["prompt_ids"], cmd["marker_pos"], kp, vp,
                                     cmd["vectors"], cmd["keys"], **cmd["sampling"])
+    if op == "plain":
+        with torch.inference_mode():
+            P = len(cmd["prefix"])
+            kp, vp = m.prefix(comm, cmd["prefix"], P)
+            return compute.generate_plain(m.W, comm, m.rope, P, kp, vp, cmd["suffixes"], cmd["keys"],
+                                          **cmd["sampling"])
     if op == "hidden":
         with torch.inference_mode():
             ids = cmd["input_ids"].to(device)
             mask = cmd["mask"].to(device)
             x = compute.embed(m.W, comm, ids)
             pos = torch.arange(ids.shape[1], device=device)[None].expand(ids.shape[0], -1)
-            return compute.hidden(m.W, comm, m.rope, x, mask, pos, cmd["n_blocks"]).cpu()
+            h = compute.hidden(m.W, comm, m.rope, x, mask, pos, cmd["n_blocks"])
+            sel = cmd.get("select")
+            if sel is not None:  # only the (row, position) pairs the caller reads travel back
+                sel = sel.to(device)
+                h = h[sel[:, 0], sel[:, 1]]
+            return h.cpu()
     if op == "drop":
         models.pop(cmd["key"], None)
         return None
@@ -327,11 +338,24 @@ class TPGroup:
         toks, done = self._command(cmd)
         return toks.cpu(), done.cpu()
 
-    def hidden(self, model, input_ids: torch.Tensor, mask: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    def plain(self, model, prefix, suffixes, keys: torch.Tensor, sampling: dict):
+        """Plain-mode rows ``prefix + suffixes[i]`` (no injection): tokens and finished flags on the CPU."""
+        k = self.key_of(model)
+        longest = len(prefix) + max(len(s) for s in suffixes)
+        self._ensure_rope(k, model, longest + int(sampling["max_new_tokens"]) + 16)
+        toks, done = self._command({"op": "plain", "key": k, "prefix": [int(i) for i in prefix],
+                                    "suffixes": [[int(i) for i in s] for s in suffixes], "keys": keys.cpu(),
+                                    "sampling": sampling})
+        return toks.cpu(), done.cpu()
+
+    def hidden(self, model, input_ids: torch.Tensor, mask: torch.Tensor, n_blocks: int,
+               select: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Block ``n_blocks - 1``'s output [B, T, d], or only the rows ``select`` [N, 2] (row, position)
+        names ([N, d]), on the CPU."""
         k = self.key_of(model)
         self._ensure_rope(k, model, input_ids.shape[1] + 16)
         return self._command({"op": "hidden", "key": k, "input_ids": input_ids.cpu(), "mask": mask.cpu(),
-                              "n_blocks": int(n_blocks)})
+                              "n_blocks": int(n_blocks), "select": None if select is None else select.cpu()})
 
     def drop(self, model) -> None:
         k = self._keys.pop(model, None)

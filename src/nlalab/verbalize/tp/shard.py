@@ -72,9 +72,9 @@ class TPWeights:
     rank: int
     layers: list
     embed: torch.Tensor  # [vocab_per_rank, hidden] (zero rows pad the last slice)
-    lm_w: torch.Tensor  # [vocab_per_rank, hidden]
+    lm_w: Optional[torch.Tensor]  # [vocab_per_rank, hidden]; None for a trunk without LM head (the AR)
     lm_b: Optional[torch.Tensor]
-    norm_w: torch.Tensor
+    norm_w: Optional[torch.Tensor]
     dtype: torch.dtype = torch.float32
     extra: dict = field(default_factory=dict)
 
@@ -126,15 +126,23 @@ def _act_name(cfg, act: nn.Module) -> str:
     return str(name)
 
 
-def unsupported_reason(model: nn.Module) -> Optional[str]:
-    """None if the tensor-parallel engine can shard ``model`` (any placement, accelerate hooks included)."""
+def has_head(model: nn.Module) -> bool:
+    """False for the AR's trunk (``arch.strip_head_and_norm``: LM head and final norm are Identity)."""
+    inner = arch.inner_model(model)
+    norm = next((getattr(inner, n) for n in arch.FINAL_NORM_NAMES if hasattr(inner, n)), None)
+    return hasattr(getattr(model, "lm_head", None), "weight") and hasattr(norm, "weight")
+
+
+def unsupported_reason(model: nn.Module, head: bool = True) -> Optional[str]:
+    """None if the tensor-parallel engine can shard ``model`` (any placement, accelerate hooks included);
+    ``head=False``: only the block forward is needed (capture, the AR), so a model without LM head is fine."""
     cfg = arch.text_config(model.config)
     mt = getattr(cfg, "model_type", "")
     if mt not in SUPPORTED_MODEL_TYPES:
         return f"model type {mt!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
     if any(p.device.type == "meta" for p in model.parameters()):
         return "weights released or offloaded (meta device)"
-    if getattr(model, "lm_head", None) is None or not hasattr(model.lm_head, "weight"):
+    if head and not has_head(model):
         return "no lm_head"
     if getattr(cfg, "use_bidirectional_attention", False):
         return "bidirectional attention"
@@ -155,8 +163,10 @@ def check_world(n_heads: int, n_kv: int, world: int) -> None:
 
 
 def shard_weights(model: nn.Module, rank: int, world: int) -> TPWeights:
-    """Rank ``rank``'s slices of ``model`` (views of its Parameters; ``.to(device)`` copies them)."""
-    why = unsupported_reason(model)
+    """Rank ``rank``'s slices of ``model`` (views of its Parameters; ``.to(device)`` copies them). A model
+    without LM head or final norm (the AR) gets ``lm_w``/``norm_w`` None: block forwards only."""
+    head = has_head(model)
+    why = unsupported_reason(model, head=head)
     if why:
         raise UsageError(f"The tensor-parallel engine does not support this model: {why}. Use engine 'loop'.")
     cfg = arch.text_config(model.config)
@@ -174,7 +184,7 @@ def shard_weights(model: nn.Module, rank: int, world: int) -> TPWeights:
     else:  # world a multiple of KV: this rank's query heads all read KV head (rank * h) // (H // KV)
         kv, k0 = 1, (rank * h) // (H // KV)
     emb_mod = model.get_input_embeddings()
-    V = int(model.lm_head.weight.shape[0])
+    V = int((model.lm_head.weight if head else emb_mod.weight).shape[0])
     Vr = -(-V // world)
     v0, v1 = rank * Vr, min(V, (rank + 1) * Vr)
 
@@ -218,13 +228,14 @@ def shard_weights(model: nn.Module, rank: int, world: int) -> TPWeights:
         world=world, n_heads=h, n_kv=kv, head_dim=D, hidden=int(cfg.hidden_size), vocab=V, vocab_per_rank=Vr,
         scaling=float(getattr(a0, "scaling", D ** -0.5)), eps=_eps(layers[0].input_layernorm),
         qk_eps=_eps(a0.q_norm) if getattr(a0, "q_norm", None) is not None else _eps(layers[0].input_layernorm),
-        norm_eps=_eps(inner.norm), gemma=gemma, act=_act_name(cfg, layers[0].mlp.act_fn),
+        norm_eps=_eps(inner.norm) if head else 0.0, gemma=gemma, act=_act_name(cfg, layers[0].mlp.act_fn),
         final_softcap=float(fs) if fs is not None else None,
         embed_scale=float(es) if es is not None else None, windows=tuple(windows))
-    lm_b = getattr(model.lm_head, "bias", None)
+    lm_b = getattr(model.lm_head, "bias", None) if head else None
     w = TPWeights(cfg=tcfg, rank=rank, layers=out_layers, embed=vocab_slice(emb_mod.weight),
-                  lm_w=vocab_slice(model.lm_head.weight), lm_b=None if lm_b is None else vocab_slice(lm_b),
-                  norm_w=inner.norm.weight, dtype=emb_mod.weight.dtype)
+                  lm_w=vocab_slice(model.lm_head.weight) if head else None,
+                  lm_b=None if lm_b is None else vocab_slice(lm_b), norm_w=inner.norm.weight if head else None,
+                  dtype=emb_mod.weight.dtype)
     w.extra["inter_per_rank"] = inter
     return w
 
