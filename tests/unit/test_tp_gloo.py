@@ -7,9 +7,10 @@ is started with torch.multiprocessing) and reused by every test; fp32, so the on
 import pytest
 import torch
 
-from nlalab.capture import run_to_block
+from nlalab.capture import capture, run_to_block
 from nlalab.errors import UsageError
-from nlalab.pairs.load import av_eos_ids, load_av, load_target
+from nlalab.pairs.load import av_eos_ids, load_ar, load_av, load_target
+from nlalab.reconstruct import reconstruct
 from nlalab.testing import torch_threads
 from nlalab.verbalize import GenerationSettings, backends, verbalize
 from nlalab.verbalize import tp
@@ -72,6 +73,68 @@ def test_block_k_forward_equals_the_model(fixture_pairs):
     got = tp.tp_run_to_block(tg.model, p.layer, ids, mask, devices=TWO)
     m = mask.bool()
     torch.testing.assert_close(got[m], ref[m], rtol=1e-5, atol=1e-5)
+
+
+def _rel(got, ref):
+    """Per-row relative error ||got - ref|| / ||ref|| (reconstruct.BATCH_TOLERANCE's measure)."""
+    return float(((got - ref).norm(dim=-1) / ref.norm(dim=-1)).max())
+
+
+TEXTS = ["Hi", "What is the capital of Brazil and why?", "Prove it.", "x " * 20, "The cat sat on the mat."]
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3_text"])
+def test_capture_and_reconstruction_on_the_group_equal_one_process(fixture_pairs, name):
+    """The study's capture (truncated target, last token and every token) and the AR (trunk without norm
+    or LM head, value head on rank 0) on 2 ranks: the one-process vectors within 1e-5 (fp32)."""
+    p = fixture_pairs[name]
+    tg = load_target(p.target, p.layer)
+    for positions in ("last", "all"):
+        ref = capture(tg.model, tg.tokenizer, TEXTS, p.layer, positions=positions, batch_size=3)
+        got = capture(tg.model, tg.tokenizer, TEXTS, p.layer, positions=positions, batch_size=3, tensor_parallel=TWO)
+        strip = lambda meta: [{k: v for k, v in m.items() if k != "norm"} for m in meta]  # noqa: E731
+        assert strip(got.meta) == strip(ref.meta) and len(got.meta) > len(TEXTS) * (positions == "all")
+        assert _rel(got.vectors, ref.vectors) < 1e-5, (positions, _rel(got.vectors, ref.vectors))
+    ar = load_ar(p.ar, layer=p.layer)
+    assert not tp.has_head(ar.model) and tp.unsupported_reason(ar.model) and not tp.unsupported_reason(ar.model, head=False)
+    texts = TEXTS + ["A longer explanation about geography, capitals and the reasons behind them."]
+    ref = reconstruct(ar, texts, batch_size=4)
+    got = reconstruct(ar, texts, batch_size=4, tensor_parallel=TWO)
+    assert _rel(got, ref) < 1e-5, _rel(got, ref)
+    assert tp.current().world == 2
+    # one device: the forward stays in this process (no group needed)
+    assert tp.tp_forward_group(ar.model, ["cpu"]) is None
+
+
+def _trunk_view(model, layer):
+    """A K+1-block LM sharing ``model``'s embedding and blocks, without norm or head (bench_study's AR)."""
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    from nlalab.pairs import arch
+
+    view = AutoModelForCausalLM.from_config(arch.truncated_text_config(model.config, layer + 1))
+    src, dst = arch.inner_model(model), arch.inner_model(view)
+    for name, _ in list(dst.named_children()):
+        setattr(dst, name, nn.ModuleList(list(src.layers[: layer + 1])) if name == "layers" else getattr(src, name))
+    arch.strip_head_and_norm(view)
+    return view.eval()
+
+
+def test_a_truncated_view_uses_the_full_models_shard(fixture_pairs):
+    """bench_study's AR shares the target's blocks: its block forward runs on the target's shard (the same
+    weights are not sliced and sent to the ranks twice), with the same output."""
+    p = fixture_pairs["qwen2"]
+    tg = load_target(p.target, p.layer, truncate=False)
+    ids = torch.tensor([[2, 17, 30, 41, 5, 6, 9], [2, 19, 33, 8, 0, 0, 0]])
+    mask = (torch.arange(7)[None] < torch.tensor([[7], [4]])).long()
+    full = tp.tp_run_to_block(tg.model, p.layer, ids, mask, devices=TWO)
+    n = len(tp.current().models)
+    view = _trunk_view(tg.model, p.layer)
+    got = tp.tp_run_to_block(view, p.layer, ids, mask, devices=TWO)
+    assert len(tp.current().models) == n and torch.equal(got, full)
+    m = mask.bool()
+    assert _rel(got[m], run_to_block(view, p.layer, ids, mask)[m]) < 1e-5
 
 
 def _prompts(tok, texts):

@@ -348,11 +348,26 @@ class TPGroup:
                                     "sampling": sampling})
         return toks.cpu(), done.cpu()
 
+    def _shared_trunk(self, model, n_blocks: int) -> Optional[int]:
+        """The key of a loaded model whose embedding and first ``n_blocks`` blocks are ``model``'s own
+        Parameters (a truncated view such as bench_study's AR over its target): its shard serves the block
+        forward, so the same weights are not sliced and sent twice. Only live models are compared (their
+        Parameters hold the addresses)."""
+        sig = _trunk_sig(model, n_blocks)
+        for other, k in list(self._keys.items()):
+            if other is not model and k in self.models and _trunk_sig(other, n_blocks) == sig:
+                return k
+        return None
+
     def hidden(self, model, input_ids: torch.Tensor, mask: torch.Tensor, n_blocks: int,
                select: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Block ``n_blocks - 1``'s output [B, T, d], or only the rows ``select`` [N, 2] (row, position)
         names ([N, d]), on the CPU."""
-        k = self.key_of(model)
+        k = self._keys.get(model)
+        if k is None or k not in self.models:
+            k = self._shared_trunk(model, n_blocks)
+        if k is None:
+            k = self.key_of(model)
         self._ensure_rope(k, model, input_ids.shape[1] + 16)
         return self._command({"op": "hidden", "key": k, "input_ids": input_ids.cpu(), "mask": mask.cpu(),
                               "n_blocks": int(n_blocks), "select": None if select is None else select.cpu()})
@@ -363,6 +378,17 @@ class TPGroup:
             return
         self._command({"op": "drop", "key": k})
         self._keep.pop(k, None)
+
+
+def _trunk_sig(model, n_blocks: int) -> Optional[tuple]:
+    """Where ``model``'s embedding and first ``n_blocks`` blocks' weights live (None if it has fewer)."""
+    from nlalab.pairs import arch
+
+    layers = arch.decoder_layers(model)
+    if len(layers) < n_blocks:
+        return None
+    ws = [model.get_input_embeddings().weight] + [p for lay in layers[:n_blocks] for p in lay.parameters()]
+    return tuple((w.device, w.data_ptr(), tuple(w.shape)) for w in ws)
 
 
 _GROUP: list = [None]
