@@ -607,8 +607,20 @@ def run_once(args, res: dict, model, target, av, ar, study: dict, bs: int, engin
         res["engine_compile_note"] = ("the verbalize time includes the fast engine's one-time torch.compile and "
                                       "CUDA-graph captures of this process (~10-20 s on H100, docs/performance.md)")
     res["engine_note"] = ("verbalization (corpus, random_gaussian, directions, seeds) uses `engine`; the blind "
-                          "control generates with the target through nlalab.verbalize.plain (a KV-cached loop, "
-                          "batch_size rows)")
+                          "control generates with the target through nlalab.verbalize.plain on `engine_plain` "
+                          "(the engine's plain mode, else loop); capture and reconstruct run their block forwards "
+                          "as `block_forward` says")
+    try:  # what ran where (newer nlalab: tp has a plain mode and runs capture/AR forwards on its group)
+        from nlalab.study.stages import forward_devices
+        from nlalab.verbalize import backends
+
+        res["engine_plain"] = backends.resolve(engine, av.model, plain=True)
+        fwd = forward_devices(rc)
+        stayed = [m for m in msgs if "block forward stays in this process" in m]
+        res["block_forward"] = (f"tensor parallel over {fwd}" if fwd and not stayed
+                                else "this process" + (f" ({stayed[0]})" if stayed else ""))
+    except ImportError:
+        pass
     res["warnings"] = msgs[:10]
     timings = dict(out.get("timings_s_this_invocation", {}))
     res["timings_s"] = timings

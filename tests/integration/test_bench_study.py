@@ -58,6 +58,8 @@ def test_bench_study_tiny_tensor_parallel_beside_baseline(tmp_path, monkeypatch)
         torch.set_num_threads(threads)
     assert json.loads((tmp_path / "study_tiny_cpu_tp2.json").read_text())["total_s"] == res["total_s"]
     assert res["engine"] == "tp" and res["tp_size"] == 2 and res["baseline"]["engine"] == "fast"
+    assert res["engine_plain"] == "tp" and res["block_forward"] == "tensor parallel over 2"  # blind, capture, AR
+    assert res["baseline"]["engine_plain"] == "fast" and res["baseline"]["block_forward"] == "this process"
     assert res["rows_identical_to_baseline"] and set(res["rows_identical_to_baseline"].values()) == {1.0}
     assert res["samples"] == res["baseline"]["samples"] and res["speedup_vs_baseline"] > 0
     sys.modules.pop("bench_study", None)

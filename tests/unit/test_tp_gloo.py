@@ -96,7 +96,8 @@ def test_capture_and_reconstruction_on_the_group_equal_one_process(fixture_pairs
         assert strip(got.meta) == strip(ref.meta) and len(got.meta) > len(TEXTS) * (positions == "all")
         assert _rel(got.vectors, ref.vectors) < 1e-5, (positions, _rel(got.vectors, ref.vectors))
     ar = load_ar(p.ar, layer=p.layer)
-    assert not tp.has_head(ar.model) and tp.unsupported_reason(ar.model) and not tp.unsupported_reason(ar.model, head=False)
+    assert not tp.has_head(ar.model) and tp.unsupported_reason(ar.model)  # no LM head: no generation,
+    assert not tp.unsupported_reason(ar.model, head=False)  # but its blocks shard
     texts = TEXTS + ["A longer explanation about geography, capitals and the reasons behind them."]
     ref = reconstruct(ar, texts, batch_size=4)
     got = reconstruct(ar, texts, batch_size=4, tensor_parallel=TWO)

@@ -63,7 +63,8 @@ class RunConfig(BaseModel):
     engine: Literal["auto", "fast", "loop", "hf", "tp"] = Field(
         "auto", description="auto (fast wherever it supports the model, else loop), fast, loop, hf "
                             "(transformers.generate, the reference) or tp (tensor parallel over "
-                            "--verbalize-devices, one process per device).")
+                            "--verbalize-devices, one process per device: verbalization, the blind control, and "
+                            "the capture and AR forwards).")
     controls: list[str] = Field(default_factory=control_names, description="Controls to run (nlalab.study.controls).")
     n_random: int = Field(30, ge=1, description="Random-Gaussian vectors.")
     n_seeds: int = Field(2, ge=1, description="Extra verbalization seeds for the noise-floor control.")
