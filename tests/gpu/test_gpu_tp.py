@@ -45,3 +45,35 @@ def test_tp_two_gpus_equal_loop_on_one(fixture_pairs, name):
             assert tp.current().world == 2 and tp.current().devices[1] == torch.device("cuda", 1)
             assert same >= need, (name, dtype, gs, same)
         tp.release(av.model)
+
+
+def test_tp_two_gpus_plain_capture_and_ar_equal_one_gpu(fixture_pairs):
+    """fp32 on 2 GPUs: the blind control's plain rows equal loop on cuda:0; capture and AR reconstructions
+    within 1e-5 relative per row (the study's stages with --engine tp)."""
+    from nlalab.capture import capture
+    from nlalab.pairs.load import av_eos_ids, load_ar, load_target
+    from nlalab.reconstruct import reconstruct
+    from nlalab.verbalize.plain import generate_texts
+
+    p = fixture_pairs["gemma3_text"]
+    opts = LoadOptions(device="cuda:0", dtype="fp32")
+    tg = load_target(p.target, p.layer, opts, truncate=False)
+    tok = tg.tokenizer
+    texts = ["Hi", "What is the capital of Brazil and why?", "Prove it.", "x " * 20]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True, add_generation_prompt=True)
+               for t in texts]
+    prompts = [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in prompts]
+    eos = av_eos_ids(tok, tg.model)
+    gs = dict(max_new_tokens=16, temperature=1.0, seed=3)
+    one = generate_texts(tg.model, tok, prompts, eos, 2, [1, 2, 3, 4], GenerationSettings(engine="loop", **gs))
+    two = generate_texts(tg.model, tok, prompts, eos, 2, [1, 2, 3, 4],
+                         GenerationSettings(engine="tp", devices=2, **gs))
+    assert [r.token_ids for r in two] == [r.token_ids for r in one]
+    rel = lambda a, b: float(((a - b).norm(dim=-1) / b.norm(dim=-1)).max())  # noqa: E731
+    ref = capture(tg.model, tok, texts, p.layer, positions="all")
+    got = capture(tg.model, tok, texts, p.layer, positions="all", tensor_parallel=2)
+    assert rel(got.vectors, ref.vectors) < 1e-5
+    tp.release(tg.model)
+    ar = load_ar(p.ar, opts, layer=p.layer)
+    assert rel(reconstruct(ar, texts, tensor_parallel=2), reconstruct(ar, texts)) < 1e-5
+    tp.release(ar.model)
