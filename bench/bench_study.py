@@ -340,6 +340,21 @@ def count_tokens(run_dir: Path) -> dict:
     return out
 
 
+def same_rows(a: Path, b: Path) -> dict:
+    """Per generation log: the fraction of rows whose text is the same in run directories ``a`` and ``b``."""
+    out = {}
+    for f in sorted((a / "stages").glob("*.jsonl")):
+        g = b / "stages" / f.name
+        if not g.is_file():
+            continue
+        ra = [json.loads(x) for x in f.read_text(encoding="utf-8").split("\n") if x.strip()]
+        rb = [json.loads(x) for x in g.read_text(encoding="utf-8").split("\n") if x.strip()]
+        key = lambda r: (r.get("item_id"), r.get("vector_index"), r.get("sample"))  # noqa: E731
+        db = {key(r): r.get("raw_output") for r in rb}
+        out[f.stem] = round(sum(1 for r in ra if db.get(key(r)) == r.get("raw_output")) / max(1, len(ra)), 4)
+    return out
+
+
 def gpu_mem(devices: list, what: str) -> list:
     if not devices or not isinstance(devices[0], int):
         return []
@@ -380,7 +395,14 @@ def main(argv: Optional[list] = None) -> dict:
     ap.add_argument("--limit-per-category", type=int, default=None)
     ap.add_argument("--n-perm", type=int, default=None)
     ap.add_argument("--n-boot", type=int, default=None)
-    ap.add_argument("--engine", default="auto", help="verbalization engine: auto (fast on one CUDA device), fast, loop")
+    ap.add_argument("--engine", default="auto",
+                    help="verbalization engine: auto (fast on one CUDA device), fast, loop, or tp: tensor parallel "
+                         "over --tp devices (one process each), recorded beside a --baseline-engine run of the same "
+                         "process, in study_<shape>_<device>_tp<N>.json")
+    ap.add_argument("--tp", type=int, default=0, help="with --engine tp: ranks (default: --devices; 2 on the CPU)")
+    ap.add_argument("--baseline-engine", default="auto",
+                    help="with --engine tp: the engine of the baseline run first (auto: loop on a layer-sharded model)")
+    ap.add_argument("--no-baseline", action="store_true", help="with --engine tp: skip the baseline run")
     ap.add_argument("--batch-size", type=int, default=0,
                     help="generation rows per batch for the loop engine and the blind control (0 = from free memory)")
     ap.add_argument("--ar-batch-size", type=int, default=32)
@@ -396,11 +418,6 @@ def main(argv: Optional[list] = None) -> dict:
         return {}
 
     import transformers
-
-    from nlalab.study.config import RunConfig, control_names
-    from nlalab.study.models import Preloaded
-    from nlalab.study.pipeline import run_study
-    from nlalab.verbalize.generate import resolve_engine
 
     n_vis = torch.cuda.device_count() if torch.cuda.is_available() else 0
     n_dev = n_vis if args.devices is None else args.devices
@@ -446,7 +463,8 @@ def main(argv: Optional[list] = None) -> dict:
     slug = device_slug(devices if not on_cpu else [], args.cpu_shards)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"study_{shape}_{slug}.json"
+    tp_n = (args.tp or max(1, len(devices) if not on_cpu else 2)) if args.engine == "tp" else 0
+    path = out_dir / f"study_{shape}_{slug}{f'_tp{tp_n}' if tp_n else ''}.json"
 
     def save() -> None:
         text = json.dumps(res, indent=2, default=str) + "\n"
@@ -482,23 +500,68 @@ def main(argv: Optional[list] = None) -> dict:
     target, av, ar, info = make_models(model, cfg, tok, layer, shape, args.injection_scale)
     res["calibration_s"] = round(time.perf_counter() - t0, 2)
     res.update(info)
-    engine_planned = resolve_engine(args.engine, av)
     from nlalab.verbalize import fast
 
     res["fast_engine_unsupported"] = fast.unsupported_reason(model)
 
-    # ---- study ----
+    # ---- study: once per engine (with --engine tp: the layer-sharded baseline first, then tp, one process) ----
     study = dict(TINY_STUDY) if args.tiny else {}
     for key in ("k", "max_new_tokens", "limit_per_category", "n_perm", "n_boot"):
         v = getattr(args, key)
         if v is not None:
             study[key] = v
     bs = args.batch_size or auto_batch_size(model, cfg, devices if not on_cpu else [], dmap)
-    run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix=f"bench_study_{shape}_"))
+    runs = [(args.engine, args.verbalize_devices)]
+    if args.engine == "tp":
+        runs = ([] if args.no_baseline else [(args.baseline_engine, args.verbalize_devices)]) + [
+            ("tp", str(tp_n))]
+    for engine, vdev in runs:
+        sub = res if engine == args.engine else res.setdefault("baseline", {})
+        run_once(args, sub, model, target, av, ar, study, bs, engine, vdev, devices, on_cpu, shape, layer,
+                 len(runs), save)
+        print(f"[bench_study] SUMMARY {shape} on {slug}: engine {sub['engine']}: total {sub['total_s']} s "
+              f"({', '.join(f'{k} {v}' for k, v in sub['timings_s'].items())}); tokens {sub['tokens']} "
+              f"({sub['samples']} samples, {sub['samples_ran_to_max']} ran to max); batch {bs}; peak GiB "
+              f"{sub['peak_gib_per_gpu']}", flush=True)
+    if args.engine == "tp":
+        res["tp_size"] = tp_n
+        if "baseline" in res:  # rows of the two runs (bf16 on GPUs: near-ties may differ, as across batch shapes)
+            res["rows_identical_to_baseline"] = same_rows(Path(res["baseline"]["run_dir"]), Path(res["run_dir"]))
+        if "baseline" in res and res.get("total_s"):
+            b = res["baseline"]
+            res["speedup_vs_baseline"] = round(b["total_s"] / res["total_s"], 3)
+            res["verbalize_speedup_vs_baseline"] = (round(b["timings_s"]["verbalize"] / res["timings_s"]["verbalize"], 3)
+                                                    if b["timings_s"].get("verbalize") and res["timings_s"].get("verbalize")
+                                                    else None)
+        try:
+            from nlalab.verbalize import tp as tp_mod
+
+            tp_mod.shutdown()
+        except ImportError:
+            pass
+    save()
+    print(f"[bench_study] wrote {path}", flush=True)
+    return res
+
+
+def run_once(args, res: dict, model, target, av, ar, study: dict, bs: int, engine: str, vdev: str, devices: list,
+             on_cpu: bool, shape: str, layer: int, n_runs: int, save) -> dict:
+    """One whole study with ``engine`` (its verbalization devices ``vdev``), recorded into ``res``; ``save()``
+    writes what is known if the study fails."""
+    from nlalab.study.config import RunConfig, control_names
+    from nlalab.study.models import Preloaded
+    from nlalab.study.pipeline import run_study
+    from nlalab.verbalize.generate import resolve_engine
+
+    engine_planned = resolve_engine(engine, av)
+    base = Path(args.run_dir) if args.run_dir else None
+    run_dir = (base / engine if n_runs > 1 else base) if base else Path(
+        tempfile.mkdtemp(prefix=f"bench_study_{shape}_{engine}_"))
+    path = "the JSON"
     if "verbalize_devices" in RunConfig.model_fields:  # data-parallel verbalization (newer nlalab)
-        study["verbalize_devices"] = args.verbalize_devices
+        study = dict(study, verbalize_devices=vdev)
     rc = RunConfig(out=str(run_dir), corpus=args.corpus, temperature=1.0, controls=control_names(),
-                   engine=args.engine, batch_size=bs, ar_batch_size=args.ar_batch_size, progress=False, **study)
+                   engine=engine, batch_size=bs, ar_batch_size=args.ar_batch_size, progress=False, **study)
     res["study"] = {k: v for k, v in rc.model_dump().items()
                     if k in ("corpus", "k", "max_new_tokens", "temperature", "top_p", "controls", "n_random", "n_seeds",
                              "n_perm", "n_boot", "limit_per_category", "batch_size", "ar_batch_size",
@@ -544,8 +607,20 @@ def main(argv: Optional[list] = None) -> dict:
         res["engine_compile_note"] = ("the verbalize time includes the fast engine's one-time torch.compile and "
                                       "CUDA-graph captures of this process (~10-20 s on H100, docs/performance.md)")
     res["engine_note"] = ("verbalization (corpus, random_gaussian, directions, seeds) uses `engine`; the blind "
-                          "control generates with the target through nlalab.verbalize.plain (a KV-cached loop, "
-                          "batch_size rows)")
+                          "control generates with the target through nlalab.verbalize.plain on `engine_plain` "
+                          "(the engine's plain mode, else loop); capture and reconstruct run their block forwards "
+                          "as `block_forward` says")
+    try:  # what ran where (newer nlalab: tp has a plain mode and runs capture/AR forwards on its group)
+        from nlalab.study.stages import forward_devices
+        from nlalab.verbalize import backends
+
+        res["engine_plain"] = backends.resolve(engine, av.model, plain=True)
+        fwd = forward_devices(rc)
+        stayed = [m for m in msgs if "block forward stays in this process" in m]
+        res["block_forward"] = (f"tensor parallel over {fwd}" if fwd and not stayed
+                                else "this process" + (f" ({stayed[0]})" if stayed else ""))
+    except ImportError:
+        pass
     res["warnings"] = msgs[:10]
     timings = dict(out.get("timings_s_this_invocation", {}))
     res["timings_s"] = timings
@@ -576,12 +651,6 @@ def main(argv: Optional[list] = None) -> dict:
                      "cos_mean": (po.get("cos") or {}).get("mean"),
                      "n_items": (out.get("provenance") or {}).get("corpus", {}).get("n_items")}
 
-    save()
-    print(f"[bench_study] wrote {path}", flush=True)
-    st = ", ".join(f"{k} {v}" for k, v in timings.items())
-    print(f"[bench_study] SUMMARY {shape} on {slug}: total {res['total_s']} s ({st}); tokens {res['tokens']} "
-          f"({res['samples']} samples, {res['samples_ran_to_max']} ran to max); engine {res['engine']}; "
-          f"batch {bs}; peak GiB {res['peak_gib_per_gpu']}", flush=True)
     return res
 
 

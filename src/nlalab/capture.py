@@ -133,11 +133,15 @@ def capture(
     batch_size: int = 8,
     max_length: Optional[int] = None,
     progress: bool = False,
+    tensor_parallel=None,
 ) -> Captured:
     """Block-K vectors at the chosen positions of each text.
 
     Defaults follow the seed study (``last`` token of the chat-templated prompt). ``random`` uses raw
-    text like the training data (``fmt`` defaults to ``raw`` there).
+    text like the training data (``fmt`` defaults to ``raw`` there). ``tensor_parallel`` (a device count or
+    list, as ``GenerationSettings.devices``; None: off) runs the forward on the tensor-parallel group
+    (``nlalab.verbalize.tp``): every device works on every block instead of taking turns; with fewer than two
+    devices, or a model it cannot split, the forward stays in this process (same vectors).
     """
     if len(texts) == 0:
         raise NLALabError("Nothing to capture: the list of texts is empty.")
@@ -151,13 +155,26 @@ def capture(
         encoded = [e[:max_length] for e in encoded]
     picks = [select_positions(e, positions, d, seed, n_random, special) for e, d in zip(encoded, ids)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = arch.input_device(model)
+    group = None
+    if tensor_parallel is not None:
+        from nlalab.verbalize.tp import tp_forward_group
+
+        group = tp_forward_group(model, tensor_parallel)
+    device = torch.device("cpu") if group is not None else arch.input_device(model)
     rows: dict[int, torch.Tensor] = {}
     for batch in length_buckets(encoded, batch_size, f"capture {hook_name(layer)}" if progress else None):
         batch = [i for i in batch if picks[i]]
         if not batch:
             continue
         input_ids, mask = right_padded([encoded[i] for i in batch], pad, device)
+        if group is not None:  # only the picked (row, position) vectors come back from the group
+            sel = torch.tensor([(r, p) for r, i in enumerate(batch) for p in picks[i]], dtype=torch.long)
+            h = group.hidden(model, input_ids, mask, layer + 1, select=sel)
+            off = 0
+            for i in batch:
+                rows[i] = h[off:off + len(picks[i])].float()
+                off += len(picks[i])
+            continue
         h = run_to_block(model, layer, input_ids, mask)
         for r, i in enumerate(batch):
             rows[i] = h[r, picks[i]].float().cpu()

@@ -432,7 +432,8 @@ def run(
     directions: Optional[List[str]] = typer.Option(None, "--directions", help="Contrast sets for directions beyond "
                                                    "the corpus categories (repeatable): valence_v1, factuality_v1 or "
                                                    "a JSON file of named prompt sets."),
-    engine: str = typer.Option("auto", "--engine", help="auto (fast wherever it supports the model, else loop), fast, loop or hf."),
+    engine: str = typer.Option("auto", "--engine", help="auto (fast wherever it supports the model, else loop), fast, loop, hf or tp (tensor parallel over --verbalize-devices: "
+                                "verbalization, blind control, capture and AR forwards)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Sequences per generation batch."),
     position: str = typer.Option("last", "--position", help="Capture position: last (the seed protocol), a token "
                                  "index of the chat-templated prompt (negative counts from the end), all (every prompt "

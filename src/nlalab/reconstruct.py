@@ -99,12 +99,16 @@ def last_real_index(mask: torch.Tensor) -> torch.Tensor:
 
 
 def reconstruct(ar, explanations: Sequence[str], batch_size: int = 16, max_length: Optional[int] = None,
-                progress: bool = False, pad_free: bool = False) -> torch.Tensor:
+                progress: bool = False, pad_free: bool = False, tensor_parallel=None) -> torch.Tensor:
     """fp32 [N, d] reconstructions on CPU, rows in the order of ``explanations``.
 
     ``pad_free=True`` batches only AR inputs of identical length and passes no attention mask, so a
     row's reconstruction does not depend on which rows share its batch (see :data:`BATCH_TOLERANCE`);
     ``pad_free=False`` (default) is right-padded length-bucketed batching (fewer, fuller batches).
+    ``tensor_parallel`` (a device count or list; None: off) runs the AR's trunk on the tensor-parallel group
+    (``nlalab.verbalize.tp``: the last block's output at each row's last real token comes back) and applies
+    the value head here, on rank 0; with fewer than two devices, or an AR it cannot split, the forward stays
+    in this process.
     """
     if len(explanations) == 0:
         raise NLALabError("Nothing to reconstruct: no explanations.")
@@ -114,17 +118,27 @@ def reconstruct(ar, explanations: Sequence[str], batch_size: int = 16, max_lengt
         if too_long:
             raise NLALabError(f"{len(too_long)} AR inputs exceed max_length={max_length} tokens (first: row {too_long[0]}).")
     pad = ar.tokenizer.pad_token_id if ar.tokenizer.pad_token_id is not None else 0
-    device = arch.input_device(ar.model)
+    group = None
+    if tensor_parallel is not None:
+        from nlalab.verbalize.tp import tp_forward_group
+
+        group = tp_forward_group(ar.model, tensor_parallel)
+    device = torch.device("cpu") if group is not None else arch.input_device(ar.model)
     inner = arch.inner_model(ar.model)
+    n_blocks = len(arch.decoder_layers(ar.model))
     out = torch.empty(len(ids), ar.d_model, dtype=torch.float32)
     batches = exact_length_batches if pad_free else length_buckets
     for batch in batches(ids, batch_size, "reconstruct" if progress else None):
         input_ids, mask = right_padded([ids[i] for i in batch], pad, device)
         with torch.inference_mode():
-            h = inner(input_ids=input_ids, attention_mask=None if pad_free else mask,
-                      use_cache=False).last_hidden_state
             last = last_real_index(mask)
-            hl = h[torch.arange(len(batch), device=h.device), last.to(h.device)]
+            if group is not None:  # the trunk's output (no final norm) at the last real token, from the group
+                sel = torch.stack([torch.arange(len(batch)), last.cpu()], 1)
+                hl = group.hidden(ar.model, input_ids, mask, n_blocks, select=sel)
+            else:
+                h = inner(input_ids=input_ids, attention_mask=None if pad_free else mask,
+                          use_cache=False).last_hidden_state
+                hl = h[torch.arange(len(batch), device=h.device), last.to(h.device)]
             v = ar.value_head(hl.to(ar.value_head.weight.device, torch.float32))
         out[torch.tensor(batch)] = v.float().cpu()
     if not torch.isfinite(out).all():

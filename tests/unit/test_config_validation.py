@@ -35,7 +35,7 @@ def bad(**kw) -> str:
     (dict(k="three"), "--k: found 'three', expected a whole number (k >= 1)"),
     (dict(positions="first"), "--position: 'first' is not a position"),
     (dict(reply_tokens=0), "--reply-tokens: found 0"),
-    (dict(engine="fats"), "--engine: found 'fats', allowed 'auto', 'fast', 'loop' or 'hf'"),
+    (dict(engine="fats"), "--engine: found 'fats', allowed 'auto', 'fast', 'loop', 'hf' or 'tp'"),
     (dict(dtype="f16"), "unknown dtype 'f16' (did you mean 'fp16'?)"),
     (dict(controls=["random_gausian"]), "unknown control 'random_gausian' (did you mean 'random_gaussian'?)"),
     (dict(force=["captur"]), "unknown stage 'captur' (did you mean 'capture'?)"),

@@ -183,12 +183,15 @@ def release(*objs: Any) -> None:
 
     engine = sys.modules.get("nlalab.verbalize.fast")  # only if the fast engine was ever used
     parallel = sys.modules.get("nlalab.verbalize.parallel")  # data-parallel replicas (normally none left)
+    tp = sys.modules.get("nlalab.verbalize.tp.group")  # tensor-parallel shards (on every rank)
     for o in objs:
         for m in (getattr(o, "model", o), getattr(o, "value_head", None)):
             if isinstance(m, nn.Module) and parallel is not None:
                 parallel.release_replicas(m)
             if isinstance(m, nn.Module) and engine is not None:
                 engine.release_engines(m)
+            if isinstance(m, nn.Module) and tp is not None:
+                tp.release(m)
             if isinstance(m, nn.Module):
                 _remove_dispatch_hooks(m)
                 try:

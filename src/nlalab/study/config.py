@@ -60,9 +60,11 @@ class RunConfig(BaseModel):
     greedy: bool = DEFAULT_GREEDY
     max_new_tokens: MaxNewTokens = DEFAULT_MAX_NEW_TOKENS
     seed: Seed = DEFAULT_SEED
-    engine: Literal["auto", "fast", "loop", "hf"] = Field(
-        "auto", description="auto (fast wherever it supports the model, else loop), fast, loop or hf "
-                            "(transformers.generate, the reference).")
+    engine: Literal["auto", "fast", "loop", "hf", "tp"] = Field(
+        "auto", description="auto (fast wherever it supports the model, else loop), fast, loop, hf "
+                            "(transformers.generate, the reference) or tp (tensor parallel over "
+                            "--verbalize-devices, one process per device: verbalization, the blind control, and "
+                            "the capture and AR forwards).")
     controls: list[str] = Field(default_factory=control_names, description="Controls to run (nlalab.study.controls).")
     n_random: int = Field(30, ge=1, description="Random-Gaussian vectors.")
     n_seeds: int = Field(2, ge=1, description="Extra verbalization seeds for the noise-floor control.")

@@ -283,11 +283,12 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
         ar = models.ar()
         for job, dig in need:
             rec = reconstruct(ar, [r["explanation"] for r in ctx.gen_rows[job.name]], batch_size=cfg.ar_batch_size,
-                              progress=cfg.progress)
+                              progress=cfg.progress, tensor_parallel=ST.forward_devices(cfg))
             ST.save_recon(ST.job_recon_path(stages, job.name), rec, dig, ar.mse_scale)
             advance(rec.shape[0])
         if need_extras:
-            rec = reconstruct(ar, all_texts, batch_size=cfg.ar_batch_size, progress=cfg.progress)
+            rec = reconstruct(ar, all_texts, batch_size=cfg.ar_batch_size, progress=cfg.progress,
+                              tensor_parallel=ST.forward_devices(cfg))
             ST.save_recon(extras_path, rec, extras_dig, ar.mse_scale)
             advance(rec.shape[0])
         models.release(ar)

@@ -54,6 +54,13 @@ def sorted_rows(log: JsonlLog, n_vectors: int, k: int) -> list[dict]:
     return rows
 
 
+def forward_devices(cfg) -> Optional[str]:
+    """Devices for the capture and reconstruct forwards: the study's ``--verbalize-devices`` when its engine is
+    ``tp`` (the target's and the AR's blocks then run tensor-parallel too, not layer-sharded), else None (this
+    process). One device, or a model the shards cannot split, also stays in this process (same vectors)."""
+    return str(cfg.verbalize_devices) if getattr(cfg, "engine", None) == "tp" else None
+
+
 def capture_activations(tg, items, layer: int, cfg, path: Path) -> None:
     """Block-K activations of the corpus at ``cfg.positions``: one row per item (``last``, an index), or one
     per (item, token) (``all``, ``random``; ``reply``: the target's own greedy reply, which needs the full
@@ -70,7 +77,7 @@ def capture_activations(tg, items, layer: int, cfg, path: Path) -> None:
     else:
         cap = capture(tg.model, tg.tokenizer, [it.prompt for it in items], layer, ids=[it.id for it in items],
                       positions=pos.capture_arg(), seed=cfg.seed, batch_size=cfg.capture_batch_size,
-                      progress=cfg.progress)
+                      progress=cfg.progress, tensor_parallel=forward_devices(cfg))
         if pos.one_per_item and [m["item_id"] for m in cap.meta] != [it.id for it in items]:
             raise NLALabError("Capture must give one vector per item at this position. Fix: use --position last.")
         if not pos.one_per_item:
@@ -109,8 +116,8 @@ def capture_prompts(tg, prompts: list[str], ids: list[str], layer: int, cfg, pat
     # one vector per prompt: the run's position where it gives one, else the last token (a contrast set's
     # mean direction is defined per prompt, not per token of a reply)
     arg = pos.capture_arg() if pos.one_per_item else "last"
-    cap = capture(tg.model, tg.tokenizer, prompts, layer, ids=ids, positions=arg,
-                  seed=cfg.seed, batch_size=cfg.capture_batch_size, progress=cfg.progress)
+    cap = capture(tg.model, tg.tokenizer, prompts, layer, ids=ids, positions=arg, seed=cfg.seed,
+                  batch_size=cfg.capture_batch_size, progress=cfg.progress, tensor_parallel=forward_devices(cfg))
     atomic_save_tensors(path, {"activations": cap.vectors},
                         {"meta": json.dumps(cap.meta, ensure_ascii=False), "hook": cap.hook_name,
                          "prompts_sha256": digest(prompts)})

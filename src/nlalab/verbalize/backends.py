@@ -28,6 +28,8 @@ class Capabilities:
     dtypes: tuple[torch.dtype, ...]  # model dtypes it runs
     plain: bool  # plain mode: prompts of different lengths, no injection
     prefix_sharing: bool  # the prompt part shared by all rows is computed once
+    # one model split over several devices (one process each); ``devices`` names them, no data parallelism
+    tensor_parallel: bool = False
 
 
 Rows = Iterator[tuple[list[int], list[int], torch.Tensor, torch.Tensor]]

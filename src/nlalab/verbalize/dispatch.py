@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from nlalab.errors import NLALabError
+from nlalab.verbalize import backends
 from nlalab.verbalize.backends import generation_threads
 from nlalab.verbalize.generate import GenerationSettings, Verbalization, iter_rows, resolve_engine, to_records
 from nlalab.verbalize.parallel import iter_parallel, note_single, resolve_devices
@@ -56,8 +57,11 @@ def verbalize(
 
         bar = tqdm(total=len(todo), desc="verbalize", unit="sample")
     engine = resolve_engine(settings.engine, av)
-    devices = resolve_devices(settings.devices, av, engine, n_rows=len(todo))
-    parallel = devices != resolve_devices(None, av, engine)  # several devices, or another one than the AV's
+    if backends.capabilities(engine).tensor_parallel:  # one model over several devices: the backend's own
+        devices, parallel = resolve_devices(None, av, engine), False  # processes (settings.devices names them)
+    else:
+        devices = resolve_devices(settings.devices, av, engine, n_rows=len(todo))
+        parallel = devices != resolve_devices(None, av, engine)  # several devices, or another one than the AV's
     if parallel:  # the bar counts rows as workers finish them; records come in order below
         rows = iter_parallel(av, vectors, todo, keys_v, settings, engine, devices,
                              on_rows=bar.update if bar is not None else None)

@@ -36,7 +36,7 @@ from nlalab.verbalize.extract import extract_explanation
 from nlalab.verbalize.inject import injected_embeds
 from nlalab.verbalize.sampling import MASK32, hash32, row_keys, sample_next, stream_keys  # noqa: F401
 
-Engine = Literal["auto", "fast", "loop", "hf"]
+Engine = Literal["auto", "fast", "loop", "hf", "tp"]
 
 
 @dataclass

@@ -79,7 +79,7 @@ def _splittable(engine: str) -> bool:
     from nlalab.verbalize import backends
 
     caps = backends.capabilities(engine) if engine != "auto" else None
-    return caps is None or (caps.multi_gpu and caps.per_row_sampling)
+    return caps is None or (caps.multi_gpu and caps.per_row_sampling and not caps.tensor_parallel)
 
 
 def last_info() -> Optional[dict]:
