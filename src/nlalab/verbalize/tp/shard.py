@@ -18,7 +18,7 @@ from torch import nn
 
 from nlalab.errors import UsageError
 from nlalab.pairs import arch, families
-from nlalab.verbalize.fast.weights import SUPPORTED_MODEL_TYPES, _eps
+from nlalab.verbalize.fast.weights import SUPPORTED_MODEL_TYPES, _eps, read_rope_tables
 
 
 @dataclass(frozen=True)
@@ -241,39 +241,8 @@ def shard_weights(model: nn.Module, rank: int, world: int) -> TPWeights:
 
 
 def rope_tables(model: nn.Module, length: int) -> tuple[list, list, tuple]:
-    """cos/sin tables [length, head_dim] exactly as the model computes them (read off its own forward, as
-    the fast engine does), the distinct ones once, and each layer's index into them. Works on a model
-    dispatched over several devices (tables come back on the CPU)."""
-    layers = arch.decoder_layers(model)
-    got: dict[int, tuple] = {}
-
-    def hook(i):
-        def fn(_m, args, kwargs):
-            pe = kwargs.get("position_embeddings")
-            if pe is None:
-                pe = next((a for a in args if isinstance(a, tuple) and len(a) == 2), None)
-            got[i] = pe
-        return fn
-
-    hs = [lay.register_forward_pre_hook(hook(i), with_kwargs=True) for i, lay in enumerate(layers)]
-    dev = arch.input_device(model)
-    dtype = model.get_input_embeddings().weight.dtype
-    d = arch.d_model_of(model.config)
-    try:
-        with torch.no_grad():
-            arch.inner_model(model)(inputs_embeds=torch.zeros(1, length, d, device=dev, dtype=dtype),
-                                    position_ids=torch.arange(length, device=dev)[None], use_cache=False)
-    finally:
-        for hh in hs:
-            hh.remove()
-    if len(got) != len(layers) or any(v is None for v in got.values()):
-        raise UsageError("tensor-parallel engine: could not read the rotary tables from the model's forward.")
-    uniq: dict[int, int] = {}
-    cos, sin, idx = [], [], []
-    for i, (c, s) in sorted(got.items()):
-        if id(c) not in uniq:
-            uniq[id(c)] = len(cos)
-            cos.append(c.reshape(length, -1).to("cpu").contiguous())
-            sin.append(s.reshape(length, -1).to("cpu").contiguous())
-        idx.append(uniq[id(c)])
-    return cos, sin, tuple(idx)
+    """The fast engine's rotary tables (read off the model's own forward), moved to the CPU so they travel
+    to every rank; works on a model dispatched over several devices."""
+    cos, sin, idx = read_rope_tables(model, length, arch.input_device(model),
+                                     model.get_input_embeddings().weight.dtype, who="tensor-parallel engine")
+    return [c.to("cpu") for c in cos], [x.to("cpu") for x in sin], idx
