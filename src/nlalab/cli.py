@@ -162,13 +162,14 @@ LS_COLUMNS = ("name", "target", "layer", "n_layers", "d_model", "gated", "bf16_g
 def ls_rows() -> tuple[list[dict], list[dict]]:
     """Registered and shipped pairs as flat rows (every output format renders these)."""
     from nlalab.pairs.registry import registry
-    from nlalab.pairs.shipped import SHIPPED
+    from nlalab.pairs.shipped import DEFAULT, SHIPPED
 
     reg = [{"name": r.name, "target": r.target, "layer": r.layer, "n_layers": r.n_layers, "d_model": r.d_model,
             "gated": "yes" if r.target_gated else "no", "bf16_gb_target": r.memory_gb.get("target", ""),
             "bf16_gb_av": r.memory_gb.get("av", ""), "bf16_gb_ar": r.memory_gb.get("ar", ""), "av": r.av,
             "ar": r.ar} for r in registry().values()]
-    shipped = [{"name": sp.name, "base": sp.base_id, "layer": sp.layer, "summary": sp.summary}
+    shipped = [{"name": sp.name, "default": "yes" if sp.name == DEFAULT else "no", "base": sp.base_id,
+                "layer": sp.layer, "summary": sp.summary}
                for sp in SHIPPED.values()]
     return reg, shipped
 
@@ -200,7 +201,7 @@ def ls_cmd(
     if fmt == "tsv":
         typer.echo(_tsv(reg, LS_COLUMNS))
         typer.echo("")
-        typer.echo(_tsv(shipped, ("name", "base", "layer", "summary")))
+        typer.echo(_tsv(shipped, ("name", "default", "base", "layer", "summary")))
         return
     from rich.console import Console
     from rich.table import Table
@@ -213,11 +214,12 @@ def ls_cmd(
                   f"{r['bf16_gb_target'] or '?'}/{r['bf16_gb_av'] or '?'}/{r['bf16_gb_ar'] or '?'}",
                   f"{r['av']}\n{r['ar']}")
     Console().print(t)
-    t2 = Table(title="Shipped with nlalab (offline; the default of `nlalab run`)")
-    for col in ("name", "base", "layer", "how it was trained"):
+    t2 = Table(title="Shipped with nlalab (offline; the default is what `nlalab run` evaluates with no pair named; "
+                     "others by --pair NAME)")
+    for col in ("name", "default", "base", "layer", "how it was trained"):
         t2.add_column(col, overflow="fold")
     for r in shipped:
-        t2.add_row(r["name"], r["base"], str(r["layer"]), r["summary"])
+        t2.add_row(r["name"], r["default"], r["base"], str(r["layer"]), r["summary"])
     Console().print(t2)
 
 
