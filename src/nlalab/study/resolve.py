@@ -48,12 +48,10 @@ def untrained_spec(target_dir: Path, layer: int, out: Path) -> PairSpec:
 def resolve_run_pair(cfg) -> PairDirs:
     from nlalab.pairs import shipped
 
-    if cfg.pair in shipped.SHIPPED and not (cfg.av or cfg.ar):
-        # a shipped pack by name (e.g. the first default, smollm2-135m-L20, for comparison)
-        return resolve_pair(offline_default_pair(cfg.layer, trained=not cfg.untrained_baseline, name=cfg.pair))
-    if not (cfg.pair or cfg.av or cfg.ar):
+    by_name = cfg.pair in shipped.SHIPPED and not (cfg.av or cfg.ar)  # e.g. the first pack, for comparison
+    if by_name or not (cfg.pair or cfg.av or cfg.ar):
         # the untrained control of the offline default is the cached untrained pair: no trained pair built
-        spec = offline_default_pair(cfg.layer, trained=not cfg.untrained_baseline)
+        spec = offline_default_pair(cfg.layer, trained=not cfg.untrained_baseline, name=cfg.pair if by_name else None)
         if cfg.untrained_baseline:
             return resolve_pair(spec)
     else:

@@ -36,7 +36,7 @@ from nlalab.verbalize.fast.options import (
     empty_cache,
     on_device,
 )
-from nlalab.verbalize.fast.weights import _eps, _Layer, read_rope_tables, unsupported_reason
+from nlalab.verbalize.fast.weights import _eps, _Layer, layer_weights, read_rope_tables, unsupported_reason
 from nlalab.verbalize.inject import injected_embeds
 from torch import nn
 
@@ -144,19 +144,8 @@ class FastEngine:
         self._check_norms(layers[0])
         self.layers: list[_Layer] = []
         for lay in layers:
-            at, mlp = lay.self_attn, lay.mlp
-            win = getattr(at, "sliding_window", None)
-            self.layers.append(_Layer(
-                ln_in=lay.input_layernorm.weight, ln_post_attn=lay.post_attention_layernorm.weight,
-                ln_pre_ff=lay.pre_feedforward_layernorm.weight if self.gemma else None,
-                ln_post_ff=lay.post_feedforward_layernorm.weight if self.gemma else None,
-                wq=at.q_proj.weight, bq=at.q_proj.bias, wk=at.k_proj.weight, bk=at.k_proj.bias,
-                wv=at.v_proj.weight, bv=at.v_proj.bias, wo=at.o_proj.weight, bo=at.o_proj.bias,
-                qn=at.q_norm.weight if getattr(at, "q_norm", None) is not None else None,
-                kn=at.k_norm.weight if getattr(at, "k_norm", None) is not None else None,
-                wg=mlp.gate_proj.weight, wu=mlp.up_proj.weight, wd=mlp.down_proj.weight,
-                window=int(win) if win else None, rope=0,
-            ))
+            win = getattr(lay.self_attn, "sliding_window", None)
+            self.layers.append(_Layer(**vars(layer_weights(lay, self.gemma)), window=int(win) if win else None))
         self.windows = sorted({L.window for L in self.layers}, key=lambda w: -1 if w is None else w)
         self._fused: list = []
         fuse = OPTIONS.fuse_weights if OPTIONS.fuse_weights is not None else self.device.type == "cuda"

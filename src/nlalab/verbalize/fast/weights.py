@@ -16,7 +16,11 @@ SUPPORTED_MODEL_TYPES = families.fast_engine_types()
 
 
 @dataclass
-class _Layer:
+class LayerWeights:
+    """One decoder block's tensors as nlalab's engines read them: whole for the fast engine, one rank's
+    slices for the tensor-parallel one (``tp.shard``). Bias and q/k-norm entries are None where the family
+    has none; the sandwich norms (``ln_pre_ff``, ``ln_post_ff``) exist for Gemma only."""
+
     ln_in: torch.Tensor
     ln_post_attn: torch.Tensor
     ln_pre_ff: Optional[torch.Tensor]
@@ -34,8 +38,27 @@ class _Layer:
     wg: torch.Tensor
     wu: torch.Tensor
     wd: torch.Tensor
-    window: Optional[int]
-    rope: int  # index into the engine's cos/sin tables
+
+
+def layer_weights(lay: nn.Module, sandwich_norms: bool) -> LayerWeights:
+    """The block's Parameters (no copies), read one way for every supported family."""
+    at, mlp = lay.self_attn, lay.mlp
+    return LayerWeights(
+        ln_in=lay.input_layernorm.weight, ln_post_attn=lay.post_attention_layernorm.weight,
+        ln_pre_ff=lay.pre_feedforward_layernorm.weight if sandwich_norms else None,
+        ln_post_ff=lay.post_feedforward_layernorm.weight if sandwich_norms else None,
+        wq=at.q_proj.weight, bq=at.q_proj.bias, wk=at.k_proj.weight, bk=at.k_proj.bias,
+        wv=at.v_proj.weight, bv=at.v_proj.bias, wo=at.o_proj.weight, bo=at.o_proj.bias,
+        qn=at.q_norm.weight if getattr(at, "q_norm", None) is not None else None,
+        kn=at.k_norm.weight if getattr(at, "k_norm", None) is not None else None,
+        wg=mlp.gate_proj.weight, wu=mlp.up_proj.weight, wd=mlp.down_proj.weight,
+    )
+
+
+@dataclass
+class _Layer(LayerWeights):
+    window: Optional[int] = None
+    rope: int = 0  # index into the engine's cos/sin tables
     wqkv: Optional[torch.Tensor] = None  # fused weights (fuse_weights), views of which the Parameters are
     bqkv: Optional[torch.Tensor] = None
     wgu: Optional[torch.Tensor] = None

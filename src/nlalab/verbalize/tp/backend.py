@@ -65,19 +65,28 @@ def _sampling(settings, eos_ids, pad) -> dict:
                 top_p=float(settings.top_p), greedy=bool(settings.greedy))
 
 
-def tp_rows(av, vectors, todo, keys_v, settings, stop=None):
-    """The registry's ``rows`` for ``tp``: yields (vidx, sidx, tokens, done) per micro-batch, on the CPU."""
-    model = av.model
-    g = _group(model, settings.devices, "AV")
-    pad = av.tokenizer.pad_token_id if getattr(av.tokenizer, "pad_token_id", None) is not None else (
-        av.eos_ids[0] if av.eos_ids else 0)
-    sampling = dict(injection_scale=float(av.injection_scale), **_sampling(settings, av.eos_ids, pad))
+def _pad_id(tokenizer, eos_ids) -> int:
+    return tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else (
+        eos_ids[0] if eos_ids else 0)
+
+
+def _micro_batches(todo, keys_v, settings):
+    """(row idx, sample idx, per-row sampling keys) per micro-batch of ``fast_batch_size`` or ``batch_size``."""
     bs = max(1, int(settings.fast_batch_size or settings.batch_size))
     for pos in range(0, len(todo), bs):
         chunk = todo[pos:pos + bs]
         vidx = [i for i, _ in chunk]
         sidx = [s for _, s in chunk]
-        keys = stream_keys(settings.seed, keys_v, vidx, sidx, "cpu")
+        yield vidx, sidx, stream_keys(settings.seed, keys_v, vidx, sidx, "cpu")
+
+
+def tp_rows(av, vectors, todo, keys_v, settings, stop=None):
+    """The registry's ``rows`` for ``tp``: yields (vidx, sidx, tokens, done) per micro-batch, on the CPU."""
+    model = av.model
+    g = _group(model, settings.devices, "AV")
+    sampling = dict(injection_scale=float(av.injection_scale),
+                    **_sampling(settings, av.eos_ids, _pad_id(av.tokenizer, av.eos_ids)))
+    for vidx, sidx, keys in _micro_batches(todo, keys_v, settings):
         toks, done = g.generate(model, av.prompt_ids, av.marker_pos, vectors[vidx], keys, sampling)
         yield vidx, sidx, toks, done
         if stop is not None and stop.is_set():
@@ -93,17 +102,10 @@ def tp_plain_rows(model, tokenizer, prompts, eos_ids, todo, keys_v, settings):
     if not todo:
         return
     g = _group(model, settings.devices, "model")
-    pad = tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else (
-        eos_ids[0] if eos_ids else 0)
-    sampling = _sampling(settings, eos_ids, pad)
+    sampling = _sampling(settings, eos_ids, _pad_id(tokenizer, eos_ids))
     P = common_prefix([prompts[i] for i, _ in todo])
     prefix = list(prompts[todo[0][0]][:P])
-    bs = max(1, int(settings.fast_batch_size or settings.batch_size))
-    for pos in range(0, len(todo), bs):
-        chunk = todo[pos:pos + bs]
-        vidx = [i for i, _ in chunk]
-        sidx = [s for _, s in chunk]
-        keys = stream_keys(settings.seed, keys_v, vidx, sidx, "cpu")
+    for vidx, sidx, keys in _micro_batches(todo, keys_v, settings):
         toks, done = g.plain(model, prefix, [list(prompts[i][P:]) for i in vidx], keys, sampling)
         yield vidx, sidx, toks, done
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from nlalab.errors import UsageError
 from nlalab.pairs import arch, families
-from nlalab.verbalize.fast.weights import SUPPORTED_MODEL_TYPES, _eps, read_rope_tables
+from nlalab.verbalize.fast.weights import SUPPORTED_MODEL_TYPES, LayerWeights, _eps, layer_weights, read_rope_tables
 
 
 @dataclass(frozen=True)
@@ -44,24 +44,10 @@ class TPConfig:
 
 
 @dataclass
-class TPLayer:
-    ln_in: torch.Tensor
-    ln_post_attn: torch.Tensor
-    ln_pre_ff: Optional[torch.Tensor]
-    ln_post_ff: Optional[torch.Tensor]
-    wq: torch.Tensor
-    bq: Optional[torch.Tensor]
-    wk: torch.Tensor
-    bk: Optional[torch.Tensor]
-    wv: torch.Tensor
-    bv: Optional[torch.Tensor]
-    wo: torch.Tensor  # row-parallel: [hidden, n_heads_local * head_dim]
-    bo: Optional[torch.Tensor]  # added once, after the all-reduce
-    qn: Optional[torch.Tensor]
-    kn: Optional[torch.Tensor]
-    wg: torch.Tensor
-    wu: torch.Tensor
-    wd: torch.Tensor  # row-parallel: [hidden, inter_local]
+class TPLayer(LayerWeights):
+    """One rank's slices of a block: q/k/v and gate/up column-parallel (its heads, its MLP rows), o and down
+    row-parallel (``wo`` [hidden, n_heads_local * head_dim], ``wd`` [hidden, inter_local]); ``bo`` is added
+    once, after the all-reduce; norms whole."""
 
 
 @dataclass
@@ -208,20 +194,16 @@ def shard_weights(model: nn.Module, rank: int, world: int) -> TPWeights:
         inter = i_r
         win = getattr(at, "sliding_window", None)
         windows.append(int(win) if win else None)
-        bo = at.o_proj.bias
-        out_layers.append(TPLayer(
-            ln_in=lay.input_layernorm.weight, ln_post_attn=lay.post_attention_layernorm.weight,
-            ln_pre_ff=lay.pre_feedforward_layernorm.weight if gemma else None,
-            ln_post_ff=lay.post_feedforward_layernorm.weight if gemma else None,
-            wq=rows(at.q_proj.weight, rank * h, h), bq=rows(at.q_proj.bias, rank * h, h),
-            wk=rows(at.k_proj.weight, k0, kv), bk=rows(at.k_proj.bias, k0, kv),
-            wv=rows(at.v_proj.weight, k0, kv), bv=rows(at.v_proj.bias, k0, kv),
-            wo=at.o_proj.weight[:, rank * h * D:(rank + 1) * h * D], bo=bo,
-            qn=at.q_norm.weight if getattr(at, "q_norm", None) is not None else None,
-            kn=at.k_norm.weight if getattr(at, "k_norm", None) is not None else None,
-            wg=mlp.gate_proj.weight[rank * i_r:(rank + 1) * i_r], wu=mlp.up_proj.weight[rank * i_r:(rank + 1) * i_r],
-            wd=mlp.down_proj.weight[:, rank * i_r:(rank + 1) * i_r],
-        ))
+        full = layer_weights(lay, gemma)
+        out_layers.append(TPLayer(**{
+            **vars(full),
+            "wq": rows(full.wq, rank * h, h), "bq": rows(full.bq, rank * h, h),
+            "wk": rows(full.wk, k0, kv), "bk": rows(full.bk, k0, kv),
+            "wv": rows(full.wv, k0, kv), "bv": rows(full.bv, k0, kv),
+            "wo": full.wo[:, rank * h * D:(rank + 1) * h * D],
+            "wg": full.wg[rank * i_r:(rank + 1) * i_r], "wu": full.wu[rank * i_r:(rank + 1) * i_r],
+            "wd": full.wd[:, rank * i_r:(rank + 1) * i_r],
+        }))
     es = getattr(emb_mod, "embed_scale", None)
     fs = getattr(cfg, "final_logit_softcapping", None)
     tcfg = TPConfig(
