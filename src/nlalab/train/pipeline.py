@@ -147,52 +147,52 @@ def apply_overrides(cfg: dict, overrides: dict[str, Any]) -> dict:
 
 
 # Named starting points (a preset, then a config file, then flags, then --set).
+# The first default pair: SmolLM2-135M-Instruct, layer 20 of 30, LoRA r=16 (a ~18 MB pack that ships in a
+# package), context explanations, 30 % chat-last-token rows per batch (the study's position), ~25 min on one
+# H100 (see docs/training.md).
+_SMOLLM2_LORA: dict[str, Any] = {
+    "layer": 20, "seed": 42,
+    "lora": {"enabled": True, "r": 16, "alpha": 32}, "pack_dtype": "bf16",
+    "corpus": {"source": "packages", "n_docs": 6000, "n_prompts": 4000},
+    "data": {"positions_per_doc": 8, "max_length": 256, "capture_batch_size": 64},
+    "explainer": {"kind": "context"},
+    "ar_sft": {"steps": 600, "batch_size": 64, "micro_batch_size": 64,
+               "optim": {"lr": 2e-4, "warmup_steps": 20}, "eval_every": 100, "eval_size": 256, "ckpt_every": 200,
+               "chat_fraction": 0.3},
+    "av_sft": {"steps": 1000, "batch_size": 32, "micro_batch_size": 32, "max_response_tokens": 160,
+               "optim": {"lr": 2e-4, "warmup_steps": 30}, "eval_every": 100, "eval_size": 128, "ckpt_every": 250,
+               "chat_fraction": 0.3},
+    "rl": {"steps": 60, "prompts_per_step": 64, "chat_fraction": 0.3, "group_size": 8, "max_response_tokens": 128,
+           "temperature": 1.0, "av_optim": {"lr": 5e-5}, "ar_optim": {"lr": 5e-5}, "kl_coef": 0.01, "eps_clip": 0.2,
+           "micro_batch_size": 64, "ar_micro_batch_size": 256, "rollout_batch_size": 512,
+           "eval_every": 10, "ckpt_every": 10, "samples_every": 10},
+    "eval": {"size": 128, "max_new_tokens": 150, "rl_size": 64},
+}
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # The default pair: SmolLM2-135M-Instruct, layer 20 of 30, LoRA r=16 (a ~18 MB pack that ships in a
-    # package), context explanations, 30 % chat-last-token rows per batch (the study's position), ~25 min on
-    # one H100 (see docs/training.md).
-    # The broad default pair (issue 20): the same model, layer and LoRA, trained on user prompts the base model
-    # wrote across the 273 topics of data/topics/broad_v1.yaml (12 held out for picking the checkpoint) mixed
-    # with the mined package text; v2 context explanations name subject, entities, numbers and key words;
-    # half of every batch is chat-last-token rows; RL checkpoints every 15 steps, the shipped one picked on
-    # the held-out topics (docs/training.md).
-    "smollm2-broad": {
-        "layer": 20, "seed": 42,
-        "lora": {"enabled": True, "r": 16, "alpha": 32}, "pack_dtype": "bf16",
+    "smollm2-lora": _SMOLLM2_LORA,
+    # The broad default pair (issue 20): the same model, layer, LoRA and stage lengths, trained on user prompts
+    # the base model wrote across the 273 topics of data/topics/broad_v1.yaml (12 held out for picking the
+    # checkpoint) mixed with the mined package text; v2 context explanations name subject, entities, numbers
+    # and key words; half of every batch is chat-last-token rows; RL checkpoints every 15 steps, the shipped
+    # one picked on the held-out topics (docs/training.md).
+    "smollm2-broad": _deep_merge(_SMOLLM2_LORA, {
         "corpus": {"source": "packages+broad", "n_docs": 4000, "n_prompts": 1000, "broad_topics": "broad_v1",
                    "broad_per_topic": 40, "broad_cap_per_topic": 30},
-        "data": {"positions_per_doc": 8, "max_length": 256, "capture_batch_size": 64},
-        "explainer": {"kind": "context", "context_style": "v2"},
-        "ar_sft": {"steps": 600, "batch_size": 64, "micro_batch_size": 64,
-                   "optim": {"lr": 2e-4, "warmup_steps": 20}, "eval_every": 100, "eval_size": 256, "ckpt_every": 200,
-                   "chat_fraction": 0.5},
-        "av_sft": {"steps": 1000, "batch_size": 32, "micro_batch_size": 32, "max_response_tokens": 160,
-                   "optim": {"lr": 2e-4, "warmup_steps": 30}, "eval_every": 100, "eval_size": 128, "ckpt_every": 250,
-                   "chat_fraction": 0.5},
-        "rl": {"steps": 60, "prompts_per_step": 64, "chat_fraction": 0.5, "group_size": 8, "max_response_tokens": 150,
-               "temperature": 1.0, "av_optim": {"lr": 5e-5}, "ar_optim": {"lr": 5e-5}, "kl_coef": 0.01,
-               "eps_clip": 0.2, "micro_batch_size": 64, "ar_micro_batch_size": 256, "rollout_batch_size": 512,
-               "eval_every": 15, "ckpt_every": 5, "samples_every": 15, "checkpoint_every": 15, "select": "best"},
-        "eval": {"size": 128, "max_new_tokens": 150, "rl_size": 64},
-    },
-    "smollm2-lora": {
-        "layer": 20, "seed": 42,
-        "lora": {"enabled": True, "r": 16, "alpha": 32}, "pack_dtype": "bf16",
-        "corpus": {"source": "packages", "n_docs": 6000, "n_prompts": 4000},
-        "data": {"positions_per_doc": 8, "max_length": 256, "capture_batch_size": 64},
-        "explainer": {"kind": "context"},
-        "ar_sft": {"steps": 600, "batch_size": 64, "micro_batch_size": 64,
-                   "optim": {"lr": 2e-4, "warmup_steps": 20}, "eval_every": 100, "eval_size": 256, "ckpt_every": 200,
-                   "chat_fraction": 0.3},
-        "av_sft": {"steps": 1000, "batch_size": 32, "micro_batch_size": 32, "max_response_tokens": 160,
-                   "optim": {"lr": 2e-4, "warmup_steps": 30}, "eval_every": 100, "eval_size": 128, "ckpt_every": 250,
-                   "chat_fraction": 0.3},
-        "rl": {"steps": 60, "prompts_per_step": 64, "chat_fraction": 0.3, "group_size": 8, "max_response_tokens": 128, "temperature": 1.0,
-               "av_optim": {"lr": 5e-5}, "ar_optim": {"lr": 5e-5}, "kl_coef": 0.01, "eps_clip": 0.2,
-               "micro_batch_size": 64, "ar_micro_batch_size": 256, "rollout_batch_size": 512,
-               "eval_every": 10, "ckpt_every": 10, "samples_every": 10},
-        "eval": {"size": 128, "max_new_tokens": 150, "rl_size": 64},
-    },
+        "explainer": {"context_style": "v2"},
+        "ar_sft": {"chat_fraction": 0.5},
+        "av_sft": {"chat_fraction": 0.5},
+        "rl": {"chat_fraction": 0.5, "max_response_tokens": 150, "eval_every": 15, "ckpt_every": 5,
+               "samples_every": 15, "checkpoint_every": 15, "select": "best"},
+    }),
 }
 
 
@@ -225,13 +225,6 @@ def build_config(config_file: Optional[str | Path] = None, flags: Optional[dict[
         return TrainConfig.model_validate(merged)
     except Exception as e:  # pydantic ValidationError -> one readable line per problem
         raise NLALabError(f"Invalid training config: {e}") from None
-
-
-def _deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _done(d: Path) -> Optional[dict]:
