@@ -29,21 +29,8 @@ python3 -c "import pydantic, gguf" 2>/dev/null || python3 -m pip install -q --no
   --target /tmp/site $W/whl/*.whl 2>&1 | tail -2
 export PYTHONPATH=/tmp/site:$PWD/src
 nvidia-smi -L; python3 -c "import torch,transformers,peft;print(torch.__version__,transformers.__version__,peft.__version__)"
-if [ ! -f /tmp/smollm2/model.safetensors ]; then
-  python3 - "$G" <<'PY' || exit 4
-import sys, time
-from pathlib import Path
-from nlalab.realmodels import _convert_gguf
-t = time.time(); print(_convert_gguf(Path(sys.argv[1]), Path("/tmp/smollm2")), f"{time.time() - t:.1f} s")
-PY
-  python3 - <<'PY' | tee "$OUT/base_weights_sha256.txt"
-import hashlib
-from safetensors.torch import load_file
-sd = load_file("/tmp/smollm2/model.safetensors"); h = hashlib.sha256()
-for k in sorted(sd): h.update(k.encode()); h.update(sd[k].float().contiguous().numpy().tobytes())
-print("base_weights_sha256", h.hexdigest())
-PY
-fi
+python3 scripts/device/convert_smollm2.py "$G" /tmp/smollm2 | tee "$OUT/base_weights_sha256.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || exit 4
 R=$W/broad
 if [ ! -f $R/pair/av/nla_meta.yaml ] || [ ! -f $R/eval.json ]; then
   timeout "$(left)" python3 -m nlalab train --out $R --preset smollm2-broad --base /tmp/smollm2 \

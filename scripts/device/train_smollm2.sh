@@ -21,22 +21,9 @@ fi
 python3 -c "import pydantic, typer, gguf" 2>/dev/null || \
   python3 -m pip install -q --no-index --find-links .whl pydantic pyyaml typer rich gguf 2>&1 | tail -2
 nvidia-smi -L; python3 -c "import torch,transformers,peft;print(torch.__version__,transformers.__version__,peft.__version__)"
-if [ ! -f /tmp/smollm2/model.safetensors ]; then
-  python3 - "$G" <<'PY' || exit 4
-import sys, time
-from pathlib import Path
-from nlalab.realmodels import _convert_gguf
-t = time.time(); print(_convert_gguf(Path(sys.argv[1]), Path("/tmp/smollm2")), f"{time.time() - t:.1f} s")
-PY
-fi
 # the weights must be bit-identical to the local conversion (the pack is materialised on that one)
-python3 - <<'PY' | tee "$OUT/base_weights_sha256.txt"
-import hashlib
-from safetensors.torch import load_file
-sd = load_file("/tmp/smollm2/model.safetensors"); h = hashlib.sha256()
-for k in sorted(sd): h.update(k.encode()); h.update(sd[k].float().contiguous().numpy().tobytes())
-print("base_weights_sha256", h.hexdigest())
-PY
+python3 scripts/device/convert_smollm2.py "$G" /tmp/smollm2 | tee "$OUT/base_weights_sha256.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || exit 4
 [ -f $W/smol/corpus.jsonl ] || { mkdir -p $W/smol && tar xzf .models/smoltrain.tgz -C $W/smol; } || exit 5
 timeout "$BUDGET" python3 -m nlalab train --out $W/smol --preset smollm2-lora --base /tmp/smollm2 \
   --set "base_id=$BASE_ID" "$@" 2>&1 | grep --line-buffered -v -E "it/s\]|s/it\]" | tee -a "$OUT/train.log"
