@@ -47,7 +47,16 @@ def device_info() -> dict:
                 break
     except OSError:
         pass
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                                    capture_output=True, text=True).stdout.strip())
+    except OSError:
+        commit, dirty = "", None
     return {"kind": "cpu", "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "git_commit": commit, "git_dirty": dirty,
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": __import__("transformers").__version__}
 

@@ -409,6 +409,9 @@ def main(argv: Optional[list] = None) -> dict:
     ap.add_argument("--verbalize-devices", default="none",
                     help="RunConfig.verbalize_devices where this nlalab has data-parallel verbalization: none (the "
                          "AV's device only: what --devices says), auto, all, a count")
+    ap.add_argument("--trace", action="store_true",
+                    help="record every fast-engine generate call (rows, batch, steps, prefill/capture/decode s) and a "
+                         "cProfile summary of the study (cumulative, top functions) in the JSON")
     ap.add_argument("--run-dir", default=None, help="the study's run directory (default: a temporary one)")
     ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
@@ -581,11 +584,25 @@ def run_once(args, res: dict, model, target, av, ar, study: dict, bs: int, engin
 
     models = Preloaded(target, av, ar, name=f"random-{shape}-L{layer}",
                        info={"bench": "bench/bench_study.py", "shared_replica": True})
+    prof = None
+    if getattr(args, "trace", False):
+        import cProfile
+
+        from nlalab.verbalize import fast as _fast
+
+        _fast.OPTIONS.trace = []
+        prof = cProfile.Profile()
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            out = run_study(rc, overwrite=True, on_stage=on_stage, models=models)
+            if prof is not None:
+                prof.enable()
+            try:
+                out = run_study(rc, overwrite=True, on_stage=on_stage, models=models)
+            finally:
+                if prof is not None:
+                    prof.disable()
         except BaseException as e:  # keep what is known (stages reached, memory) for the one device call
             import traceback
 
@@ -600,6 +617,18 @@ def run_once(args, res: dict, model, target, av, ar, study: dict, bs: int, engin
             raise
     sync(devices if not on_cpu else [])
     wall = time.perf_counter() - t0
+    if prof is not None:
+        import io
+        import pstats
+
+        from nlalab.verbalize import fast as _fast
+
+        res["trace"] = [dict(r, at=round(r["at"] - t0 - time.time() + time.perf_counter(), 3))
+                        for r in _fast.OPTIONS.trace]
+        _fast.OPTIONS.trace = None
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(60)
+        res["profile_top"] = buf.getvalue().splitlines()[:140]
     msgs = sorted({str(w.message)[:200] for w in caught})
     fell_back = [m for m in msgs if "fast engine unavailable" in m]
     res["engine"] = engine_planned if not fell_back else f"loop (fast fell back: {fell_back[0]})"

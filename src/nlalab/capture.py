@@ -55,7 +55,7 @@ def block_output(model: nn.Module, layer: int, stop: bool = True) -> Iterator[di
 
 def run_to_block(model: nn.Module, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Block-K output [B, T, d] in the model dtype; blocks after K never run."""
-    with torch.inference_mode(), block_output(model, layer) as store:
+    with torch.inference_mode(), arch.sdpa_backends(input_ids.device), block_output(model, layer) as store:
         try:
             model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         except _StopForward:

@@ -130,7 +130,7 @@ def reconstruct(ar, explanations: Sequence[str], batch_size: int = 16, max_lengt
     batches = exact_length_batches if pad_free else length_buckets
     for batch in batches(ids, batch_size, "reconstruct" if progress else None):
         input_ids, mask = right_padded([ids[i] for i in batch], pad, device)
-        with torch.inference_mode():
+        with torch.inference_mode(), arch.sdpa_backends(device):
             last = last_real_index(mask)
             if group is not None:  # the trunk's output (no final norm) at the last real token, from the group
                 sel = torch.stack([torch.arange(len(batch)), last.cpu()], 1)

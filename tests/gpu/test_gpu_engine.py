@@ -236,3 +236,49 @@ def test_plain_mode_on_the_gpu_equals_loop(fixture_pairs, no_tf32):
             same = sum(x.token_ids == y.token_ids for x, y in zip(a, b)) / len(a)
             assert same >= need, (name, kw, same)
         release(tg)
+
+
+def test_plain_mode_graphs_replay_the_eager_step(fixture_pairs, monkeypatch):
+    """Plain mode on CUDA captures its decode step as a graph after the first eager step: the replayed
+    kernels are the eager ones, so in bf16 the rows equal the graph-off rows exactly (greedy and sampled),
+    and rows stop at the end of turn as before."""
+    from nlalab.pairs.load import av_eos_ids, load_target
+    from nlalab.verbalize.plain import generate_texts
+
+    for name in ("qwen2", "gemma3_text"):
+        p = fixture_pairs[name]
+        tg = load_target(p.target, p.layer, BF16, truncate=False)
+        tok = tg.tokenizer
+        prompts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True, add_generation_prompt=True)
+                   for t in ("Hi", "What is the capital of Brazil and why?", "Prove it.", "Name four birds.")]
+        prompts = [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in prompts]
+        eos = av_eos_ids(tok, tg.model)
+        for kw in (dict(greedy=True), dict(temperature=1.0, seed=5)):
+            gs = GenerationSettings(max_new_tokens=40, engine="fast", **kw)
+            monkeypatch.setattr(fast.OPTIONS, "cuda_graphs", True)
+            a = generate_texts(tg.model, tok, prompts, eos, 3, [1, 2, 3, 4], gs)
+            monkeypatch.setattr(fast.OPTIONS, "cuda_graphs", False)
+            b = generate_texts(tg.model, tok, prompts, eos, 3, [1, 2, 3, 4], gs)
+            assert [x.token_ids for x in a] == [y.token_ids for y in b], (name, kw)
+            assert [x.truncated for x in a] == [y.truncated for y in b]
+        release(tg)
+
+
+def test_compile_auto_plans_per_call(fixture_pair, monkeypatch):
+    """Compile policy auto (the CUDA default): a short call decodes uncompiled with graphs, a call of at
+    least compile_min_steps decode steps compiles; both agree with loop within the bf16 tolerance."""
+    monkeypatch.setattr(fast.OPTIONS, "compile", None)
+    monkeypatch.delenv("NLALAB_FAST_COMPILE", raising=False)
+    av = load_av(fixture_pair.av, BF16)
+    vecs = torch.randn(6, av.d_model, generator=torch.Generator().manual_seed(0)) * 30
+    gs = GenerationSettings(engine="fast", max_new_tokens=24, greedy=True)
+    short = verbalize(av, vecs, settings=gs)
+    st = fast.last_stats()
+    assert st.graphs and st.compile == "none"
+    monkeypatch.setattr(fast.OPTIONS, "compile_min_steps", 10)
+    long = verbalize(av, vecs, settings=gs)
+    assert fast.last_stats().compile == "all"
+    loop = verbalize(av, vecs, settings=GenerationSettings(engine="loop", max_new_tokens=24, greedy=True))
+    assert _prefix_agreement(_toks(short), _toks(loop)) >= 0.7
+    assert _prefix_agreement(_toks(long), _toks(loop)) >= 0.7
+    release(av)

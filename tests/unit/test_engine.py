@@ -210,3 +210,65 @@ def test_cpu_compaction_of_finished_rows_keeps_every_row(fixture_pairs, monkeypa
     for r, e in zip(got_t.tolist(), ends):
         if e is not None:
             assert set(r[e + 1:]) <= {1}
+
+
+def test_int32_noise_hash_is_bitwise_the_int64_reference():
+    """The sampler hashes [B, V] noise in int32 (half the traffic); every 32-bit pattern class, including
+    the sign bit and the extremes, must give the int64 reference's bits."""
+    from nlalab.verbalize.fast.maths import _as_i32, _hash32_i32_
+    from nlalab.verbalize.sampling import hash32
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.tensor([0, 1, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, 0x7FEB352D, 0x846CA68B]),
+                   torch.randint(0, 2 ** 32, (20000,), generator=g, dtype=torch.int64)])
+    got = _hash32_i32_(_as_i32(x).clone()).to(torch.int64) & 0xFFFFFFFF
+    assert torch.equal(got, hash32(x))
+
+
+@pytest.mark.parametrize("V", [1000, 49152, 4096 * 64])
+def test_two_stage_argmax_equals_argmax(V):
+    from nlalab.verbalize.fast.maths import _argmax_rows
+
+    g = torch.Generator().manual_seed(V)
+    x = torch.randn(7, V, generator=g, dtype=torch.float64)
+    x[0, V - 1] = 99.0  # the last slice
+    x[1, 0] = 99.0  # the first entry
+    assert torch.equal(_argmax_rows(x, two_stage=True), x.argmax(-1))
+
+
+def test_compile_auto_compiles_only_long_calls(fixture_pairs, monkeypatch):
+    """Compile policy ``auto`` (the CUDA default): a call below ``compile_min_steps`` decode steps runs the
+    uncompiled step (a fresh process pays ~13 s of compile to save ~2.4 ms a step on a 7B), a long one
+    compiles; explicit modes are kept. The plan is made per ``iter_fast`` call from its micro-batches."""
+    av = load_av(fixture_pairs["qwen2"].av)
+    eng = fast.get_engine(av)
+    monkeypatch.setattr(fast.OPTIONS, "compile_min_steps", 100)
+    eng.compile_policy = "auto"
+    assert eng.plan_compile(99) == "none" and eng._fns is None
+    assert eng.plan_compile(100) == "all"
+    assert eng.plan_compile(10) == "none"
+    eng.compile_policy = eng.compile_mode = "sampler"
+    assert eng.plan_compile(10**6) == "sampler"
+    fast.release_engines(av.model)
+
+
+def test_cpu_micro_batches_are_equal_chunks_of_cpu_batch(fixture_pairs, monkeypatch):
+    """CPU micro-batches come from ``OPTIONS.cpu_batch`` (not the loop engine's batch_size) in equal chunks,
+    for the injected and the plain mode, and the rows do not depend on them (fp32)."""
+    from nlalab.verbalize import plain
+
+    av = load_av(fixture_pairs["qwen2"].av)
+    vecs = torch.randn(10, av.d_model, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(fast.OPTIONS, "trace", [])
+    monkeypatch.setattr(fast.OPTIONS, "cpu_batch", 8)
+    a = verbalize(av, vecs, k=1, settings=_gs(engine="fast", batch_size=3))
+    monkeypatch.setattr(fast.OPTIONS, "cpu_batch", 64)
+    b = verbalize(av, vecs, k=1, settings=_gs(engine="fast", batch_size=3))
+    assert [r["batch"] for r in fast.OPTIONS.trace] == [5, 5, 10]
+    assert _toks(a) == _toks(b)
+    fast.OPTIONS.trace.clear()
+    monkeypatch.setattr(fast.OPTIONS, "cpu_batch", 4)
+    prompts = [av.tokenizer.encode(f"Say something about topic {i}.") for i in range(9)]
+    plain.generate_texts(av.model, av.tokenizer, prompts, av.eos_ids, 1, list(range(9)),
+                         _gs(engine="fast", max_new_tokens=4, batch_size=2))
+    assert [r["rows"] for r in fast.OPTIONS.trace if r["mode"] == "plain"] == [3, 3, 3]

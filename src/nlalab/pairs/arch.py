@@ -116,3 +116,18 @@ def module_device(module: nn.Module) -> torch.device:
 def input_device(model: nn.Module) -> torch.device:
     """The first device of a model sharded with ``device_map`` (inputs go there)."""
     return module_device(model.get_input_embeddings())
+
+
+def sdpa_backends(device):
+    """Scaled-dot-product attention kernels for our forwards on CUDA: memory-efficient, flash and math, not
+    cuDNN. cuDNN's attention builds an execution plan on the host for every new (batch, length) shape:
+    the V1-shape study's capture and AR forwards (length-bucketed batches, many shapes) spent ~8 s of host
+    time in it on an H200 (7 ms a call), and it was 5x slower on the fast engine's short-query decode
+    shapes. A no-op off CUDA."""
+    import contextlib
+
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])

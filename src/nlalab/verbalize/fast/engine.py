@@ -156,7 +156,8 @@ class FastEngine:
         self.kp: list[torch.Tensor] = []
         self.vp: list[torch.Tensor] = []
         self.hv = token_hash(self.vocab, self.device)
-        self.compile_mode = _resolved_compile(self.device)
+        self.compile_policy = _resolved_compile(self.device)
+        self.compile_mode = "none" if self.compile_policy == "auto" else self.compile_policy
         self.use_graphs = _resolved_graphs(self.device)
         self.max_rows: Optional[int] = None  # largest micro-batch known to fit (after an OOM)
         self._fns = None
@@ -299,9 +300,18 @@ class FastEngine:
                 self._fns = _compiled_fns(self.compile_mode)
         return self._fns
 
-    def _pre(self, fns, L: _Layer, x, pos):
-        cos = self.cos[L.rope].index_select(0, pos)
-        sin = self.sin[L.rope].index_select(0, pos)
+    def _rope_rows(self, pos) -> dict:
+        """rope table -> (cos, sin) rows at ``pos``: gathered once per step for every layer that shares the
+        table (28-62 layers, one or two tables) instead of twice per layer."""
+        return {r: (self.cos[r].index_select(0, pos), self.sin[r].index_select(0, pos))
+                for r in {L.rope for L in self.layers}}
+
+    def _pre(self, fns, L: _Layer, x, pos, cs: Optional[dict] = None):
+        if cs is not None:
+            cos, sin = cs[L.rope]
+        else:
+            cos = self.cos[L.rope].index_select(0, pos)
+            sin = self.sin[L.rope].index_select(0, pos)
         if L.wqkv is not None:
             w = (L.wqkv, L.bqkv if L.bqkv is not None else None, None, None, None, None)
         else:
@@ -395,7 +405,7 @@ class FastEngine:
         st.done.copy_(done)
         st.t.fill_(1)
 
-    def _attend_step(self, st: _State, i: int, L: _Layer, q, k, v, pos, slot, masks):
+    def _attend_step(self, st: _State, i: int, L: _Layer, q, k, v, pos, slot, masks, upto: Optional[int] = None):
         if st.shared and self.triton:  # the kernel also writes k/v into the cache
             kp = self.kp[i] if self.P else None
             vp = self.vp[i] if self.P else None
@@ -407,18 +417,28 @@ class FastEngine:
             vp = self.vp[i] if self.P else None
             mp, mr = masks[L.window]
             return _attend(q, kp, vp, st.kr[i], st.vr[i], mp, mr, self.scaling)
+        if upto is not None:  # eager: only the filled slots (the rest are masked; attention cost ~ length)
+            return _attend_sdpa(q, st.kr[i][:, :, :upto], st.vr[i][:, :, :upto], masks[L.window][1], self.scaling)
         return _attend_sdpa(q, st.kr[i], st.vr[i], masks[L.window][1], self.scaling)
 
-    def _step(self, st: _State, sp: dict, fns: dict) -> None:
-        """One decode step on the static buffers; the body of the CUDA graph."""
+    def _step(self, st: _State, sp: dict, fns: dict, upto: Optional[int] = None) -> None:
+        """One decode step on the static buffers; the body of the CUDA graph. ``upto`` (eager CPU decode
+        only): the number of filled cache slots after this step's write, so the copy-layout attention reads
+        those alone, the same keys as a growing cache (``loop``) holds; measured on the CPU: SDPA time is
+        proportional to the key length, and the masked tail changes outputs only at the 1e-7 level."""
         t = st.t
         pos = (self.P + st.S - 1) + t
         slot = (st.off + st.S - 1) + t
         x = self.embed(st.cur[:, None])
-        masks = None if (st.shared and self.triton) else self._masks(pos, st.kpos_r)
+        if st.shared or upto is None:
+            upto = None
+            masks = None if (st.shared and self.triton) else self._masks(pos, st.kpos_r)
+        else:
+            masks = self._masks(pos, st.kpos_r[:upto])
+        cs = self._rope_rows(pos)
         for i, L in enumerate(self.layers):
-            q, k, v = self._pre(fns, L, x, pos)
-            x = self._post(fns, L, x, self._attend_step(st, i, L, q, k, v, pos, slot, masks))
+            q, k, v = self._pre(fns, L, x, pos, cs)
+            x = self._post(fns, L, x, self._attend_step(st, i, L, q, k, v, pos, slot, masks, upto))
         nxt, done = fns["head"](x[:, -1], self.norm_w, self.norm_eps, self.gemma, self.lm_w, self.lm_b,
                                 self.final_softcap, st.keys, t, self.hv, st.done, sp["eos"], sp["pad"],
                                 sp["temperature"], sp["top_k"], sp["top_p"], sp["greedy"])
@@ -552,7 +572,7 @@ class FastEngine:
                             st.graph.replay()
                         else:
                             with compiled:  # no graphs (capture failed or off): compiled step, see prefill
-                                self._step(st, sp, fns)
+                                self._step(st, sp, fns, upto=None if cuda else st.off + st.S + step)
                         steps = step + 1
                         if check and (step % every == 0 or not cuda) and bool(st.done.all()):
                             break
@@ -564,6 +584,10 @@ class FastEngine:
             stats.steps = steps
             self.stats = stats
             _LAST[0] = stats
+            if OPTIONS.trace is not None:
+                OPTIONS.trace.append({"mode": "inject", "rows": n, "batch": B, "steps": steps,
+                                      "prefill_s": round(stats.prefill_s, 4), "capture_s": round(stats.capture_s, 4),
+                                      "decode_s": round(stats.decode_s, 4), "at": time.time()})
             return st.out[:n, :steps].clone(), st.done[:n].clone()
 
     def _decode_compacting(self, st: _State, sp: dict, fns: dict, max_new: int) -> int:
@@ -577,7 +601,7 @@ class FastEngine:
         cur = st
         steps = 1
         for step in range(1, max_new):
-            self._step(cur, sp, fns)
+            self._step(cur, sp, fns, upto=cur.off + cur.S + step)
             steps = step + 1
             n_done = int(cur.done.sum())
             if n_done == cur.B:
@@ -597,6 +621,18 @@ class FastEngine:
             full_out[idx] = cur.out
             full_done[idx] = cur.done
         return steps
+
+    def plan_compile(self, decode_steps: int) -> str:
+        """Compile policy ``auto``: compile the decode step only for a call long enough to repay it
+        (``OPTIONS.compile_min_steps``); explicit modes are kept. Returns the mode the call runs with."""
+        if self.compile_policy == "auto":
+            mode = "all" if int(decode_steps) >= int(OPTIONS.compile_min_steps) else "none"
+            if mode != self.compile_mode:
+                self.compile_mode = mode
+                self._fns = None
+                for st in self.states.values():  # graphs were captured with the other functions
+                    st.graph = None
+        return self.compile_mode
 
     def _compile_failed(self, e: Exception) -> dict:
         warnings.warn(f"fast engine: torch.compile failed ({type(e).__name__}: {str(e)[:300]}); "

@@ -122,27 +122,68 @@ def _attend_sdpa(q, k, v, mask, scaling: float):
     return out.reshape(B, H, S, D)
 
 
+def _as_i32(x: torch.Tensor) -> torch.Tensor:
+    """int64 values in [0, 2^32) -> int32 with the same 32 bits."""
+    return torch.where(x >= 2 ** 31, x - 2 ** 32, x).to(torch.int32)
+
+
+_M1, _M2 = 0x7FEB352D, 0x846CA68B - 2 ** 32  # lowbias32's multipliers as int32 (products wrap mod 2^32)
+
+
+def _hash32_i32_(x: torch.Tensor) -> torch.Tensor:
+    """``sampling.hash32`` on an int32 bit pattern, in place: logical shifts are arithmetic shifts masked to
+    their width, and int32 products keep the low 32 bits, so the bits equal the int64 reference. Half the
+    memory traffic and no temporaries of the [B, V] noise (the sampler was ~20 % of a CPU decode step)."""
+    x ^= (x >> 16) & 0xFFFF
+    x.mul_(_M1)
+    x ^= (x >> 15) & 0x1FFFF
+    x.mul_(_M2)
+    x ^= (x >> 16) & 0xFFFF
+    return x
+
+
 def uniform_t(keys: torch.Tensor, step, hv: torch.Tensor) -> torch.Tensor:
     """``sampling.uniform`` with the step as a Python int or a device tensor, and the per-token hash
-    ``hv = hash32(arange(V) * 0x27D4EB2F & MASK32)`` precomputed; bitwise the same values."""
-    k = hash32(keys ^ ((step * 0x85EBCA77 + 0x165667B1) & MASK32)).unsqueeze(1)
-    bits = hash32(k ^ hv.unsqueeze(0))
-    return (bits.to(torch.float64) + 0.5) / 4294967296.0
+    ``hv`` (:func:`token_hash`, int32 bits) precomputed; bitwise the same float64 values."""
+    k = _as_i32(hash32(keys ^ ((step * 0x85EBCA77 + 0x165667B1) & MASK32))).unsqueeze(1)
+    bits = _hash32_i32_(k ^ hv.unsqueeze(0))
+    u = bits.to(torch.float64)
+    u += (bits < 0).to(torch.float64) * 4294967296.0  # the unsigned value (exact in float64)
+    return u.add_(0.5).div_(4294967296.0)
 
 
 def token_hash(vocab: int, device) -> torch.Tensor:
+    """int32 bits of ``hash32(arange(V) * 0x27D4EB2F & MASK32)``."""
     v = torch.arange(vocab, device=device, dtype=torch.int64)
-    return hash32(v * 0x27D4EB2F & MASK32)
+    return _as_i32(hash32(v * 0x27D4EB2F & MASK32))
 
 
 def _sample(logits, keys, step, hv, temperature: float, top_k: int, top_p: float, greedy: bool):
-    """``sampling.sample_next`` with a tensor step (same Gumbel-max over the filtered fp32 logits)."""
+    """``sampling.sample_next`` with a tensor step (same Gumbel-max over the filtered fp32 logits; the
+    log/neg/add run in place on the float64 noise, the same operations in the same order)."""
     if greedy:
         return logits.float().argmax(-1)
     lg = filter_logits(logits, top_k, top_p) / float(temperature)
-    u = uniform_t(keys, step, hv)
-    g = -torch.log(-torch.log(u))
-    return (lg.double() + g).argmax(-1)
+    g = uniform_t(keys, step, hv).log_().neg_().log_().neg_()
+    return _argmax_rows(g.add_(lg))
+
+
+_SPLIT = 64
+
+
+def _argmax_rows(x: torch.Tensor, two_stage: Optional[bool] = None) -> torch.Tensor:
+    """``x.argmax(-1)`` over a [B, V] vocabulary row, on CUDA in two stages (the max of each of 64 slices,
+    then the best slice): one program per row looped over 150k+ entries and left most SMs idle (the fused
+    head + sampler took 0.33 ms of a 6.5 ms decode step on an H200 at 150 rows). Same index: the
+    Gumbel-perturbed float64 scores of distinct tokens do not tie."""
+    B, V = x.shape
+    if two_stage is None:
+        two_stage = x.device.type == "cuda"
+    if not two_stage or V % _SPLIT or V < 64 * _SPLIT:
+        return x.argmax(-1)
+    m, i = x.view(B, _SPLIT, V // _SPLIT).max(-1)
+    j = m.argmax(-1)
+    return j * (V // _SPLIT) + i.gather(1, j[:, None]).squeeze(1)
 
 
 def _head_sample(x, norm_w, eps: float, gemma: bool, lm_w, lm_b, final_softcap: Optional[float], keys, step, hv,

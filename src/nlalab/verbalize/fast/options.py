@@ -41,35 +41,49 @@ class EngineOptions:
     """Knobs of the fast engine (module default ``OPTIONS``; env vars override at engine build).
 
     - ``compile``: ``"all"`` (layer parts + head/sampler through ``torch.compile``), ``"sampler"`` (only the
-      fused head + sampler), ``"none"``. Default on CUDA: ``NLALAB_FAST_COMPILE`` or ``"all"``; on CPU
-      always ``"none"``. A compile failure falls back to ``"none"`` with a warning.
+      fused head + sampler), ``"none"``, or ``"auto"``: ``"all"`` for a call that decodes at least
+      ``compile_min_steps`` steps (micro-batches x max_new_tokens), else ``"none"`` (CUDA graphs either
+      way). Default on CUDA: ``NLALAB_FAST_COMPILE`` or ``"auto"``; on CPU always ``"none"``. A compile
+      failure falls back to ``"none"`` with a warning.
+    - ``compile_min_steps``: measured on one H200 (7B shape, 150 rows): compiling the layers saves ~2.4 ms
+      per decode step (6.5 vs 9.2 ms) and costs ~13 s in a fresh process (the V1 study's two 285-row
+      batches: 400 steps, ~1 s saved for ~14 s of compile), so a call compiles from 4000 steps on.
     - ``cuda_graphs``: capture the decode step (CUDA only). ``NLALAB_FAST_GRAPHS=0`` turns it off.
     - ``attention``: ``"auto"``, ``"shared"`` or ``"copy"`` (see the module docstring).
     - ``triton``: use the Triton decode-attention kernel for the shared layout (None: if it imports and
       passes its self-check; CUDA, bf16/fp16 only).
     - ``check_every``: decode steps between "all rows finished?" checks (one host sync each).
     - ``max_batch``: upper bound on rows per micro-batch when sized automatically.
+    - ``cpu_batch``: rows per micro-batch on the CPU (``GenerationSettings.fast_batch_size`` overrides it;
+      ``batch_size`` is the loop/hf engines' knob). Measured on a 2-core AVX-512 Xeon with the offline
+      default (SmolLM2-135M, fp32, 128 new tokens): 60-row batches ran 1.24x faster than 30-row ones and
+      120-row ones were slower again, so micro-batches of up to 64 rows, in equal chunks.
     - ``compact``: eager (CPU) decoding drops finished rows once this fraction of the batch has ended
       (0 = never; the fixed-shape CUDA graphs never compact).
     - ``keep_state``: keep per-batch buffers and graphs between ``verbalize`` calls (faster repeated calls,
       holds GPU memory until ``release_engines``).
     - ``profile``: synchronise around prefill and decode so ``Stats`` times are device times.
+    - ``trace``: a list to which every ``generate`` (and plain-mode batch) appends its rows, batch, steps and
+      prefill/capture/decode seconds (``bench/bench_study.py --trace``); None: off.
     - ``fuse_weights``: while an engine lives, re-lay each layer's q/k/v and gate/up weights into one
       buffer each (the Parameters become row views of it, values unchanged), so each is one GEMM; restored
       to separate tensors when the engine is dropped (end of the ``verbalize`` call). None: on CUDA.
     """
 
     compile: Optional[str] = None
+    compile_min_steps: int = 4000
     cuda_graphs: Optional[bool] = None
     attention: str = "auto"
     triton: Optional[bool] = None
     check_every: int = 16
     max_batch: int = 512
+    cpu_batch: int = 64
     mem_fraction: float = 0.85
     keep_state: bool = False
     compact: float = 0.25
     profile: bool = False
     fuse_weights: Optional[bool] = None
+    trace: Optional[list] = None
 
 
 OPTIONS = EngineOptions()
@@ -78,10 +92,10 @@ OPTIONS = EngineOptions()
 def _resolved_compile(device: torch.device) -> str:
     if device.type != "cuda":
         return "none"
-    mode = OPTIONS.compile or os.environ.get("NLALAB_FAST_COMPILE", "all")
+    mode = OPTIONS.compile or os.environ.get("NLALAB_FAST_COMPILE", "auto")
     mode = {"1": "all", "0": "none", "true": "all", "false": "none"}.get(str(mode).lower(), str(mode).lower())
-    if mode not in ("all", "sampler", "none"):
-        raise NLALabError(f"NLALAB_FAST_COMPILE must be all, sampler or none, got {mode!r}.")
+    if mode not in ("all", "sampler", "none", "auto"):
+        raise NLALabError(f"NLALAB_FAST_COMPILE must be auto, all, sampler or none, got {mode!r}.")
     return mode
 
 
@@ -94,9 +108,7 @@ def _resolved_graphs(device: torch.device) -> bool:
 
 
 def _sdpa_backends(device: torch.device):
-    """Efficient/flash/math SDPA kernels only: cuDNN's was 5x slower on our short-query decode shapes."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    """Efficient/flash/math SDPA kernels only (``nlalab.pairs.arch.sdpa_backends``: not cuDNN)."""
+    from nlalab.pairs.arch import sdpa_backends
 
-    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
+    return sdpa_backends(device)

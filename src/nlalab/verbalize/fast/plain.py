@@ -15,6 +15,7 @@ prompt prefix and the per-step cache reallocation of ``generate``.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from typing import Iterator, Sequence
 
@@ -37,12 +38,23 @@ def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
 
 
 def _attend_rows(q, k, v, mask, scaling: float):
-    """GQA sdpa with a per-row boolean mask [B,S,L] (query heads of one KV head stacked on the query axis)."""
+    """GQA sdpa with a per-row boolean mask [B,S,L] (query heads of one KV head stacked on the query axis), or
+    the mask already stacked for the query heads, [B,1,G*S,L] (:func:`_stacked`: once per step, not per layer)."""
     B, H, S, D = q.shape
     G = H // k.shape[1]
     qg = q.reshape(B, k.shape[1], G * S, D)
-    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask.repeat(1, G, 1)[:, None], scale=scaling)
+    m = mask if mask.dim() == 4 else _stacked(mask, G)
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=m, scale=scaling)
     return out.reshape(B, H, S, D)
+
+
+def _stacked(mask, G: int, dtype=None):
+    """[B,S,L] bool -> [B,1,G*S,L]; with ``dtype``, as the additive 0/-inf mask SDPA would make of it on every
+    call (the same values: ``convert_boolean_attn_mask``), made once per step instead of once per layer."""
+    m = mask.repeat(1, G, 1)[:, None]
+    if dtype is None:
+        return m
+    return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float("-inf"))
 
 
 def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *, max_new_tokens: int,
@@ -95,9 +107,16 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
             out[w] = m if self_slot is None else m | (slots[None, None, :upto] == self_slot[None, :, None])
         return out
 
-    def pre(Lay, x, pos):
-        cos = eng.cos[Lay.rope][pos][:, None]
-        sin = eng.sin[Lay.rope][pos][:, None]
+    G = eng.n_heads // eng.n_kv
+
+    def rope_rows(pos) -> dict:  # per rope table, once per step (not twice per layer)
+        return {r: (eng.cos[r][pos][:, None], eng.sin[r][pos][:, None]) for r in {La.rope for La in eng.layers}}
+
+    def step_masks(pos, upto: int) -> dict:  # stacked for the query heads once per step
+        return {w: _stacked(m, G, eng.dtype) for w, m in masks(pos, upto).items()}
+
+    def pre(Lay, x, pos, cs=None):
+        cos, sin = cs[Lay.rope] if cs is not None else (eng.cos[Lay.rope][pos][:, None], eng.sin[Lay.rope][pos][:, None])
         w = (Lay.wqkv, Lay.bqkv, None, None, None, None) if Lay.wqkv is not None else (
             Lay.wq, Lay.bq, Lay.wk, Lay.bk, Lay.wv, Lay.bv)
         return fns["pre"](x, Lay.ln_in, *w, Lay.qn, Lay.kn, cos, sin, eng.eps, eng.qk_eps, eng.gemma,
@@ -123,13 +142,17 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
         nxt, done = head(x[:, -1], 0)
         out[:, 0] = nxt
         steps = 1
-        pos = qpos[:, -1:]  # [B, 1]
+        pos = qpos[:, -1:].clone()  # [B, 1]
         check = eos is not None
+        if dev.type == "cuda":
+            steps = _decode_lockstep(eng, fns, pre, head, kr, vr, step_masks, rope_rows, out, nxt, done, pos, b, L,
+                                     max_new, check)
+            return out[:, :steps], done
         rows = torch.arange(B, device=dev)  # batch row -> output row (rows that ended are dropped on the CPU)
         full_done = done.clone()
-        compact = float(OPTIONS.compact) if dev.type != "cuda" else 0.0
+        compact = float(OPTIONS.compact)
         for step in range(1, max_new):
-            if check and (dev.type != "cuda" or step % 16 == 0) and bool(done.all()):
+            if check and bool(done.all()):
                 break
             n_done = int(done.sum()) if compact else 0
             if compact and n_done >= max(1, compact * len(rows)):
@@ -141,18 +164,73 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
                 vr = [t.index_select(0, keep) for t in vr]
             pos = pos + 1
             slot = b - 1 + step
-            ms = masks(pos, L)
+            upto = slot + 1  # the filled slots only (attention cost ~ key length; see FastEngine._step)
+            ms = step_masks(pos, upto)
+            cs = rope_rows(pos)
             x = eng.embed(nxt[:, None])
             for i, Lay in enumerate(eng.layers):
-                q, k, v = pre(Lay, x, pos)
+                q, k, v = pre(Lay, x, pos, cs)
                 kr[i][:, :, slot:slot + 1].copy_(k)
                 vr[i][:, :, slot:slot + 1].copy_(v)
-                x = eng._post(fns, Lay, x, _attend_rows(q, kr[i], vr[i], ms[Lay.window], eng.scaling))
+                x = eng._post(fns, Lay, x, _attend_rows(q, kr[i][:, :, :upto], vr[i][:, :, :upto], ms[Lay.window],
+                                                        eng.scaling))
             nxt, done = head(x[:, -1], step)
             out[rows, step] = nxt
             steps = step + 1
         full_done[rows] = done
     return out[:, :steps], full_done
+
+
+def _decode_lockstep(eng, fns, pre, head, kr, vr, masks, rope_rows, out, nxt, done, pos, b: int, L: int,
+                     max_new: int, check: bool) -> int:
+    """CUDA decode of the plain rows in lockstep on static tensors: the step reads and writes only ``pos``,
+    ``t``, ``nxt``, ``done``, the caches and ``out`` (slot and step are tensors), so after one eager step it
+    is captured as a CUDA graph and replayed (``OPTIONS.cuda_graphs``; same kernels as the eager step, so the
+    same tokens). Eager (uncompiled) layer maths: the blind control's one batch is too small to repay a
+    compile. Returns the number of steps."""
+    from nlalab.verbalize.fast import DEVICE_LOCK, OPTIONS, _resolved_graphs, on_device
+
+    dev = eng.device
+    t = torch.ones(1, dtype=torch.long, device=dev)
+
+    def step_fn():
+        pos.add_(1)
+        slot = (b - 1) + t
+        ms = masks(pos, L)
+        cs = rope_rows(pos)
+        x = eng.embed(nxt[:, None])
+        for i, Lay in enumerate(eng.layers):
+            q, k, v = pre(Lay, x, pos, cs)
+            kr[i].index_copy_(2, slot, k)
+            vr[i].index_copy_(2, slot, v)
+            x = eng._post(fns, Lay, x, _attend_rows(q, kr[i], vr[i], ms[Lay.window], eng.scaling))
+        n2, d2 = head(x[:, -1], t)
+        out.index_copy_(1, t, n2[:, None])
+        nxt.copy_(n2)
+        done.copy_(d2)
+        t.add_(1)
+
+    graph = None
+    every = max(1, int(OPTIONS.check_every))
+    steps = 1
+    for step in range(1, max_new):
+        if check and step % every == 0 and bool(done.all()):
+            break
+        if graph is not None:
+            graph.replay()
+        else:
+            step_fn()
+            if step == 1 and max_new > 2 and _resolved_graphs(dev):
+                try:  # capture after the first eager step (it initialised the libraries' workspaces)
+                    with DEVICE_LOCK, on_device(dev):
+                        g = torch.cuda.CUDAGraph()
+                        with torch.cuda.graph(g, capture_error_mode="thread_local"):
+                            step_fn()  # recorded, not run: t, pos and the buffers are unchanged
+                    graph = g
+                except Exception as e:  # pragma: no cover - depends on the GPU stack
+                    warnings.warn(f"fast engine (plain): CUDA graph capture failed ({e!r}); decoding eagerly.")
+        steps = step + 1
+    return steps
 
 
 def plain_engine(model, prefix: Sequence[int], pad_id: int, rope_len: int = 0):
@@ -168,9 +246,9 @@ def plain_engine(model, prefix: Sequence[int], pad_id: int, rope_len: int = 0):
 def iter_plain(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids: Sequence[int],
                todo: Sequence[tuple[int, int]], keys_v: Sequence, settings
                ) -> Iterator[tuple[list[int], list[int], torch.Tensor, torch.Tensor]]:
-    """``todo`` (prompt, sample) rows in micro-batches of ``settings.fast_batch_size``, else ``batch_size`` on
-    the CPU and up to ``OPTIONS.max_batch`` on CUDA (halved on out-of-memory); yields (prompt idx, sample
-    idx, tokens, done) on the CPU."""
+    """``todo`` (prompt, sample) rows in equal micro-batches of at most ``settings.fast_batch_size``, else
+    ``OPTIONS.cpu_batch`` on the CPU and ``OPTIONS.max_batch`` on CUDA (halved on out-of-memory); yields
+    (prompt idx, sample idx, tokens, done) on the CPU."""
     from nlalab.verbalize.fast import OPTIONS, empty_cache
     from nlalab.verbalize.sampling import stream_keys
 
@@ -181,16 +259,19 @@ def iter_plain(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids: Sequ
     longest = max(len(prompts[i]) for i, _ in todo)
     eng = plain_engine(model, prompts[todo[0][0]][:P], pad, rope_len=longest + settings.max_new_tokens + 256)
     try:
-        # CPU: the study's batch size; CUDA: every row at once up to OPTIONS.max_batch (halved on OOM)
-        auto = min(len(todo), int(OPTIONS.max_batch)) if eng.device.type == "cuda" else settings.batch_size
+        # CPU: OPTIONS.cpu_batch; CUDA: every row at once up to OPTIONS.max_batch (halved on OOM); equal
+        # chunks (100 rows at 64 run as 50 + 50, not 64 + 36: a short last batch costs nearly a full one)
+        auto = int(OPTIONS.max_batch) if eng.device.type == "cuda" else int(OPTIONS.cpu_batch)
         cap = max(1, int(settings.fast_batch_size or auto))
         pos = 0
         while pos < len(todo):
-            chunk = todo[pos:pos + cap]
+            remaining = len(todo) - pos
+            chunk = todo[pos:pos + math.ceil(remaining / math.ceil(remaining / cap))]
             vidx = [i for i, _ in chunk]
             sidx = [s for _, s in chunk]
             oom = False
             try:
+                t0 = time.perf_counter()
                 keys = stream_keys(settings.seed, keys_v, vidx, sidx, eng.device)
                 toks, done = generate_plain(
                     eng, [prompts[i][P:] for i in vidx], keys, max_new_tokens=settings.max_new_tokens,
@@ -203,10 +284,15 @@ def iter_plain(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids: Sequ
                 if cap == 1:
                     raise NLALabError("GPU out of memory at batch size 1 in plain generation (fast engine). "
                                       "Fix: lower --max-new-tokens or use engine 'loop'.")
-                cap = max(1, math.ceil(cap / 2))
+                cap = max(1, math.ceil(len(chunk) / 2))
                 warnings.warn(f"fast engine (plain): CUDA out of memory; retrying with {cap} rows per batch.")
                 continue
-            yield vidx, sidx, toks.cpu(), done.cpu()
+            toks, done = toks.cpu(), done.cpu()
+            if OPTIONS.trace is not None:
+                OPTIONS.trace.append({"mode": "plain", "rows": len(chunk), "batch": len(chunk),
+                                      "steps": int(toks.shape[1]), "total_s": round(time.perf_counter() - t0, 4),
+                                      "at": time.time()})
+            yield vidx, sidx, toks, done
             pos += len(chunk)
     finally:
         eng.drop_states()

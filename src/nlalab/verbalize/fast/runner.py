@@ -58,10 +58,11 @@ def release_engines(model: Optional[nn.Module] = None) -> None:
 
 
 def auto_batch(eng: FastEngine, n_rows: int, max_new: int, fallback: int, shared: bool = False) -> int:
-    """Rows per micro-batch: all of them if memory allows (CUDA: from free memory), else as many as fit."""
+    """Rows per micro-batch: all of them if memory allows (CUDA: from free memory), else as many as fit; on
+    the CPU ``OPTIONS.cpu_batch``. ``fallback`` is unused (kept for callers)."""
     cap = int(OPTIONS.max_batch) if eng.max_rows is None else min(int(OPTIONS.max_batch), eng.max_rows)
-    if eng.device.type != "cuda":
-        return max(1, min(n_rows, fallback, cap))
+    if eng.device.type != "cuda":  # CPU: OPTIONS.cpu_batch (measured), not the loop engine's batch_size
+        return max(1, min(n_rows, int(OPTIONS.cpu_batch), cap))
     free, _total = torch.cuda.mem_get_info(eng.device)
     free += torch.cuda.memory_reserved(eng.device) - torch.cuda.memory_allocated(eng.device)  # allocator cache
     free += sum(sum(t.numel() * t.element_size() for t in st.kr + st.vr) for st in eng.states.values())
@@ -104,6 +105,7 @@ def iter_fast(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v
     cap = int(batch_size) if batch_size else auto_batch(eng, n, settings.max_new_tokens, settings.batch_size, shared)
     if eng.max_rows is not None:
         cap = min(cap, eng.max_rows)
+    eng.plan_compile(math.ceil(n / max(1, cap)) * int(settings.max_new_tokens))
     pos = 0
     B = 0
     while pos < n:
