@@ -63,10 +63,10 @@ def device_info() -> dict:
 
 def one(engine: str, out: Path, limit) -> dict:
     from nlalab.cli import OFFLINE_DEMO
-    from nlalab.study.config import CONTROLS, RunConfig
+    from nlalab.study.config import RunConfig, control_names
     from nlalab.study.pipeline import run_study
 
-    cfg = RunConfig(out=str(out), controls=list(CONTROLS), engine=engine, limit_per_category=limit, progress=False,
+    cfg = RunConfig(out=str(out), controls=control_names(), engine=engine, limit_per_category=limit, progress=False,
                     **OFFLINE_DEMO)
     os.environ["NLALAB_CPU_THREADS"] = "keep" if engine == "loop" else "auto"
     load0 = os.getloadavg()[0]
