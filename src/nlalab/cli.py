@@ -436,7 +436,8 @@ def run(
                                                    "a JSON file of named prompt sets."),
     engine: str = typer.Option("auto", "--engine", help="auto (fast wherever it supports the model, else loop), fast, loop, hf or tp (tensor parallel over --verbalize-devices: "
                                 "verbalization, blind control, capture and AR forwards)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Sequences per generation batch."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Sequences per generation batch of the loop and hf "
+                                   "engines (the fast engine sizes its own: GPU memory, or 64 rows on the CPU)."),
     position: str = typer.Option("last", "--position", help="Capture position: last (the seed protocol), a token "
                                  "index of the chat-templated prompt (negative counts from the end), all (every prompt "
                                  "token), random, or reply (the target's own greedy reply; --reply-tokens). Several "

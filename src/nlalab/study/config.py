@@ -89,7 +89,8 @@ class RunConfig(BaseModel):
                                   "corpus categories (shipped valence_v1, factuality_v1, or JSON files): each "
                                   "direction is the difference of two sets' mean activations.")
     # execution (do not change results)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="Rows per generation batch of the loop and hf engines; the "
+                            "fast engine sizes its own micro-batches (GPU memory; 64 rows on the CPU).")
     capture_batch_size: int = Field(8, ge=1)
     ar_batch_size: int = Field(16, ge=1)
     device: str = Field("auto", min_length=1)

@@ -416,7 +416,8 @@ class FastEngine:
             kp = self.kp[i] if self.P else None
             vp = self.vp[i] if self.P else None
             mp, mr = masks[L.window]
-            return _attend(q, kp, vp, st.kr[i], st.vr[i], mp, mr, self.scaling)
+            kr, vr = (st.kr[i], st.vr[i]) if upto is None else (st.kr[i][:, :, :upto], st.vr[i][:, :, :upto])
+            return _attend(q, kp, vp, kr, vr, mp, mr, self.scaling)
         if upto is not None:  # eager: only the filled slots (the rest are masked; attention cost ~ length)
             return _attend_sdpa(q, st.kr[i][:, :, :upto], st.vr[i][:, :, :upto], masks[L.window][1], self.scaling)
         return _attend_sdpa(q, st.kr[i], st.vr[i], masks[L.window][1], self.scaling)
@@ -430,7 +431,7 @@ class FastEngine:
         pos = (self.P + st.S - 1) + t
         slot = (st.off + st.S - 1) + t
         x = self.embed(st.cur[:, None])
-        if st.shared or upto is None:
+        if upto is None or (st.shared and self.triton):
             upto = None
             masks = None if (st.shared and self.triton) else self._masks(pos, st.kpos_r)
         else:
@@ -644,4 +645,8 @@ class FastEngine:
         return self._decode_fns()
 
     def default_shared(self) -> bool:
-        return OPTIONS.attention == "shared" or (OPTIONS.attention == "auto" and self.triton)
+        """``auto``: the shared prefix layout with the Triton kernel on CUDA, and on the CPU (its two-part
+        attention, one GEMM over the prefix for all rows, ran the offline demo's AV rows 10 % faster than the
+        copied prefix: 18.9 vs 21.1 s for 60 rows x 128 tokens, every row identical)."""
+        return OPTIONS.attention == "shared" or (OPTIONS.attention == "auto" and (
+            self.triton or self.device.type == "cpu"))
