@@ -11,8 +11,9 @@ What it does, and why each part is there:
   GEMM attention) -- no per-row prefix slots, least memory and traffic. ``copy`` broadcasts the prefix
   K/V into slots ``[0, P)`` of every row's cache once per batch shape, and decode attention is
   ``F.scaled_dot_product_attention`` over the whole static cache with a mask. ``auto``: ``shared``
-  when the Triton kernel is available (it passes a self-check at engine build), else ``copy`` unless
-  memory fits more rows with ``shared``.
+  when the Triton kernel is available (it passes a self-check at engine build) and on the CPU (measured
+  faster there, rows identical), else ``copy`` unless memory fits more rows with ``shared``. Eager CPU
+  decoding attends over the filled slots only.
 - **Static cache.** Each row's cache holds ``(P +) S + max_new_tokens`` slots, allocated once per batch
   shape and reused; slots beyond the current step are masked (same mask for every row, since all
   rows advance in lockstep and share one prompt length). GQA without repeating K/V: the query heads
