@@ -564,7 +564,9 @@ def run_once(args, res: dict, model, target, av, ar, study: dict, bs: int, engin
     if "verbalize_devices" in RunConfig.model_fields:  # data-parallel verbalization (newer nlalab)
         study = dict(study, verbalize_devices=vdev)
     rc = RunConfig(out=str(run_dir), corpus=args.corpus, temperature=1.0, controls=control_names(),
-                   engine=engine, batch_size=bs, ar_batch_size=args.ar_batch_size, progress=False, **study)
+                   engine=engine, ar_batch_size=args.ar_batch_size, progress=False, **study,
+                   # the fast engine sizes its micro-batches from free memory unless --batch-size caps them
+                   batch_size=bs if (args.batch_size or engine_planned != "fast") else None)
     res["study"] = {k: v for k, v in rc.model_dump().items()
                     if k in ("corpus", "k", "max_new_tokens", "temperature", "top_p", "controls", "n_random", "n_seeds",
                              "n_perm", "n_boot", "limit_per_category", "batch_size", "ar_batch_size",

@@ -89,8 +89,9 @@ class RunConfig(BaseModel):
                                   "corpus categories (shipped valence_v1, factuality_v1, or JSON files): each "
                                   "direction is the difference of two sets' mean activations.")
     # execution (do not change results)
-    batch_size: int = Field(32, ge=1, description="Rows per generation batch of the loop and hf engines; the "
-                            "fast engine sizes its own micro-batches (GPU memory; 64 rows on the CPU).")
+    batch_size: Optional[int] = Field(None, ge=1, description="Rows per generation micro-batch, for every engine. "
+                                      "Default: 32 for loop and hf; the fast engine sizes its own (as many as GPU "
+                                      "memory allows; 64 on the CPU).")
     capture_batch_size: int = Field(8, ge=1)
     ar_batch_size: int = Field(16, ge=1)
     device: str = Field("auto", min_length=1)

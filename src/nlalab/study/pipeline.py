@@ -187,7 +187,8 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
     layer = models.layer
     provenance = models.provenance()
     gs = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            greedy=cfg.greedy, seed=cfg.seed, batch_size=cfg.batch_size, engine=cfg.engine,
+                            greedy=cfg.greedy, seed=cfg.seed, batch_size=cfg.batch_size or 32,
+                            fast_batch_size=cfg.batch_size or 0, engine=cfg.engine,
                             devices=cfg.verbalize_devices)
     record = {"schema_version": SCHEMA_VERSION, "identity": cfg.identity(), "config": cfg.model_dump(),
               "pair": provenance,
