@@ -436,7 +436,7 @@ def run(
                                                    "a JSON file of named prompt sets."),
     engine: str = typer.Option("auto", "--engine", help="auto (fast wherever it supports the model, else loop), fast, loop, hf or tp (tensor parallel over --verbalize-devices: "
                                 "verbalization, blind control, capture and AR forwards)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Rows per generation micro-batch, for "
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per generation micro-batch, for "
                                              "every engine (default: 32 for loop/hf; the fast engine sizes its own: "
                                              "as many as GPU memory allows, 64 on the CPU)."),
     position: str = typer.Option("last", "--position", help="Capture position: last (the seed protocol), a token "
