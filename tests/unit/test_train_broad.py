@@ -138,6 +138,18 @@ def test_generate_filters_caps_and_pins_heldout_topics(tmp_path):
     assert meta["heldout_topics"] == ["cheese making"] and meta["n_prompts"] == len(rows)
     # the few-shot prompt names the topic last and never an evaluation prompt
     assert tok.prompts[1].endswith("Topic: baking bread\nQuestion:")
+    # a restarted (or carried) run reuses the file only for the same recipe, seed and base model, unchanged
+    same = dict(topics=str(_small_topics(tmp_path)), per_topic=20, cap_per_topic=12, max_new_tokens=48, seed=42,
+                model_id="fake")
+    again = broad.reusable_broad_corpus(tmp_path / "b.jsonl", **same)
+    assert again is not None and again.n_prompts == info.n_prompts and again.sha256 == info.sha256
+    assert again.counts == info.counts
+    for change in (dict(per_topic=21), dict(cap_per_topic=11), dict(seed=43), dict(model_id="other"),
+                   dict(max_new_tokens=40)):
+        assert broad.reusable_broad_corpus(tmp_path / "b.jsonl", **{**same, **change}) is None, change
+    (tmp_path / "b.jsonl").write_text((tmp_path / "b.jsonl").read_text()[:-2] + "\n")
+    assert broad.reusable_broad_corpus(tmp_path / "b.jsonl", **same) is None  # edited after it was written
+    assert broad.reusable_broad_corpus(tmp_path / "missing.jsonl", **same) is None
 
 
 def test_bad_topic_list_is_one_line(tmp_path):

@@ -169,6 +169,36 @@ class BroadInfo:
     sha256: str = ""
 
 
+def reusable_broad_corpus(out: str | Path, *, topics: str = "broad_v1", per_topic: int = 24,
+                          cap_per_topic: int = 18, max_new_tokens: int = 48, seed: int = 42,
+                          model_id: str = "") -> Optional[BroadInfo]:
+    """The broad corpus already at ``out`` (written here earlier, or on another machine and carried), if its
+    provenance says it was generated with these settings, seed and base model and the file still has the
+    recorded sha256; else None (then it is generated again). Saves the device minutes of generation when a
+    training run is restarted elsewhere with the same recipe."""
+    out = Path(out)
+    meta_path = Path(str(out) + ".yaml")
+    if not (out.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = yaml.safe_load(meta_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return None
+    st = meta.get("settings") or {}
+    want = {"topics": load_topics(topics).name, "per_topic": per_topic, "cap_per_topic": cap_per_topic,
+            "max_new_tokens": max_new_tokens}
+    if any(st.get(k) != v for k, v in want.items()) or meta.get("seed") != seed:
+        return None
+    if [s_.get("name") for s_ in meta.get("sources") or []] != [f"base-model:{model_id}"]:
+        return None
+    payload = out.read_bytes()
+    if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
+        return None
+    counts = {k.split(":", 1)[1]: v for k, v in (meta.get("counts") or {}).items()}
+    return BroadInfo(path=out, n_prompts=int(meta.get("n_prompts") or 0), counts=counts,
+                     dropped=dict(meta.get("dropped") or {}), sha256=meta["sha256"])
+
+
 def generate_broad_prompts(model, tokenizer, out: str | Path, *, topics: str = "broad_v1", per_topic: int = 24,
                            cap_per_topic: int = 18, n_examples: int = 3, max_new_tokens: int = 48,
                            temperature: float = 0.8, top_p: float = 0.95, batch_size: int = 256, seed: int = 42,

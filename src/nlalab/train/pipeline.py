@@ -385,16 +385,21 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
                                           include_eval_prompts=cfg.corpus.include_eval_prompts,
                                           max_files_per_package=cfg.corpus.max_files_per_package, seed=cfg.seed).path)
             if "broad" in src:
-                from nlalab.train.broad import generate_broad_prompts
+                from nlalab.train.broad import generate_broad_prompts, reusable_broad_corpus
 
-                say("corpus: the base model writes user prompts across the broad topic list")
-                tg = load_target(base, layer, LoadOptions(device=str(device), dtype="auto"), truncate=False)
-                parts.append(generate_broad_prompts(
-                    tg.model, tg.tokenizer, out / "corpus.broad.jsonl", topics=cfg.corpus.broad_topics,
-                    per_topic=cfg.corpus.broad_per_topic, cap_per_topic=cfg.corpus.broad_cap_per_topic,
-                    max_new_tokens=cfg.corpus.broad_max_new_tokens, batch_size=cfg.corpus.broad_batch_size,
-                    seed=cfg.seed, model_id=base_id).path)
-                release(tg)
+                kw = dict(topics=cfg.corpus.broad_topics, per_topic=cfg.corpus.broad_per_topic,
+                          cap_per_topic=cfg.corpus.broad_cap_per_topic,
+                          max_new_tokens=cfg.corpus.broad_max_new_tokens, seed=cfg.seed, model_id=base_id)
+                again = reusable_broad_corpus(out / "corpus.broad.jsonl", **kw) if cfg.resume else None
+                if again is not None:  # written earlier with this recipe (or carried from another machine)
+                    say(f"corpus: reusing the broad prompts in {again.path.name} ({again.n_prompts}, same settings)")
+                    parts.append(again.path)
+                else:
+                    say("corpus: the base model writes user prompts across the broad topic list")
+                    tg = load_target(base, layer, LoadOptions(device=str(device), dtype="auto"), truncate=False)
+                    parts.append(generate_broad_prompts(tg.model, tg.tokenizer, out / "corpus.broad.jsonl",
+                                                        batch_size=cfg.corpus.broad_batch_size, **kw).path)
+                    release(tg)
             if "generate" in src:
                 say("corpus: the base model writes documents and prompts")
                 tg = load_target(base, layer, LoadOptions(device=str(device), dtype="auto"), truncate=False)

@@ -19,7 +19,8 @@ What it does, and why each part is there:
   rows advance in lockstep and share one prompt length). GQA without repeating K/V: the query heads
   of one KV head are stacked along the query axis.
 - **One decode step = one CUDA graph replay.** Embedding, all layers (the projections, norms, RoPE and
-  MLP ``torch.compile``'d per layer part, so one compiled graph serves every layer), attention, the
+  MLP ``torch.compile``'d per layer part when the call is long enough to repay the compile, see
+  ``EngineOptions.compile``; one compiled graph serves every layer), attention, the
   final norm, the LM head, logit soft-capping and our counter-based sampler run inside the graph; the
   step counter is a device tensor that the graph increments itself. The host only replays, and looks
   at "all rows finished?" every ``check_every`` steps, so there is no per-step host sync; it stops
