@@ -437,7 +437,7 @@ def main() -> None:
         try:
             eng.drop_states()
             torch.cuda.empty_cache()
-            b2 = fast.auto_batch(eng, args.rows, args.new, args.rows, shared=not shared)
+            b2 = fast.auto_batch(eng, args.rows, args.new, shared=not shared)
             if b2 >= st.batch:
                 kw2 = dict(kw, batch=st.batch, shared=not shared)
                 f2, pk2, _ = peak_gb_of(lambda: eng.generate(vecs[:st.batch], keys[:st.batch], **kw2))

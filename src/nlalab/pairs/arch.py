@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -124,8 +125,6 @@ def sdpa_backends(device):
     the V1-shape study's capture and AR forwards (length-bucketed batches, many shapes) spent ~8 s of host
     time in it on an H200 (7 ms a call), and it was 5x slower on the fast engine's short-query decode
     shapes. A no-op off CUDA."""
-    import contextlib
-
     if torch.device(device).type != "cuda":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -391,7 +391,7 @@ def iter_parallel(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], ke
     try:
         if engine == "fast" and any(d.type == "cuda" for d in devs):
             # global torch state: set once here, so the workers' own (nested) settings never undo each other
-            stack.enter_context(fast._sdpa_backends(torch.device("cuda")))
+            stack.enter_context(arch.sdpa_backends("cuda"))
         for t in threads:
             t.start()
         while nxt < W:

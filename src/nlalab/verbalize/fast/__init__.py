@@ -60,6 +60,6 @@ from nlalab.verbalize.fast.maths import (  # noqa: F401
     _attend, _attend_sdpa, _compiled_fns, _head_sample, _mlp, _post_attn, _pre_attn, _rms, _rope, _rotate_half,
     _sample, token_hash, uniform_t)
 from nlalab.verbalize.fast.options import (  # noqa: F401
-    DEVICE_LOCK, OPTIONS, EngineOptions, _resolved_compile, _resolved_graphs, _sdpa_backends, empty_cache, on_device)
+    DEVICE_LOCK, OPTIONS, EngineOptions, _resolved_compile, _resolved_graphs, empty_cache, on_device)
 from nlalab.verbalize.fast.runner import _ENGINES, auto_batch, end_call, get_engine, iter_fast, release_engines  # noqa: F401
 from nlalab.verbalize.fast.weights import SUPPORTED_MODEL_TYPES, _eps, _Layer, unsupported_reason  # noqa: F401

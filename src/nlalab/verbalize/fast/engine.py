@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 import torch
 from nlalab.errors import NLALabError
 from nlalab.pairs import arch, families
+from nlalab.pairs.arch import sdpa_backends
 from nlalab.verbalize.fast.kernel import _triton_kernel, attend_decode_triton
 from nlalab.verbalize.fast.maths import (
     _attend,
@@ -32,7 +33,6 @@ from nlalab.verbalize.fast.options import (
     OPTIONS,
     _resolved_compile,
     _resolved_graphs,
-    _sdpa_backends,
     empty_cache,
     on_device,
 )
@@ -301,17 +301,14 @@ class FastEngine:
         return self._fns
 
     def _rope_rows(self, pos) -> dict:
-        """rope table -> (cos, sin) rows at ``pos``: gathered once per step for every layer that shares the
-        table (28-62 layers, one or two tables) instead of twice per layer."""
+        """rope table -> (cos, sin) rows at ``pos``: gathered once per forward for every layer that shares
+        the table (28-62 layers, one or two tables) instead of twice per layer."""
         return {r: (self.cos[r].index_select(0, pos), self.sin[r].index_select(0, pos))
                 for r in {L.rope for L in self.layers}}
 
-    def _pre(self, fns, L: _Layer, x, pos, cs: Optional[dict] = None):
-        if cs is not None:
-            cos, sin = cs[L.rope]
-        else:
-            cos = self.cos[L.rope].index_select(0, pos)
-            sin = self.sin[L.rope].index_select(0, pos)
+    def _pre(self, fns, L: _Layer, x, cs: dict):
+        """``cs``: :meth:`_rope_rows` at this forward's positions."""
+        cos, sin = cs[L.rope]
         if L.wqkv is not None:
             w = (L.wqkv, L.bqkv if L.bqkv is not None else None, None, None, None, None)
         else:
@@ -333,9 +330,10 @@ class FastEngine:
         x = self.embed(ids)
         pos = torch.arange(self.P, device=self.device)
         fns = self._eager_fns()
-        with _sdpa_backends(self.device):
+        cs = self._rope_rows(pos)
+        with sdpa_backends(self.device):
             for L in self.layers:
-                q, k, v = self._pre(fns, L, x, pos)
+                q, k, v = self._pre(fns, L, x, cs)
                 self.kp.append(k[0].contiguous())
                 self.vp.append(v[0].contiguous())
                 mr = pos[None, :] <= pos[:, None]
@@ -382,8 +380,9 @@ class FastEngine:
         masks = self._masks(pos, st.kpos_r[:b])
         x = embeds
         eager = self._eager_fns()
+        cs = self._rope_rows(pos)
         for i, L in enumerate(self.layers):
-            q, k, v = self._pre(eager, L, x, pos)
+            q, k, v = self._pre(eager, L, x, cs)
             st.kr[i][:, :, a:b].copy_(k)
             st.vr[i][:, :, a:b].copy_(v)
             mp, mr = masks[L.window]
@@ -406,21 +405,19 @@ class FastEngine:
         st.t.fill_(1)
 
     def _attend_step(self, st: _State, i: int, L: _Layer, q, k, v, pos, slot, masks, upto: Optional[int] = None):
+        kp = self.kp[i] if self.P else None
+        vp = self.vp[i] if self.P else None
         if st.shared and self.triton:  # the kernel also writes k/v into the cache
-            kp = self.kp[i] if self.P else None
-            vp = self.vp[i] if self.P else None
             return attend_decode_triton(q, kp, vp, st.kr[i], st.vr[i], pos, self.P, L.window, self.scaling, k, v)
         st.kr[i].index_copy_(2, slot, k)
         st.vr[i].index_copy_(2, slot, v)
-        if st.shared:
-            kp = self.kp[i] if self.P else None
-            vp = self.vp[i] if self.P else None
-            mp, mr = masks[L.window]
-            kr, vr = (st.kr[i], st.vr[i]) if upto is None else (st.kr[i][:, :, :upto], st.vr[i][:, :, :upto])
-            return _attend(q, kp, vp, kr, vr, mp, mr, self.scaling)
+        kr, vr = st.kr[i], st.vr[i]
         if upto is not None:  # eager: only the filled slots (the rest are masked; attention cost ~ length)
-            return _attend_sdpa(q, st.kr[i][:, :, :upto], st.vr[i][:, :, :upto], masks[L.window][1], self.scaling)
-        return _attend_sdpa(q, st.kr[i], st.vr[i], masks[L.window][1], self.scaling)
+            kr, vr = kr[:, :, :upto], vr[:, :, :upto]
+        if st.shared:
+            mp, mr = masks[L.window]
+            return _attend(q, kp, vp, kr, vr, mp, mr, self.scaling)
+        return _attend_sdpa(q, kr, vr, masks[L.window][1], self.scaling)
 
     def _step(self, st: _State, sp: dict, fns: dict, upto: Optional[int] = None) -> None:
         """One decode step on the static buffers; the body of the CUDA graph. ``upto`` (eager CPU decode
@@ -431,14 +428,11 @@ class FastEngine:
         pos = (self.P + st.S - 1) + t
         slot = (st.off + st.S - 1) + t
         x = self.embed(st.cur[:, None])
-        if upto is None or (st.shared and self.triton):
-            upto = None
-            masks = None if (st.shared and self.triton) else self._masks(pos, st.kpos_r)
-        else:
-            masks = self._masks(pos, st.kpos_r[:upto])
+        # upto is never set where the Triton kernel runs (CUDA graphs); that kernel needs no masks
+        masks = None if (st.shared and self.triton) else self._masks(pos, st.kpos_r[:upto])
         cs = self._rope_rows(pos)
         for i, L in enumerate(self.layers):
-            q, k, v = self._pre(fns, L, x, pos, cs)
+            q, k, v = self._pre(fns, L, x, cs)
             x = self._post(fns, L, x, self._attend_step(st, i, L, q, k, v, pos, slot, masks, upto))
         nxt, done = fns["head"](x[:, -1], self.norm_w, self.norm_eps, self.gemma, self.lm_w, self.lm_b,
                                 self.final_softcap, st.keys, t, self.hv, st.done, sp["eos"], sp["pad"],
@@ -508,7 +502,7 @@ class FastEngine:
                       attention=("shared+triton" if self.triton else "shared") if shared else "copy")
         cuda = self.device.type == "cuda"
         sync = (lambda: torch.cuda.synchronize(self.device)) if cuda else (lambda: None)
-        with torch.no_grad(), _sdpa_backends(self.device), on_device(self.device):
+        with torch.no_grad(), sdpa_backends(self.device), on_device(self.device):
             if B > n:
                 vectors = torch.cat([vectors, vectors[-1:].expand(B - n, -1)], 0)
                 keys = torch.cat([keys, keys[-1:].expand(B - n)], 0)

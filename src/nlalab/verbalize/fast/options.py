@@ -105,10 +105,3 @@ def _resolved_graphs(device: torch.device) -> bool:
     if OPTIONS.cuda_graphs is not None:
         return bool(OPTIONS.cuda_graphs)
     return os.environ.get("NLALAB_FAST_GRAPHS", "1") not in ("0", "false", "False")
-
-
-def _sdpa_backends(device: torch.device):
-    """Efficient/flash/math SDPA kernels only (``nlalab.pairs.arch.sdpa_backends``: not cuDNN)."""
-    from nlalab.pairs.arch import sdpa_backends
-
-    return sdpa_backends(device)

@@ -61,7 +61,8 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
                    eos_ids: Sequence[int], pad_id: int, temperature: float = 1.0, top_k: int = 0,
                    top_p: float = 1.0, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens [B, <=max_new] (pad after the end) and finished flags [B] for rows ``prefix + suffixes[i]``."""
-    from nlalab.verbalize.fast import OPTIONS, _sdpa_backends
+    from nlalab.pairs.arch import sdpa_backends
+    from nlalab.verbalize.fast import OPTIONS
 
     dev, P = eng.device, eng.P
     B = len(suffixes)
@@ -109,24 +110,36 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
 
     G = eng.n_heads // eng.n_kv
 
-    def rope_rows(pos) -> dict:  # per rope table, once per step (not twice per layer)
+    def rope_rows(pos) -> dict:  # per rope table, once per forward (not twice per layer)
         return {r: (eng.cos[r][pos][:, None], eng.sin[r][pos][:, None]) for r in {La.rope for La in eng.layers}}
 
-    def step_masks(pos, upto: int) -> dict:  # stacked for the query heads once per step
-        return {w: _stacked(m, G, eng.dtype) for w, m in masks(pos, upto).items()}
-
-    def pre(Lay, x, pos, cs=None):
-        cos, sin = cs[Lay.rope] if cs is not None else (eng.cos[Lay.rope][pos][:, None], eng.sin[Lay.rope][pos][:, None])
+    def pre(Lay, x, cs):
+        cos, sin = cs[Lay.rope]
         w = (Lay.wqkv, Lay.bqkv, None, None, None, None) if Lay.wqkv is not None else (
             Lay.wq, Lay.bq, Lay.wk, Lay.bk, Lay.wv, Lay.bv)
         return fns["pre"](x, Lay.ln_in, *w, Lay.qn, Lay.kn, cos, sin, eng.eps, eng.qk_eps, eng.gemma,
                           eng.n_heads, eng.n_kv, eng.head_dim)
 
+    def decode_layers(x, pos, slot, kr, vr, upto: int):
+        """One new token of every row through the layers: its K/V written at cache ``slot`` (a one-element
+        tensor), attention over the first ``upto`` slots (on the CPU the filled ones: attention cost ~ key
+        length, see FastEngine._step; all L in the CUDA graph). Masks, stacked for the query heads and made
+        additive, and rotary rows once per step, not per layer."""
+        ms = {w: _stacked(m, G, eng.dtype) for w, m in masks(pos, upto).items()}
+        cs = rope_rows(pos)
+        for i, Lay in enumerate(eng.layers):
+            q, k, v = pre(Lay, x, cs)
+            kr[i].index_copy_(2, slot, k)
+            vr[i].index_copy_(2, slot, v)
+            x = eng._post(fns, Lay, x, _attend_rows(q, kr[i][:, :, :upto], vr[i][:, :, :upto], ms[Lay.window],
+                                                    eng.scaling))
+        return x
+
     def head(x, step):
         return fns["head"](x, eng.norm_w, eng.norm_eps, eng.gemma, eng.lm_w, eng.lm_b, eng.final_softcap, keys,
                            step, eng.hv, done, eos, int(pad_id), temperature, top_k, top_p, greedy)
 
-    with torch.no_grad(), _sdpa_backends(dev):
+    with torch.no_grad(), sdpa_backends(dev):
         for i in range(len(eng.layers)):
             if P:
                 kr[i][:, :, :P].copy_(eng.kp[i][None])
@@ -134,8 +147,9 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
         b = P + Smax
         ms = masks(qpos, b, self_slot=P + torch.arange(Smax, device=dev))
         x = eng.embed(ids)
+        cs = rope_rows(qpos.clamp_min(0))
         for i, Lay in enumerate(eng.layers):
-            q, k, v = pre(Lay, x, qpos.clamp_min(0))
+            q, k, v = pre(Lay, x, cs)
             kr[i][:, :, P:b].copy_(k)
             vr[i][:, :, P:b].copy_(v)
             x = eng._post(fns, Lay, x, _attend_rows(q, kr[i][:, :, :b], vr[i][:, :, :b], ms[Lay.window], eng.scaling))
@@ -145,8 +159,7 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
         pos = qpos[:, -1:].clone()  # [B, 1]
         check = eos is not None
         if dev.type == "cuda":
-            steps = _decode_lockstep(eng, fns, pre, head, kr, vr, step_masks, rope_rows, out, nxt, done, pos, b, L,
-                                     max_new, check)
+            steps = _decode_lockstep(eng, decode_layers, head, kr, vr, out, nxt, done, pos, b, L, max_new, check)
             return out[:, :steps], done
         rows = torch.arange(B, device=dev)  # batch row -> output row (rows that ended are dropped on the CPU)
         full_done = done.clone()
@@ -164,16 +177,7 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
                 vr = [t.index_select(0, keep) for t in vr]
             pos = pos + 1
             slot = b - 1 + step
-            upto = slot + 1  # the filled slots only (attention cost ~ key length; see FastEngine._step)
-            ms = step_masks(pos, upto)
-            cs = rope_rows(pos)
-            x = eng.embed(nxt[:, None])
-            for i, Lay in enumerate(eng.layers):
-                q, k, v = pre(Lay, x, pos, cs)
-                kr[i][:, :, slot:slot + 1].copy_(k)
-                vr[i][:, :, slot:slot + 1].copy_(v)
-                x = eng._post(fns, Lay, x, _attend_rows(q, kr[i][:, :, :upto], vr[i][:, :, :upto], ms[Lay.window],
-                                                        eng.scaling))
+            x = decode_layers(eng.embed(nxt[:, None]), pos, torch.tensor([slot], device=dev), kr, vr, slot + 1)
             nxt, done = head(x[:, -1], step)
             out[rows, step] = nxt
             steps = step + 1
@@ -181,8 +185,8 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
     return out[:, :steps], full_done
 
 
-def _decode_lockstep(eng, fns, pre, head, kr, vr, masks, rope_rows, out, nxt, done, pos, b: int, L: int,
-                     max_new: int, check: bool) -> int:
+def _decode_lockstep(eng, decode_layers, head, kr, vr, out, nxt, done, pos, b: int, L: int, max_new: int,
+                     check: bool) -> int:
     """CUDA decode of the plain rows in lockstep on static tensors: the step reads and writes only ``pos``,
     ``t``, ``nxt``, ``done``, the caches and ``out`` (slot and step are tensors), so after one eager step it
     is captured as a CUDA graph and replayed (``OPTIONS.cuda_graphs``; same kernels as the eager step, so the
@@ -195,15 +199,7 @@ def _decode_lockstep(eng, fns, pre, head, kr, vr, masks, rope_rows, out, nxt, do
 
     def step_fn():
         pos.add_(1)
-        slot = (b - 1) + t
-        ms = masks(pos, L)
-        cs = rope_rows(pos)
-        x = eng.embed(nxt[:, None])
-        for i, Lay in enumerate(eng.layers):
-            q, k, v = pre(Lay, x, pos, cs)
-            kr[i].index_copy_(2, slot, k)
-            vr[i].index_copy_(2, slot, v)
-            x = eng._post(fns, Lay, x, _attend_rows(q, kr[i], vr[i], ms[Lay.window], eng.scaling))
+        x = decode_layers(eng.embed(nxt[:, None]), pos, (b - 1) + t, kr, vr, L)
         n2, d2 = head(x[:, -1], t)
         out.index_copy_(1, t, n2[:, None])
         nxt.copy_(n2)

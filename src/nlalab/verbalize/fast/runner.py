@@ -57,9 +57,9 @@ def release_engines(model: Optional[nn.Module] = None) -> None:
             _ENGINES.pop(model, None)
 
 
-def auto_batch(eng: FastEngine, n_rows: int, max_new: int, fallback: int, shared: bool = False) -> int:
+def auto_batch(eng: FastEngine, n_rows: int, max_new: int, shared: bool = False) -> int:
     """Rows per micro-batch: all of them if memory allows (CUDA: from free memory), else as many as fit; on
-    the CPU ``OPTIONS.cpu_batch``. ``fallback`` is unused (kept for callers)."""
+    the CPU ``OPTIONS.cpu_batch``."""
     cap = int(OPTIONS.max_batch) if eng.max_rows is None else min(int(OPTIONS.max_batch), eng.max_rows)
     if eng.device.type != "cuda":  # CPU: OPTIONS.cpu_batch (measured), not the loop engine's batch_size
         return max(1, min(n_rows, int(OPTIONS.cpu_batch), cap))
@@ -99,10 +99,9 @@ def iter_fast(av, vectors: torch.Tensor, todo: Sequence[tuple[int, int]], keys_v
     shared = eng.default_shared()
     if mode == "auto" and not shared:  # copy unless keeping the prefix once fits more rows in memory
         want = min(n, int(OPTIONS.max_batch))
-        cap_copy = auto_batch(eng, n, settings.max_new_tokens, settings.batch_size, shared=False)
-        shared = cap_copy < want and auto_batch(eng, n, settings.max_new_tokens, settings.batch_size,
-                                                shared=True) > cap_copy
-    cap = int(batch_size) if batch_size else auto_batch(eng, n, settings.max_new_tokens, settings.batch_size, shared)
+        cap_copy = auto_batch(eng, n, settings.max_new_tokens, shared=False)
+        shared = cap_copy < want and auto_batch(eng, n, settings.max_new_tokens, shared=True) > cap_copy
+    cap = int(batch_size) if batch_size else auto_batch(eng, n, settings.max_new_tokens, shared)
     if eng.max_rows is not None:
         cap = min(cap, eng.max_rows)
     eng.plan_compile(math.ceil(n / max(1, cap)) * int(settings.max_new_tokens))
