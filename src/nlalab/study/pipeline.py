@@ -186,10 +186,11 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
         models = disk_models(cfg)
     layer = models.layer
     provenance = models.provenance()
+    # --batch-size caps every engine's micro-batches; unset, each engine keeps its own default
+    sizes = {"batch_size": cfg.batch_size, "fast_batch_size": cfg.batch_size} if cfg.batch_size else {}
     gs = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            greedy=cfg.greedy, seed=cfg.seed, batch_size=cfg.batch_size or 32,
-                            fast_batch_size=cfg.batch_size or 0, engine=cfg.engine,
-                            devices=cfg.verbalize_devices)
+                            greedy=cfg.greedy, seed=cfg.seed, engine=cfg.engine, devices=cfg.verbalize_devices,
+                            **sizes)
     record = {"schema_version": SCHEMA_VERSION, "identity": cfg.identity(), "config": cfg.model_dump(),
               "pair": provenance,
               "corpus": {"ref": cfg.corpus, "n_items": len(items), "categories": cats, "sha256": corpus_digest(items),
