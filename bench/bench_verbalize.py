@@ -278,7 +278,14 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=1,
                     help="N > 1: also time ours on 1 GPU vs N GPUs data parallel (section dp)")
     ap.add_argument("--dp-rows", default="150,600", help="comma list of row counts for the dp section")
+    ap.add_argument("--attn-launch", default=None,
+                    help="BN,WARPS,STAGES: the decode-attention kernel's launch (bench/tune_decode_attn.py)")
     args = ap.parse_args()
+    if args.attn_launch:
+        from nlalab.verbalize.fast import kernel as _kernel
+
+        bn, warps, stages = (int(x) for x in args.attn_launch.split(","))
+        _kernel.LAUNCH.update(bn=bn, num_warps=warps, num_stages=stages)
     todo = set(args.only.split(","))
     if args.devices > 1:
         todo.add("dp")
@@ -290,6 +297,9 @@ def main() -> None:
     res: dict = dict(device=dev_name, torch=torch.__version__, transformers=transformers.__version__,
                      shape=args.shape, model_shape=SHAPES[args.shape], rows=args.rows, new_tokens=args.new,
                      prompt_len=args.prompt_len, marker_pos=args.marker, sampling="temperature 1, full vocab")
+    from nlalab.verbalize.fast import kernel as _k
+
+    res["decode_attn_launch"] = dict(_k.LAUNCH)
     print(f"[bench] {args.shape} on {dev_name}, torch {torch.__version__}, transformers {transformers.__version__}",
           flush=True)
     bw = copy_bandwidth()

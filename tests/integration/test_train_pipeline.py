@@ -131,3 +131,44 @@ def test_lora_run_writes_an_adapter_pack_that_rebuilds_the_pair(fixture_pairs, t
     v = torch.randn(2, av_a.d_model)
     gs = GenerationSettings(greedy=True, max_new_tokens=5, engine="loop")
     assert [r.token_ids for r in verbalize(av_a, v, 1, gs)] == [r.token_ids for r in verbalize(av_b, v, 1, gs)]
+
+
+def test_warm_start_continues_an_adapter_pack(fixture_pairs, tmp_path):
+    """init_from loads a pack's adapters and value head into the SFT stages: with a zero learning rate (and no
+    RL) the new run's pair is the pack's pair; a mismatched pack is refused before any model loads."""
+    pytest.importorskip("peft")
+    from nlalab.errors import NLALabError
+    from nlalab.train import warm
+
+    pair = fixture_pairs["llama"]
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    cfg = apply_overrides(tiny_config(tmp_path / "run", pair, corpus, lora=True),
+                          {"rl.steps": 1, "eval.untrained": False, "pack_dtype": "fp32"})
+    first = train_pair(cfg)
+    pack = tmp_path / "run" / "adapter_pack"
+    sha = warm.check_pack(str(pack), pair.layer, 4, 8, None, True).sha256
+    frozen = {"ar_sft.optim.lr": 0.0, "av_sft.optim.lr": 0.0, "rl.steps": 0}
+    cfg2 = apply_overrides(tiny_config(tmp_path / "run2", pair, corpus, lora=True),
+                           {**frozen, "eval.untrained": False, "init_from": str(pack), "init_from_sha256": sha})
+    second = train_pair(cfg2)
+    rec = json.loads((tmp_path / "run2" / "eval.json").read_text())["warm_start"]
+    assert rec["sha256"] == sha and rec["init_from"] == str(pack)
+    ar_a, ar_b = load_ar(first / "ar", LoadOptions(device="cpu")), load_ar(second / "ar", LoadOptions(device="cpu"))
+    torch.testing.assert_close(reconstruct(ar_b, ["A fox."]), reconstruct(ar_a, ["A fox."]), atol=1e-5, rtol=1e-5)
+    av_a, av_b = load_av(first / "av", LoadOptions(device="cpu")), load_av(second / "av", LoadOptions(device="cpu"))
+    v = torch.randn(2, av_a.d_model)
+    gs = GenerationSettings(greedy=True, max_new_tokens=6, engine="loop")
+    assert [r.token_ids for r in verbalize(av_a, v, 1, gs)] == [r.token_ids for r in verbalize(av_b, v, 1, gs)]
+    # ... and a cold run with the same zero learning rate is a different (untrained) pair
+    cold = train_pair(apply_overrides(tiny_config(tmp_path / "run3", pair, corpus, lora=True),
+                                      {**frozen, "eval.untrained": False}))
+    ar_c = load_ar(cold / "ar", LoadOptions(device="cpu"))
+    assert not torch.allclose(reconstruct(ar_c, ["A fox."]), reconstruct(ar_a, ["A fox."]), atol=1e-3)
+
+    bad = {"lora.r": 8, "layer": pair.layer + 1, "init_from_sha256": "ab" * 32, "lora.enabled": False}
+    for key, val in bad.items():
+        c = apply_overrides(cfg2, {key: val, "out": str(tmp_path / f"bad_{key}"), "corpus.source": "/nonexistent"})
+        with pytest.raises(NLALabError, match="init_from"):
+            train_pair(c)  # refused from the pack's files: the corpus (which does not exist) is never read
+    with pytest.raises(NLALabError, match="neither a folder nor a shipped pair"):
+        train_pair(apply_overrides(cfg2, {"init_from": "no-such-pack", "out": str(tmp_path / "bad_name")}))

@@ -47,9 +47,9 @@ SHIPPED: dict[str, ShippedPair] = {
         name="smollm2-135m-L20-broad",
         pack="smollm2-135m-instruct-L20-broad",
         **_SMOLLM2_L20,
-        summary="nlalab.train preset smollm2-broad (LoRA r16; user prompts over 273 topics written by the base "
-                "model + mined package text; v2 context explanations; AR SFT 600, AV SFT 1000, GRPO to step 30 "
-                "of 60, picked on held-out topics; H200)",
+        summary="nlalab.train preset smollm2-broad-warm (LoRA r16; 21k user prompts over 273 topics written by "
+                "the base model + mined package text; v2 context explanations; continues the first broad pack: "
+                "AR SFT 200, AV SFT 800, GRPO 36 steps, picked on held-out topics; H200)",
     ),
 }
 #: The offline default: the broad pair (issue 20). The first pack stays available by its name.

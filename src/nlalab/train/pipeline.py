@@ -115,6 +115,11 @@ class TrainConfig(BaseModel):
     stop_after: Optional[Literal["corpus", "init", "data", "explain", "ar_sft", "av_sft"]] = Field(
         None, description="Stop after this stage (a later run with the same config resumes from there).")
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    init_from: Optional[str] = Field(None, description="Warm start: an adapter pack folder or shipped pair name "
+                                                       "whose AV/AR adapters and value head the SFT stages start "
+                                                       "from (LoRA runs; same layer and LoRA shape).")
+    init_from_sha256: Optional[str] = Field(None, description="The pack content init_from must have (sha256 of "
+                                                              "its adapters and value head); a recipe pins it.")
     export_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     pack_dtype: Literal["fp32", "bf16", "fp16"] = Field("bf16", description="LoRA runs: adapter weights in the pack.")
     corpus: CorpusSettings = Field(default_factory=CorpusSettings)
@@ -194,6 +199,18 @@ PRESETS: dict[str, dict[str, Any]] = {
                "samples_every": 15, "checkpoint_every": 15, "select": "best"},
     }),
 }
+# The second broad pair (issue 20, round 2): one device session cannot run the whole recipe, so it continues
+# the first broad pack (pinned by content: the pack shipped at commit 090f1a2) on ~3x more generated prompts
+# (more distinct chat-position vectors: the first run's AV memorised its 2.6k chat rows, train CE 0.87 vs
+# held-out 1.73), with shorter SFT stages at half the learning rate and 70 % chat rows, then GRPO.
+PRESETS["smollm2-broad-warm"] = _deep_merge(PRESETS["smollm2-broad"], {
+    "init_from": "smollm2-135m-L20-broad",
+    "init_from_sha256": "74990839caeecd91f95a07f0837127c072577fc2b8916804693c32226c6ac834",
+    "corpus": {"broad_per_topic": 110, "broad_cap_per_topic": 80, "broad_batch_size": 1024},
+    "ar_sft": {"steps": 200, "optim": {"lr": 1e-4, "warmup_steps": 10}, "ckpt_every": 100, "chat_fraction": 0.7},
+    "av_sft": {"steps": 800, "optim": {"lr": 1e-4, "warmup_steps": 20}, "ckpt_every": 200, "chat_fraction": 0.7},
+    "rl": {"steps": 36, "chat_fraction": 0.7, "checkpoint_every": 12, "eval_every": 12, "samples_every": 12},
+})
 
 
 def build_config(config_file: Optional[str | Path] = None, flags: Optional[dict[str, Any]] = None,
@@ -367,6 +384,14 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
         base_id = cfg.base_id or DEFAULT_BASE_ID
     layer = cfg.layer if cfg.layer is not None else _default_layer(base)
     opts = LoadOptions(device=str(device), dtype="fp32")
+    warm_pack = None
+    if cfg.init_from:  # checked from its files before any model loads
+        from nlalab.train import warm
+
+        tm = cfg.lora.target_modules
+        warm_pack = warm.check_pack(cfg.init_from, layer, cfg.lora.r, cfg.lora.alpha,
+                                    tm if isinstance(tm, list) else None, cfg.lora.enabled,
+                                    sha256=cfg.init_from_sha256)
 
     # 1. Corpus.
     t = time.perf_counter()
@@ -490,6 +515,8 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
     ev_chat = _select([i for i, r in enumerate(ev.rows) if r["kind"] == "chat_last"], cfg.eval.size)
     trained_on = [f"nlalab.train corpus {corpus_record.get('sha256') or corpus_path} "
                   f"({len(rows)} rows; explainer {cfg.explainer.kind})"]
+    if warm_pack is not None:
+        trained_on.append(f"warm start from adapter pack {warm_pack.spec} (sha256 {warm_pack.sha256[:12]})")
     results: dict[str, Any] = {"layer": layer, "base": base_id, "b_rv": {"all": b_rv_all,
                                                                         "raw": stats["raw"][0],
                                                                         "chat_last": stats["chat_last"][0]},
@@ -497,6 +524,8 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
     eval_file = out / "eval.json"
     if eval_file.is_file() and cfg.resume:
         results = {**json.loads(eval_file.read_text()), **results}
+    if warm_pack is not None:
+        results["warm_start"] = warm_pack.record()
 
     def evaluate(av, ar, tag: str, n_max: Optional[int] = None) -> dict:
         res = {}
@@ -532,6 +561,8 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
     if not (cfg.resume and _done(st_ar)):
         say("ar_sft: training")
         tar = load_trainable_ar(init / "ar", device, cfg.lora)
+        if warm_pack is not None:
+            warm.load_ar(tar, warm_pack)
         texts, vecs, kinds = pairs("ar_sft")
         ev_t, ev_v, _ = pairs("eval")
         r = train_ar_sft(tar, texts, vecs, cfg.ar_sft, st_ar, b_rv=b_rv_all, eval_texts=ev_t, eval_vectors=ev_v,
@@ -561,6 +592,8 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
     if not (cfg.resume and _done(st_av)):
         say("av_sft: training")
         tav = load_trainable_av(init / "av", device, cfg.lora)
+        if warm_pack is not None:
+            warm.load_av(tav, warm_pack)
         texts, vecs, kinds = pairs("av_sft")
         ev_t, ev_v, _ = pairs("eval")
         r = train_av_sft(tav, texts, vecs, cfg.av_sft, st_av, eval_explanations=ev_t, eval_vectors=ev_v,

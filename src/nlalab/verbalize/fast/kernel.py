@@ -9,6 +9,12 @@ import torch
 # ------------------------------------------------------------------------- Triton decode attention
 
 _TRITON: Any = None  # None: not tried; False: unavailable; else the jitted kernel
+#: Launch parameters of the decode kernel: keys per block (None: 64 for head dims <= 128, else 32), warps and
+#: pipeline stages. ``bench/tune_decode_attn.py`` swept 27 settings on one H200 at the Qwen2.5-7B,
+#: Gemma-3-27B and Gemma-3-12B head layouts (150 rows, 100-token prefix, 18-218 row slots): 32 keys, 2 warps,
+#: 2 stages was fastest at all three (7B: 19.7 vs 24.6 us per call with 64 keys and 4 warps; 27B: 69.8 vs
+#: 78.1; 12B: 71.9 vs 77.1), same outputs (bench/results/decode_attn_*_h200.json).
+LAUNCH: dict[str, Any] = {"bn": 32, "num_warps": 2, "num_stages": 2}
 
 
 def _triton_kernel():
@@ -118,6 +124,6 @@ def attend_decode_triton(q, kp, vp, kr, vr, pos, row0: int, window: Optional[int
                     kr.stride(0), kr.stride(1), kr.stride(2), out.stride(0), out.stride(1),
                     kn.stride(0), kn.stride(1), vn.stride(0), vn.stride(1),
                     P, int(row0), int(window or 0), float(scaling),
-                    G=G, BG=BG, BN=64 if D <= 128 else 32, D=D, HAS_P=P > 0, HAS_NEW=has_new,
-                    num_warps=4, num_stages=2)
+                    G=G, BG=BG, BN=LAUNCH["bn"] or (64 if D <= 128 else 32), D=D, HAS_P=P > 0, HAS_NEW=has_new,
+                    num_warps=LAUNCH["num_warps"], num_stages=LAUNCH["num_stages"])
     return out.view(B, H, 1, D)

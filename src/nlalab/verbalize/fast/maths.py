@@ -147,8 +147,9 @@ def uniform_t(keys: torch.Tensor, step, hv: torch.Tensor) -> torch.Tensor:
     ``hv`` (:func:`token_hash`, int32 bits) precomputed; bitwise the same float64 values."""
     k = _as_i32(hash32(keys ^ ((step * 0x85EBCA77 + 0x165667B1) & MASK32))).unsqueeze(1)
     bits = _hash32_i32_(k ^ hv.unsqueeze(0))
-    u = bits.to(torch.float64)
-    u += (bits < 0).to(torch.float64) * 4294967296.0  # the unsigned value (exact in float64)
+    # the unsigned value, exact in float64; through int64 rather than adding 2^32 where bits < 0: a bool ->
+    # float64 cast of the [B, V] mask took 12 of the sampler's 33 ms per CPU step (60 rows, 49k vocabulary)
+    u = bits.to(torch.int64).bitwise_and_(MASK32).to(torch.float64)
     return u.add_(0.5).div_(4294967296.0)
 
 
