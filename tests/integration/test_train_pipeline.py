@@ -110,14 +110,28 @@ def test_export_round_trip_matches_the_training_models(fixture_pair, tmp_path):
     assert [r.token_ids for r in verbalize(av2, v, 1, gs)] == [r.token_ids for r in verbalize(tav.av, v, 1, gs)]
 
 
-def test_lora_run_writes_an_adapter_pack_that_rebuilds_the_pair(fixture_pairs, tmp_path):
+def lora_run(fixture_pairs, tmp_path):
+    """A tiny LoRA run with one RL step: (pair fixture, corpus, final pair dir, adapter pack dir)."""
     pytest.importorskip("peft")
     pair = fixture_pairs["llama"]
     corpus = write_corpus(tmp_path / "corpus.jsonl")
     cfg = apply_overrides(tiny_config(tmp_path / "run", pair, corpus, lora=True),
                           {"rl.steps": 1, "eval.untrained": False, "pack_dtype": "fp32"})
-    final = train_pair(cfg)
-    pack = tmp_path / "run" / "adapter_pack"
+    return pair, corpus, train_pair(cfg), tmp_path / "run" / "adapter_pack"
+
+
+def assert_same_pair(dir_a, dir_b, tol: float) -> None:
+    """Same reconstruction (within tol) and the same greedy tokens from the two release-layout pairs."""
+    ar_a, ar_b = load_ar(dir_a / "ar", LoadOptions(device="cpu")), load_ar(dir_b / "ar", LoadOptions(device="cpu"))
+    torch.testing.assert_close(reconstruct(ar_b, ["A fox."]), reconstruct(ar_a, ["A fox."]), atol=tol, rtol=tol)
+    av_a, av_b = load_av(dir_a / "av", LoadOptions(device="cpu")), load_av(dir_b / "av", LoadOptions(device="cpu"))
+    v = torch.randn(2, av_a.d_model)
+    gs = GenerationSettings(greedy=True, max_new_tokens=6, engine="loop")
+    assert [r.token_ids for r in verbalize(av_a, v, 1, gs)] == [r.token_ids for r in verbalize(av_b, v, 1, gs)]
+
+
+def test_lora_run_writes_an_adapter_pack_that_rebuilds_the_pair(fixture_pairs, tmp_path):
+    pair, corpus, final, pack = lora_run(fixture_pairs, tmp_path)
     assert (pack / "pack.yaml").is_file() and (pack / "av_adapter_0" / "adapter_model.safetensors").is_file()
     assert not (pack / "av_adapter_1").exists()  # SFT and RL train one adapter per role
     size = sum(f.stat().st_size for f in pack.rglob("*") if f.is_file())
@@ -125,27 +139,16 @@ def test_lora_run_writes_an_adapter_pack_that_rebuilds_the_pair(fixture_pairs, t
     assert size < full / 3
     av_dir, ar_dir = materialize_adapter_pack(pack, pair.target, tmp_path / "rebuilt")
     assert validate_pair(av_dir, ar_dir).ok
-    ar_a, ar_b = load_ar(final / "ar", LoadOptions(device="cpu")), load_ar(ar_dir, LoadOptions(device="cpu"))
-    torch.testing.assert_close(reconstruct(ar_b, ["A fox."]), reconstruct(ar_a, ["A fox."]), atol=1e-4, rtol=1e-4)
-    av_a, av_b = load_av(final / "av", LoadOptions(device="cpu")), load_av(av_dir, LoadOptions(device="cpu"))
-    v = torch.randn(2, av_a.d_model)
-    gs = GenerationSettings(greedy=True, max_new_tokens=5, engine="loop")
-    assert [r.token_ids for r in verbalize(av_a, v, 1, gs)] == [r.token_ids for r in verbalize(av_b, v, 1, gs)]
+    assert_same_pair(final, tmp_path / "rebuilt", 1e-4)
 
 
 def test_warm_start_continues_an_adapter_pack(fixture_pairs, tmp_path):
     """init_from loads a pack's adapters and value head into the SFT stages: with a zero learning rate (and no
     RL) the new run's pair is the pack's pair; a mismatched pack is refused before any model loads."""
-    pytest.importorskip("peft")
     from nlalab.errors import NLALabError
     from nlalab.train import warm
 
-    pair = fixture_pairs["llama"]
-    corpus = write_corpus(tmp_path / "corpus.jsonl")
-    cfg = apply_overrides(tiny_config(tmp_path / "run", pair, corpus, lora=True),
-                          {"rl.steps": 1, "eval.untrained": False, "pack_dtype": "fp32"})
-    first = train_pair(cfg)
-    pack = tmp_path / "run" / "adapter_pack"
+    pair, corpus, first, pack = lora_run(fixture_pairs, tmp_path)
     sha = warm.check_pack(str(pack), pair.layer, 4, 8, None, True).sha256
     frozen = {"ar_sft.optim.lr": 0.0, "av_sft.optim.lr": 0.0, "rl.steps": 0}
     cfg2 = apply_overrides(tiny_config(tmp_path / "run2", pair, corpus, lora=True),
@@ -153,16 +156,11 @@ def test_warm_start_continues_an_adapter_pack(fixture_pairs, tmp_path):
     second = train_pair(cfg2)
     rec = json.loads((tmp_path / "run2" / "eval.json").read_text())["warm_start"]
     assert rec["sha256"] == sha and rec["init_from"] == str(pack)
-    ar_a, ar_b = load_ar(first / "ar", LoadOptions(device="cpu")), load_ar(second / "ar", LoadOptions(device="cpu"))
-    torch.testing.assert_close(reconstruct(ar_b, ["A fox."]), reconstruct(ar_a, ["A fox."]), atol=1e-5, rtol=1e-5)
-    av_a, av_b = load_av(first / "av", LoadOptions(device="cpu")), load_av(second / "av", LoadOptions(device="cpu"))
-    v = torch.randn(2, av_a.d_model)
-    gs = GenerationSettings(greedy=True, max_new_tokens=6, engine="loop")
-    assert [r.token_ids for r in verbalize(av_a, v, 1, gs)] == [r.token_ids for r in verbalize(av_b, v, 1, gs)]
+    assert_same_pair(first, second, 1e-5)
     # ... and a cold run with the same zero learning rate is a different (untrained) pair
     cold = train_pair(apply_overrides(tiny_config(tmp_path / "run3", pair, corpus, lora=True),
                                       {**frozen, "eval.untrained": False}))
-    ar_c = load_ar(cold / "ar", LoadOptions(device="cpu"))
+    ar_a, ar_c = load_ar(first / "ar", LoadOptions(device="cpu")), load_ar(cold / "ar", LoadOptions(device="cpu"))
     assert not torch.allclose(reconstruct(ar_c, ["A fox."]), reconstruct(ar_a, ["A fox."]), atol=1e-3)
 
     bad = {"lora.r": 8, "layer": pair.layer + 1, "init_from_sha256": "ab" * 32, "lora.enabled": False}

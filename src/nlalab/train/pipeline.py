@@ -647,9 +647,9 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
             interval = ckpt.IntervalCheckpoints(out / ckpt.CHECKPOINTS, cfg.rl.checkpoint_every, cfg.rl.steps, write_pair)
         if cfg.rl.steps > 0:
             say("rl: GRPO")
-            eval_fn = None
+            eval_fn: Optional[Callable[[], dict]] = None
             if (cfg.rl.eval_every or interval) and (ev_raw or ev_chat):
-                def eval_fn():
+                def held_out_eval() -> dict:
                     res = evaluate(tav.av, tar.ar, "rl", n_max=cfg.eval.rl_size)
                     row = {f"eval_fve_nrm{'' if k == 'raw' else '_chat'}": v.get("fve_nrm") for k, v in res.items()}
                     if "chat_last" in res:  # held-out keyword content at the study's position (rl.select reads it)
@@ -657,6 +657,7 @@ def train_pair(config: TrainConfig | dict, on_event: Optional[Callable[[str], No
                         row.update({"eval_recall_chat": c.get("keyword_recall"), "eval_hit_chat": c.get("keyword_hit"),
                                     "eval_n_chat": c.get("n"), "eval_keyword_n_chat": c.get("keyword_n")})
                     return row
+                eval_fn = held_out_eval
             trainer = GRPOTrainer(tav, tar, rl.vectors, cfg.rl, st_rl, b_rv=b_rv_all, resume=cfg.resume,
                                   on_log=log_row, eval_fn=eval_fn, kinds=[r["kind"] for r in rl.rows],
                                   checkpoints=interval)
