@@ -99,8 +99,9 @@ def check_pack(spec: str, layer: int, lora_r: int, lora_alpha: float, target_mod
     digest = _digest(files)
     if sha256 and digest != sha256:
         raise NLALabError(f"init_from={spec}: this pack's content (sha256 {digest[:12]}…) is not the one the recipe "
-                          f"continues ({sha256[:12]}…). Fix: restore that pack into a folder (docs/training.md, "
-                          "'Warm starts') and pass the folder as init_from, or drop init_from_sha256.")
+                          f"continues ({sha256[:12]}…). Fix: restore that pack into a folder (scripts/restore_pack.sh; "
+                          "docs/training.md, 'Warm starts') and pass the folder as init_from, or drop "
+                          "init_from_sha256.")
     return WarmPack(spec=spec, path=d, layer=int(layer), av_adapter=adapters["av"], ar_adapter=adapters["ar"],
                     sha256=digest)
 
