@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from nlalab.verbalize import fast  # noqa: E402
+from nlalab.verbalize.fast import kernel  # noqa: E402
 from nlalab.verbalize.generate import GenerationSettings  # noqa: E402
 
 try:  # the public name since the fast-engine commit; older trees had the private one
@@ -282,10 +283,8 @@ def main() -> None:
                     help="BN,WARPS,STAGES: the decode-attention kernel's launch (bench/tune_decode_attn.py)")
     args = ap.parse_args()
     if args.attn_launch:
-        from nlalab.verbalize.fast import kernel as _kernel
-
         bn, warps, stages = (int(x) for x in args.attn_launch.split(","))
-        _kernel.LAUNCH.update(bn=bn, num_warps=warps, num_stages=stages)
+        kernel.LAUNCH.update(bn=bn, num_warps=warps, num_stages=stages)
     todo = set(args.only.split(","))
     if args.devices > 1:
         todo.add("dp")
@@ -297,9 +296,7 @@ def main() -> None:
     res: dict = dict(device=dev_name, torch=torch.__version__, transformers=transformers.__version__,
                      shape=args.shape, model_shape=SHAPES[args.shape], rows=args.rows, new_tokens=args.new,
                      prompt_len=args.prompt_len, marker_pos=args.marker, sampling="temperature 1, full vocab")
-    from nlalab.verbalize.fast import kernel as _k
-
-    res["decode_attn_launch"] = dict(_k.LAUNCH)
+    res["decode_attn_launch"] = dict(kernel.LAUNCH)
     print(f"[bench] {args.shape} on {dev_name}, torch {torch.__version__}, transformers {transformers.__version__}",
           flush=True)
     bw = copy_bandwidth()

@@ -30,6 +30,7 @@ import yaml
 
 from nlalab.batching import left_padded
 from nlalab.errors import NLALabError
+from nlalab.rundir.io import file_sha256
 from nlalab.scorers.keyword import content_words
 
 TOPIC_LISTS = {"broad_v1": "data/topics/broad_v1.yaml"}
@@ -191,8 +192,7 @@ def reusable_broad_corpus(out: str | Path, *, topics: str = "broad_v1", per_topi
         return None
     if [s_.get("name") for s_ in meta.get("sources") or []] != [f"base-model:{model_id}"]:
         return None
-    payload = out.read_bytes()
-    if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
+    if file_sha256(out) != meta.get("sha256"):
         return None
     counts = {k.split(":", 1)[1]: v for k, v in (meta.get("counts") or {}).items()}
     return BroadInfo(path=out, n_prompts=int(meta.get("n_prompts") or 0), counts=counts,

@@ -18,8 +18,7 @@ import torch
 import yaml
 
 from nlalab.errors import NLALabError
-
-VALUE_HEAD = "value_head.safetensors"
+from nlalab.pairs.load import VALUE_HEAD_FILE as VALUE_HEAD, read_value_head
 
 
 @dataclass(frozen=True)
@@ -130,16 +129,10 @@ def load_av(tav, pack: WarmPack) -> None:
 
 
 def load_ar(tar, pack: WarmPack) -> None:
-    """The pack's AR adapter and value head into a freshly built trainable AR."""
-    from safetensors.torch import load_file
-
+    """The pack's AR adapter and value head into a freshly built trainable AR (bias-free, as ``load_ar``
+    builds it); ``read_value_head`` checks the head's key and its [d, d] shape."""
     _load_adapter(tar.peft, pack.ar_adapter, "ar")
-    w = load_file(str(pack.path / VALUE_HEAD))["weight"]
     head = tar.ar.value_head
-    if tuple(w.shape) != tuple(head.weight.shape):
-        raise NLALabError(f"warm start: {pack.path / VALUE_HEAD} has shape {list(w.shape)}, the AR's head "
-                          f"{list(head.weight.shape)} (a pack of another model width).")
+    w = read_value_head(pack.path, head.weight.shape[1])
     with torch.no_grad():
         head.weight.copy_(w.to(head.weight.dtype))
-        if head.bias is not None:
-            head.bias.zero_()
