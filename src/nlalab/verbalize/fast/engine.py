@@ -26,6 +26,7 @@ from nlalab.verbalize.fast.maths import (
     _post_attn,
     _pre_attn,
     _rms,
+    SamplerWork,
     token_hash,
 )
 from nlalab.verbalize.fast.options import (
@@ -148,7 +149,7 @@ class FastEngine:
             self.layers.append(_Layer(**vars(layer_weights(lay, self.gemma)), window=int(win) if win else None))
         self.windows = sorted({L.window for L in self.layers}, key=lambda w: -1 if w is None else w)
         self._fused: list = []
-        fuse = OPTIONS.fuse_weights if OPTIONS.fuse_weights is not None else self.device.type == "cuda"
+        fuse = OPTIONS.fuse_weights if OPTIONS.fuse_weights is not None else True
         if fuse:
             self._fuse(layers)
         self.cos: list[torch.Tensor] = []
@@ -156,6 +157,9 @@ class FastEngine:
         self.kp: list[torch.Tensor] = []
         self.vp: list[torch.Tensor] = []
         self.hv = token_hash(self.vocab, self.device)
+        # eager CPU decoding: reused [B, V] buffers and the screened sampler (maths.SamplerWork)
+        screen = OPTIONS.cpu_screen if OPTIONS.cpu_screen is not None else self.device.type == "cpu"
+        self.work: Optional[SamplerWork] = SamplerWork() if screen and self.device.type == "cpu" else None
         self.compile_policy = _resolved_compile(self.device)
         self.compile_mode = "none" if self.compile_policy == "auto" else self.compile_policy
         self.use_graphs = _resolved_graphs(self.device)
@@ -370,6 +374,12 @@ class FastEngine:
     def drop_states(self) -> None:
         """Free every per-batch buffer and graph (after an OOM, at the end of a call, or on request)."""
         self.states.clear()
+        if self.work is not None:
+            self.work = SamplerWork()
+
+    def _work_kw(self) -> dict:
+        """The head's ``work`` argument: only for eager CPU decoding (compiled/graphed steps never get it)."""
+        return {"work": self.work} if self.work is not None else {}
 
     # -------------------------------------------------------------------------------- running
 
@@ -398,7 +408,7 @@ class FastEngine:
         st.t.zero_()
         nxt, done = fns["head"](x[:, -1], self.norm_w, self.norm_eps, self.gemma, self.lm_w, self.lm_b,
                                 self.final_softcap, st.keys, st.t, self.hv, st.done, sp["eos"], sp["pad"],
-                                sp["temperature"], sp["top_k"], sp["top_p"], sp["greedy"])
+                                sp["temperature"], sp["top_k"], sp["top_p"], sp["greedy"], **self._work_kw())
         st.out[:, 0].copy_(nxt)
         st.cur.copy_(nxt)
         st.done.copy_(done)
@@ -409,14 +419,19 @@ class FastEngine:
         vp = self.vp[i] if self.P else None
         if st.shared and self.triton:  # the kernel also writes k/v into the cache
             return attend_decode_triton(q, kp, vp, st.kr[i], st.vr[i], pos, self.P, L.window, self.scaling, k, v)
-        st.kr[i].index_copy_(2, slot, k)
-        st.vr[i].index_copy_(2, slot, v)
+        if upto is not None:  # eager: a slice write (index_copy_ took ~150 us per call at 128 rows on the CPU)
+            st.kr[i][:, :, upto - 1:upto].copy_(k)
+            st.vr[i][:, :, upto - 1:upto].copy_(v)
+        else:
+            st.kr[i].index_copy_(2, slot, k)
+            st.vr[i].index_copy_(2, slot, v)
         kr, vr = st.kr[i], st.vr[i]
         if upto is not None:  # eager: only the filled slots (the rest are masked; attention cost ~ length)
             kr, vr = kr[:, :, :upto], vr[:, :, :upto]
         if st.shared:
-            mp, mr = masks[L.window]
-            return _attend(q, kp, vp, kr, vr, mp, mr, self.scaling)
+            mp, mr = masks[L.window][:2]
+            bias = masks[L.window][2] if len(masks[L.window]) > 2 else None
+            return _attend(q, kp, vp, kr, vr, mp, mr, self.scaling, bias=bias)
         return _attend_sdpa(q, kr, vr, masks[L.window][1], self.scaling)
 
     def _step(self, st: _State, sp: dict, fns: dict, upto: Optional[int] = None) -> None:
@@ -430,13 +445,18 @@ class FastEngine:
         x = self.embed(st.cur[:, None])
         # upto is never set where the Triton kernel runs (CUDA graphs); that kernel needs no masks
         masks = None if (st.shared and self.triton) else self._masks(pos, st.kpos_r[:upto])
+        if upto is not None and st.shared:
+            # eager: each window's masks as one additive fp32 bias, once per step instead of once per layer
+            masks = {w: (mp, mr, torch.zeros(mp.shape[0], mp.shape[1] + mr.shape[1], device=self.device)
+                         .masked_fill_(~torch.cat([mp, mr], dim=-1), float("-inf")))
+                     for w, (mp, mr) in masks.items()}
         cs = self._rope_rows(pos)
         for i, L in enumerate(self.layers):
             q, k, v = self._pre(fns, L, x, cs)
             x = self._post(fns, L, x, self._attend_step(st, i, L, q, k, v, pos, slot, masks, upto))
         nxt, done = fns["head"](x[:, -1], self.norm_w, self.norm_eps, self.gemma, self.lm_w, self.lm_b,
                                 self.final_softcap, st.keys, t, self.hv, st.done, sp["eos"], sp["pad"],
-                                sp["temperature"], sp["top_k"], sp["top_p"], sp["greedy"])
+                                sp["temperature"], sp["top_k"], sp["top_p"], sp["greedy"], **self._work_kw())
         st.out.index_copy_(1, t, nxt[:, None])
         st.done.copy_(done)
         st.cur.copy_(nxt)

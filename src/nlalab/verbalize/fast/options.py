@@ -60,6 +60,8 @@ class EngineOptions:
       120-row ones were slower again, so micro-batches of up to 64 rows, in equal chunks.
     - ``compact``: eager (CPU) decoding drops finished rows once this fraction of the batch has ended
       (0 = never; the fixed-shape CUDA graphs never compact).
+    - ``cpu_screen``: eager CPU decoding samples through ``maths._sample_screened`` (float64 scores only for
+      the tokens that can win; the same tokens as the full path) on reused [B, V] buffers. None: on the CPU.
     - ``keep_state``: keep per-batch buffers and graphs between ``verbalize`` calls (faster repeated calls,
       holds GPU memory until ``release_engines``).
     - ``profile``: synchronise around prefill and decode so ``Stats`` times are device times.
@@ -77,10 +79,11 @@ class EngineOptions:
     triton: Optional[bool] = None
     check_every: int = 16
     max_batch: int = 512
-    cpu_batch: int = 64
+    cpu_batch: int = 128
     mem_fraction: float = 0.85
     keep_state: bool = False
     compact: float = 0.25
+    cpu_screen: Optional[bool] = None
     profile: bool = False
     fuse_weights: Optional[bool] = None
     trace: Optional[list] = None
