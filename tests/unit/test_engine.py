@@ -168,7 +168,7 @@ def test_auto_is_fast_on_cpu_and_fast_rejects_unsupported(fixture_pairs):
 
 
 def test_fused_weights_give_the_same_tokens_and_are_restored(fixture_pairs, monkeypatch):
-    """On CUDA q/k/v and gate/up become one GEMM each while the engine lives; the model gets its own
+    """q/k/v and gate/up become one GEMM each while the engine lives (the default on every device); the model gets its own
     separate, unchanged weights back when the call ends."""
     monkeypatch.setattr(fast.OPTIONS, "fuse_weights", True)
     av = load_av(fixture_pairs["qwen2"].av)  # q/k/v biases fused too
