@@ -271,9 +271,9 @@ def test_compile_auto_plans_per_call(fixture_pair, monkeypatch):
     monkeypatch.delenv("NLALAB_FAST_COMPILE", raising=False)
     av = load_av(fixture_pair.av, BF16)
     # 18 rows: bf16 greedy on the d=64 fixtures has near-ties from the first token on. Measured on an H200
-    # (bench/gpu_agreement_diag2.py): qwen2 0.49 (4 of 18 rows differ at their first token; loop agrees with
+    # (`bench/gpu_agreement_diag.py rows`): qwen2 0.49 (4 of 18 rows differ at their first token; loop agrees with
     # itself at another batch split 1.00), the others 0.83-1.00; 6 rows per seed swing 0.62-0.84 on qwen2
-    # (bench/gpu_agreement_diag.py). A broken step agrees ~0, so the bound is 0.35.
+    # (`bench/gpu_agreement_diag.py launches`). A broken step agrees ~0, so the bound is 0.35.
     vecs = torch.randn(18, av.d_model, generator=torch.Generator().manual_seed(0)) * 30
     gs = GenerationSettings(engine="fast", max_new_tokens=24, greedy=True)
     short = verbalize(av, vecs, settings=gs)
