@@ -15,18 +15,9 @@ import torch
 
 from nlalab.pairs.load import LoadOptions, load_av
 from nlalab.testing import build_fixture_pair
+from nlalab.testing import prefix_agreement as agree
 from nlalab.verbalize import GenerationSettings, fast, verbalize
 from nlalab.verbalize.fast import kernel
-
-
-def agree(a, b) -> list:
-    fr = []
-    for x, y in zip(a, b):
-        n = 0
-        while n < min(len(x), len(y)) and x[n] == y[n]:
-            n += 1
-        fr.append(n / max(len(x), len(y), 1))
-    return fr
 
 
 def toks(av, vecs, engine, **kw):

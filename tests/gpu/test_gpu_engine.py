@@ -14,6 +14,7 @@ if not torch.cuda.is_available():  # pragma: no cover - CI has no GPU
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
 from nlalab.pairs.load import LoadOptions, load_av, release  # noqa: E402
+from nlalab.testing import prefix_agreement  # noqa: E402
 from nlalab.verbalize import GenerationSettings, verbalize  # noqa: E402
 from nlalab.verbalize import fast  # noqa: E402
 from nlalab.verbalize.generate import resolve_engine  # noqa: E402
@@ -42,12 +43,7 @@ def _toks(recs):
 
 def _prefix_agreement(a, b) -> float:
     """Mean fraction of each row's tokens before the first difference."""
-    fr = []
-    for x, y in zip(a, b):
-        n = 0
-        while n < min(len(x), len(y)) and x[n] == y[n]:
-            n += 1
-        fr.append(n / max(len(x), len(y), 1))
+    fr = prefix_agreement(a, b)
     return sum(fr) / len(fr)
 
 

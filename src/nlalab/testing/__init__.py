@@ -150,3 +150,15 @@ def dispatch_layers(model: torch.nn.Module, devices: list):
 
 __all__ = ["ARCHES", "DEFECTS", "FixturePair", "build_fixture_pair", "dispatch_layers", "make_defect",
            "torch_threads"]
+
+
+def prefix_agreement(a, b) -> list[float]:
+    """Per row: the fraction of its tokens before the first difference between two runs' token lists (how
+    bf16 GPU rows are compared with ``loop``; tests/gpu and bench/gpu_agreement_diag.py)."""
+    fr = []
+    for x, y in zip(a, b):
+        n = 0
+        while n < min(len(x), len(y)) and x[n] == y[n]:
+            n += 1
+        fr.append(n / max(len(x), len(y), 1))
+    return fr

@@ -149,8 +149,7 @@ class FastEngine:
             self.layers.append(_Layer(**vars(layer_weights(lay, self.gemma)), window=int(win) if win else None))
         self.windows = sorted({L.window for L in self.layers}, key=lambda w: -1 if w is None else w)
         self._fused: list = []
-        fuse = OPTIONS.fuse_weights if OPTIONS.fuse_weights is not None else True
-        if fuse:
+        if OPTIONS.fuse_weights is not False:  # None (default): on every device
             self._fuse(layers)
         self.cos: list[torch.Tensor] = []
         self.sin: list[torch.Tensor] = []
@@ -158,8 +157,8 @@ class FastEngine:
         self.vp: list[torch.Tensor] = []
         self.hv = token_hash(self.vocab, self.device)
         # eager CPU decoding: reused [B, V] buffers and the screened sampler (maths.SamplerWork)
-        screen = OPTIONS.cpu_screen if OPTIONS.cpu_screen is not None else self.device.type == "cpu"
-        self.work: Optional[SamplerWork] = SamplerWork() if screen and self.device.type == "cpu" else None
+        screen = self.device.type == "cpu" and OPTIONS.cpu_screen is not False
+        self.work: Optional[SamplerWork] = SamplerWork() if screen else None
         self.compile_policy = _resolved_compile(self.device)
         self.compile_mode = "none" if self.compile_policy == "auto" else self.compile_policy
         self.use_graphs = _resolved_graphs(self.device)
@@ -419,19 +418,17 @@ class FastEngine:
         vp = self.vp[i] if self.P else None
         if st.shared and self.triton:  # the kernel also writes k/v into the cache
             return attend_decode_triton(q, kp, vp, st.kr[i], st.vr[i], pos, self.P, L.window, self.scaling, k, v)
-        if upto is not None:  # eager: a slice write (index_copy_ took ~150 us per call at 128 rows on the CPU)
-            st.kr[i][:, :, upto - 1:upto].copy_(k)
+        if upto is not None:  # eager: a slice write (index_copy_ took ~150 us per call at 128 rows on the CPU),
+            st.kr[i][:, :, upto - 1:upto].copy_(k)  # and attention over the filled slots only (cost ~ length)
             st.vr[i][:, :, upto - 1:upto].copy_(v)
+            kr, vr = st.kr[i][:, :, :upto], st.vr[i][:, :, :upto]
         else:
             st.kr[i].index_copy_(2, slot, k)
             st.vr[i].index_copy_(2, slot, v)
-        kr, vr = st.kr[i], st.vr[i]
-        if upto is not None:  # eager: only the filled slots (the rest are masked; attention cost ~ length)
-            kr, vr = kr[:, :, :upto], vr[:, :, :upto]
+            kr, vr = st.kr[i], st.vr[i]
         if st.shared:
-            mp, mr = masks[L.window][:2]
-            bias = masks[L.window][2] if len(masks[L.window]) > 2 else None
-            return _attend(q, kp, vp, kr, vr, mp, mr, self.scaling, bias=bias)
+            mp, mr, *bias = masks[L.window]  # eager CPU steps add the window's additive bias (see _step)
+            return _attend(q, kp, vp, kr, vr, mp, mr, self.scaling, bias=bias[0] if bias else None)
         return _attend_sdpa(q, kr, vr, masks[L.window][1], self.scaling)
 
     def _step(self, st: _State, sp: dict, fns: dict, upto: Optional[int] = None) -> None:
