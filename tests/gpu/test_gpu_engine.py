@@ -283,3 +283,39 @@ def test_compile_auto_plans_per_call(fixture_pair, monkeypatch):
     print(f"compile auto: agreement with loop, uncompiled {a_short:.3f}, compiled {a_long:.3f}")
     assert a_short >= 0.35 and a_long >= 0.35, (a_short, a_long)
     release(av)
+
+
+@pytest.mark.parametrize("layout", ["copy", "shared"])
+def test_shared_prefill_of_repeated_rows_on_the_gpu(fixture_pairs, no_tf32, compile_mode, attention, monkeypatch,
+                                                    layout):
+    """K samples of one vector (and of one blind prompt) share one prefill (OPTIONS.dedup_prefill): in fp32 on
+    CUDA the sampled rows equal the rows with every row prefilled, in both cache layouts and in plain mode."""
+    from nlalab.pairs.load import av_eos_ids, load_target
+    from nlalab.verbalize.plain import generate_texts
+
+    compile_mode("none")
+    attention(layout)
+    p = fixture_pairs["qwen2"]
+    av = load_av(p.av, FP32)
+    torch.manual_seed(3)
+    vecs = torch.randn(3, av.d_model) * 30
+    gs = GenerationSettings(engine="fast", max_new_tokens=20, temperature=1.0, seed=4)
+    rows = {}
+    for dedup in (True, False):
+        monkeypatch.setattr(fast.OPTIONS, "dedup_prefill", dedup)
+        rows[dedup] = _toks(verbalize(av, vecs, k=3, settings=gs))
+        assert fast.last_stats().extra["prefill_rows"] == (3 if dedup else 9)
+    assert rows[True] == rows[False]
+    release(av)
+    tg = load_target(p.target, p.layer, FP32, truncate=False)
+    tok = tg.tokenizer
+    prompts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True, add_generation_prompt=True)
+               for t in ("Hi", "Prove it.")]
+    prompts = [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in prompts]
+    plain = {}
+    for dedup in (True, False):
+        monkeypatch.setattr(fast.OPTIONS, "dedup_prefill", dedup)
+        plain[dedup] = [r.token_ids for r in generate_texts(tg.model, tok, prompts, av_eos_ids(tok, tg.model), 3,
+                                                            [1, 2], gs)]
+    assert plain[True] == plain[False]
+    release(tg)

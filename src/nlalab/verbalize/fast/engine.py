@@ -90,6 +90,29 @@ def last_stats() -> Stats:
     return _LAST[0]
 
 
+def duplicate_rows(x: torch.Tensor) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """``(rep, inv)`` with ``x[rep][inv]`` equal to ``x`` bit for bit: ``rep`` the first row of each distinct
+    row, in row order; None when every row differs. Why: the K samples of one activation (and the blind
+    control's samples of one prompt) share their whole prompt, so their prefill is one computation copied;
+    rows compare by bit pattern (-0.0 is not 0.0, NaN equals itself)."""
+    B = x.shape[0]
+    if B < 2:
+        return None
+    flat = x.reshape(B, -1)
+    if flat.is_floating_point():
+        flat = flat.view({1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[flat.element_size()])
+    u, inv = torch.unique(flat, dim=0, return_inverse=True)
+    U = u.shape[0]
+    if U == B:
+        return None
+    first = torch.full((U,), B, dtype=torch.long, device=x.device).scatter_reduce_(
+        0, inv, torch.arange(B, device=x.device), "amin")
+    order = first.argsort()
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(U, device=x.device)
+    return first[order], rank[inv]
+
+
 class _EmbedOnly:
     """What ``injected_embeds`` needs of a model, without holding the model itself."""
 
@@ -167,6 +190,7 @@ class FastEngine:
         self._cap_stream = None  # this engine's CUDA graph capture stream (made at the first capture)
         self.states: dict = {}
         self.stats = Stats()
+        self.prefill_rows = 0  # rows the last prefill computed (fewer than the batch when rows repeat)
         with torch.no_grad():
             self._rope_tables(max(self.T + 256, int(rope_len)))  # one forward of the model: size it once
             self._prefix()
@@ -383,29 +407,36 @@ class FastEngine:
     # -------------------------------------------------------------------------------- running
 
     def _prefill(self, st: _State, embeds: torch.Tensor, sp: dict, fns: dict) -> None:
-        """The suffix rows [marker, end of prompt) of every row, over the shared prefix (sdpa, fp32 scores)."""
+        """The suffix rows [marker, end of prompt) of every row, over the shared prefix (sdpa, fp32 scores).
+        Rows with the same injected vector (the K samples of one activation, padding rows) are computed once
+        and their K/V and last hidden state copied (:func:`duplicate_rows`)."""
         S, a, b = st.S, st.off, st.off + st.S
         pos = self.P + torch.arange(S, device=self.device)
+        dup = duplicate_rows(embeds[:, 0]) if OPTIONS.dedup_prefill else None
+        x = embeds if dup is None else embeds.index_select(0, dup[0])
+        self.prefill_rows = int(x.shape[0])
         masks = self._masks(pos, st.kpos_r[:b])
-        x = embeds
         eager = self._eager_fns()
         cs = self._rope_rows(pos)
         for i, L in enumerate(self.layers):
             q, k, v = self._pre(eager, L, x, cs)
-            st.kr[i][:, :, a:b].copy_(k)
-            st.vr[i][:, :, a:b].copy_(v)
+            st.kr[i][:, :, a:b].copy_(k if dup is None else k.index_select(0, dup[1]))
+            st.vr[i][:, :, a:b].copy_(v if dup is None else v.index_select(0, dup[1]))
             mp, mr = masks[L.window]
             if st.shared and self.P:
                 B = x.shape[0]
                 kk = torch.cat([self.kp[i][None].expand(B, -1, -1, -1), k], dim=2)
                 vv = torch.cat([self.vp[i][None].expand(B, -1, -1, -1), v], dim=2)
                 att = _attend_sdpa(q, kk, vv, torch.cat([mp, mr], dim=-1), self.scaling)
-            else:
+            elif dup is None:
                 att = _attend_sdpa(q, st.kr[i][:, :, :b], st.vr[i][:, :, :b], mr, self.scaling)
+            else:  # copy layout: the representative rows' own cache rows (prefix copies + the K/V just written)
+                att = _attend_sdpa(q, st.kr[i][dup[0], :, :b], st.vr[i][dup[0], :, :b], mr, self.scaling)
             x = self._post(eager, L, x, att)
         st.done.zero_()
         st.t.zero_()
-        nxt, done = fns["head"](x[:, -1], self.norm_w, self.norm_eps, self.gemma, self.lm_w, self.lm_b,
+        last = x[:, -1] if dup is None else x[:, -1].index_select(0, dup[1])
+        nxt, done = fns["head"](last, self.norm_w, self.norm_eps, self.gemma, self.lm_w, self.lm_b,
                                 self.final_softcap, st.keys, st.t, self.hv, st.done, sp["eos"], sp["pad"],
                                 sp["temperature"], sp["top_k"], sp["top_p"], sp["greedy"], **self._work_kw())
         st.out[:, 0].copy_(nxt)
@@ -594,6 +625,7 @@ class FastEngine:
             if profile and cuda:
                 stats.extra["peak_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
             stats.steps = steps
+            stats.extra["prefill_rows"] = self.prefill_rows
             self.stats = stats
             _LAST[0] = stats
             if OPTIONS.trace is not None:

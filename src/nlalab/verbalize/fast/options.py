@@ -64,6 +64,10 @@ class EngineOptions:
       (0 = never; the fixed-shape CUDA graphs never compact).
     - ``cpu_screen``: eager CPU decoding samples through ``maths._sample_screened`` (float64 scores only for
       the tokens that can win; the same tokens as the full path) on reused [B, V] buffers. None: on the CPU.
+    - ``dedup_prefill``: rows whose prompt is identical (the K samples of one activation, the blind
+      control's samples of one prompt, padding rows) share one prefill; their K/V and last hidden state
+      are copied. The same tokens on the CPU (MKL's rows do not depend on the batch at prefill sizes;
+      tested); on GPUs within the documented bf16 agreement.
     - ``keep_state``: keep per-batch buffers and graphs between ``verbalize`` calls (faster repeated calls,
       holds GPU memory until ``release_engines``).
     - ``profile``: synchronise around prefill and decode so ``Stats`` times are device times.
@@ -88,6 +92,7 @@ class EngineOptions:
     keep_state: bool = False
     compact: float = 0.25
     cpu_screen: Optional[bool] = None
+    dedup_prefill: bool = True
     profile: bool = False
     fuse_weights: Optional[bool] = None
     trace: Optional[list] = None

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from nlalab.errors import NLALabError
+from nlalab.verbalize.fast.engine import duplicate_rows
 
 
 def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
@@ -144,29 +145,44 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
                            step, eng.hv, done, eos, int(pad_id), temperature, top_k, top_p, greedy, **eng._work_kw())
 
     with torch.no_grad(), sdpa_backends(dev):
+        # rows with the same prompt (the K samples of one prompt) share one prefill; K/V copied after
+        dup = duplicate_rows(torch.cat([ids, gap[:, None]], 1)) if OPTIONS.dedup_prefill else None
+        R = torch.arange(B, device=dev) if dup is None else dup[0]  # the rows the prefill computes
+        eng.prefill_rows = len(R)
+        kr_p = kr if dup is None else [t[:len(R)] for t in kr]
+        vr_p = vr if dup is None else [t[:len(R)] for t in vr]
         for i in range(len(eng.layers)):
             if P:
-                kr[i][:, :, :P].copy_(eng.kp[i][None])
-                vr[i][:, :, :P].copy_(eng.vp[i][None])
+                kr_p[i][:, :, :P].copy_(eng.kp[i][None])
+                vr_p[i][:, :, :P].copy_(eng.vp[i][None])
         b = P + Smax
-        ms = masks(qpos, b, self_slot=P + torch.arange(Smax, device=dev))
+        kpos_b, valid_b = kpos, valid
+        kpos, valid = kpos[R], valid[R]  # masks() reads these
+        ms = masks(qpos[R], b, self_slot=P + torch.arange(Smax, device=dev))
+        kpos, valid = kpos_b, valid_b
         # Packed prefill: the projections, norms, rotary and MLP run on the real suffix tokens only ([1, N]),
         # and only attention sees the middle-padded [B, Smax] layout (gap keys stay zero and are masked, so
         # they add exact zeros). The blind control's prompts fill 44 % of B x Smax: 10 -> ~5 s on the CPU.
-        bi, si = (torch.arange(Smax, device=dev)[None] >= gap[:, None]).nonzero(as_tuple=True)
-        x = eng.embed(ids[bi, si])[None]
-        pos_p = qpos[bi, si]
+        bi, si = (torch.arange(Smax, device=dev)[None] >= gap[R][:, None]).nonzero(as_tuple=True)
+        x = eng.embed(ids[R][bi, si])[None]
+        pos_p = qpos[R][bi, si]
         cs = {r: (eng.cos[r][pos_p], eng.sin[r][pos_p]) for r in {La.rope for La in eng.layers}}
-        qpad = torch.zeros(B, Smax, eng.n_heads, eng.head_dim, device=dev, dtype=eng.dtype)
+        qpad = torch.zeros(len(R), Smax, eng.n_heads, eng.head_dim, device=dev, dtype=eng.dtype)
         for i, Lay in enumerate(eng.layers):
             q, k, v = pre(Lay, x, cs)  # [1, heads, N, D]
             qpad[bi, si] = q[0].transpose(0, 1)
-            kr[i][bi, :, P + si] = k[0].transpose(0, 1)
-            vr[i][bi, :, P + si] = v[0].transpose(0, 1)
-            att = _attend_rows(qpad.transpose(1, 2), kr[i][:, :, :b], vr[i][:, :, :b], ms[Lay.window], eng.scaling)
+            kr_p[i][bi, :, P + si] = k[0].transpose(0, 1)
+            vr_p[i][bi, :, P + si] = v[0].transpose(0, 1)
+            att = _attend_rows(qpad.transpose(1, 2), kr_p[i][:, :, :b], vr_p[i][:, :, :b], ms[Lay.window],
+                               eng.scaling)
             x = eng._post(fns, Lay, x, att.transpose(1, 2)[bi, si].transpose(0, 1)[None])
-        last = torch.cumsum(lens, 0) - 1  # suffixes are right-aligned: each row's last token is its last slot
-        nxt, done = head(x[0, last], 0)
+        last = torch.cumsum(lens[R], 0) - 1  # suffixes are right-aligned: each row's last token is its last slot
+        xl = x[0, last]
+        if dup is not None:  # every row from its representative (built in place: kr[i][:U] holds them)
+            for t in kr + vr:
+                t.copy_(t.index_select(0, dup[1]))
+            xl = xl.index_select(0, dup[1])
+        nxt, done = head(xl, 0)
         out[:, 0] = nxt
         steps = 1
         pos = qpos[:, -1:].clone()  # [B, 1]
@@ -299,6 +315,7 @@ def iter_plain(model, tokenizer, prompts: Sequence[Sequence[int]], eos_ids: Sequ
             toks, done = toks.cpu(), done.cpu()
             if OPTIONS.trace is not None:
                 OPTIONS.trace.append({"mode": "plain", "rows": len(chunk), "batch": len(chunk),
+                                      "prefill_rows": eng.prefill_rows,
                                       "steps": int(toks.shape[1]), "total_s": round(time.perf_counter() - t0, 4),
                                       "at": time.time()})
             yield vidx, sidx, toks, done
