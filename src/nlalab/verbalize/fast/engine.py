@@ -181,7 +181,7 @@ class FastEngine:
         self.hv = token_hash(self.vocab, self.device)
         # eager CPU decoding: reused [B, V] buffers and the screened sampler (maths.SamplerWork)
         screen = self.device.type == "cpu" and OPTIONS.cpu_screen is not False
-        self.work: Optional[SamplerWork] = SamplerWork() if screen else None
+        self.work: Optional[SamplerWork] = SamplerWork(self._bounded_head()) if screen else None
         self.compile_policy = _resolved_compile(self.device)
         self.compile_mode = "none" if self.compile_policy == "auto" else self.compile_policy
         self.use_graphs = _resolved_graphs(self.device)
@@ -246,6 +246,16 @@ class FastEngine:
         self._fused = []
         for L in self.layers:
             L.wqkv = L.bqkv = L.wgu = None
+
+    def _bounded_head(self):
+        """The CPU head that samples from bf16 logits with a proven bound (fast.head), when it passes its
+        checks on this machine; else None (the full fp32 head)."""
+        if OPTIONS.cpu_bf16_head is False or self.lm_b is not None or self.final_softcap is not None:
+            return None
+        from nlalab.verbalize.fast.head import BoundedHead
+
+        with torch.no_grad():
+            return BoundedHead.build(self.lm_w, force=OPTIONS.cpu_bf16_head is True)
 
     def alive(self) -> bool:
         m = self._model()
@@ -398,7 +408,7 @@ class FastEngine:
         """Free every per-batch buffer and graph (after an OOM, at the end of a call, or on request)."""
         self.states.clear()
         if self.work is not None:
-            self.work = SamplerWork()
+            self.work = SamplerWork(self.work.head)
 
     def _work_kw(self) -> dict:
         """The head's ``work`` argument: only for eager CPU decoding (compiled/graphed steps never get it)."""

@@ -204,8 +204,9 @@ class SamplerWork:
     page faults cost more than the arithmetic done in them. Views of the largest size asked so far, so the
     batch may shrink (finished rows leave it) without reallocating."""
 
-    def __init__(self) -> None:
+    def __init__(self, head=None) -> None:
         self._bufs: dict = {}
+        self.head = head  # a fast.head.BoundedHead (bf16 logits with a bound, exact candidates), or None
 
     def get(self, name: str, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
         n = math.prod(shape)
@@ -265,30 +266,50 @@ def _sample_screened(lg: torch.Tensor, keys: torch.Tensor, step, hv: torch.Tenso
     equal scores) is the full path's. Returns None where the screen does not apply (non-finite logits, too
     many candidates): the caller runs the full path. 2-core CPU, 128 rows x 49k: 82 -> ~15 ms per step."""
     B, V = lg.shape
-    dev = lg.device
     if lg.dtype != torch.float32 or V < 64:
         return None
     split = _SPLIT if V % _SPLIT == 0 and V >= 64 * _SPLIT else 1
     mx, top = _row_max(lg, split)
     if not bool(torch.isfinite(mx).all()):
         return None
-    tmp = work.get("tmp", (B, V), torch.int32, dev)
-    bits = noise_bits(keys, step, hv, out=work.get("bits", (B, V), torch.int32, dev), tmp=tmp)
-    rows = torch.arange(B, device=dev)
+    bits = noise_bits(keys, step, hv, out=work.get("bits", (B, V), torch.int32, lg.device),
+                      tmp=work.get("tmp", (B, V), torch.int32, lg.device))
+    rows = torch.arange(B, device=lg.device)
     # L <= the best score; its own rounding does not matter (only the candidates' scores must be exact)
-    e_l = torch.exp(gumbel_scores(bits[rows, top], lg[rows, top]) - mx.double())
-    kappa = (e_l / (4294967296.0 * (1 + _SCREEN_EPS))).float()[:, None]
-    # d = exp(lg - max) - kappa * min(|bits|, cap); a token can win only where d >= -kappa: for u >= 1/2,
+    cand = _screen(lg, mx, gumbel_scores(bits[rows, top], lg[rows, top]), bits, split, work)
+    if cand is None:
+        return None
+    r, c = cand
+    return _pick(r, c, bits[r, c], lg[r, c], B, V)
+
+
+def _screen(ub: torch.Tensor, mx: torch.Tensor, score: torch.Tensor, bits: torch.Tensor, split: int,
+            work: SamplerWork) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """(rows, cols) of every token that can reach ``score`` [B] (float64: a score some token of the row
+    reaches, so a lower bound on the row's best), given upper bounds ``ub`` [B, V] fp32 on the logits (the
+    logits themselves in :func:`_sample_screened`) with row maxima ``mx``, and the noise ``bits``: the test
+    of :func:`_sample_screened` with ``lg_j`` replaced by its bound. None: too many candidates."""
+    B, V = ub.shape
+    dev = ub.device
+    kappa = (torch.exp(score - mx.double()) / (4294967296.0 * (1 + _SCREEN_EPS))).float()[:, None]
+    # d = exp(ub - max) - kappa * min(|bits|, cap); a token can win only where d >= -kappa: for u >= 1/2,
     # |bits| = 2^32 (1 - u) + 1/2 (hence the floor -kappa, not 0)
-    d = torch.sub(lg, mx[:, None], out=work.get("q", (B, V), torch.float32, dev)).exp_()
+    d = torch.sub(ub, mx[:, None], out=work.get("q", (B, V), torch.float32, dev)).exp_()
     a = work.get("a", (B, V), torch.float32, dev)
     a.copy_(bits).abs_().clamp_max_(_SCREEN_CAP)
     torch.addcmul(d, a, kappa, value=-1.0, out=d)
     r, c = _nonneg_where(d, -kappa, split)
-    n = r.numel()
-    if n > _SCREEN_MAX:  # one thread and whole vectors only below torch's grain size
+    if r.numel() > _SCREEN_MAX:  # one thread and whole vectors only below torch's grain size
         return None
-    bc, lc = bits[r, c], lg[r, c]
+    return r, c
+
+
+def _pick(r: torch.Tensor, c: torch.Tensor, bc: torch.Tensor, lc: torch.Tensor, B: int, V: int
+          ) -> Optional[torch.Tensor]:
+    """The token of each row among its candidates (rows ``r``, columns ``c``, noise bits ``bc`` and exact
+    fp32 logits ``lc`` there): the largest float64 score, the first column among equal scores."""
+    n = r.numel()
+    dev = r.device
     pad = (-n) % 32  # whole vectors: the same kernel path (vectorized log) as every element of [B, V]
     if pad:
         bc = torch.cat([bc, bc.new_zeros(pad)])
@@ -340,18 +361,23 @@ def _head_sample(x, norm_w, eps: float, gemma: bool, lm_w, lm_b, final_softcap: 
                  done, eos, pad: int, temperature: float, top_k: int, top_p: float, greedy: bool,
                  work: Optional[SamplerWork] = None):
     """Final norm, LM head, soft-capping, sampling, pad-after-end, and the updated finished flags. ``work``
-    (eager CPU decoding): the logits go into a reused buffer (``mm`` into it gives F.linear's values) and
-    the screened sampler runs."""
+    (eager CPU decoding): its bounded bf16 head samples where it applies (``fast.head``), else the logits go
+    into a reused buffer (``mm`` into it gives F.linear's values) and the screened sampler runs."""
     h = _rms(x, norm_w, eps, gemma)
-    if work is not None and lm_b is None and h.dim() == 2:
-        logits = torch.mm(h, lm_w.t(), out=work.get("logits", (h.shape[0], lm_w.shape[0]), h.dtype, h.device))
-    else:
-        logits = F.linear(h, lm_w, lm_b)
-    if final_softcap is not None:
-        logits = logits / final_softcap
-        logits = torch.tanh(logits)
-        logits = logits * final_softcap
-    nxt = _sample(logits, keys, step, hv, temperature, top_k, top_p, greedy, work)
+    nxt = None
+    if (work is not None and work.head is not None and lm_b is None and final_softcap is None and not greedy
+            and not top_k and top_p >= 1.0 and h.dim() == 2):
+        nxt = work.head.sample(h, keys, step, hv, temperature, work)  # None: it does not apply, full path
+    if nxt is None:
+        if work is not None and lm_b is None and h.dim() == 2:
+            logits = torch.mm(h, lm_w.t(), out=work.get("logits", (h.shape[0], lm_w.shape[0]), h.dtype, h.device))
+        else:
+            logits = F.linear(h, lm_w, lm_b)
+        if final_softcap is not None:
+            logits = logits / final_softcap
+            logits = torch.tanh(logits)
+            logits = logits * final_softcap
+        nxt = _sample(logits, keys, step, hv, temperature, top_k, top_p, greedy, work)
     nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
     if eos is not None:
         done = done | torch.isin(nxt, eos)

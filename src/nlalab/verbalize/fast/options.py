@@ -64,6 +64,10 @@ class EngineOptions:
       (0 = never; the fixed-shape CUDA graphs never compact).
     - ``cpu_screen``: eager CPU decoding samples through ``maths._sample_screened`` (float64 scores only for
       the tokens that can win; the same tokens as the full path) on reused [B, V] buffers. None: on the CPU.
+    - ``cpu_bf16_head``: with the screen, sample from bf16 logits with a proven error bound and exact fp32
+      logits for the few tokens that can win (``fast.head``; the same tokens as the full fp32 head). None:
+      where its build-time checks pass and bf16 is >= 1.5x faster here (AMX/AVX512-BF16 CPUs); True: the
+      exactness checks only (tests).
     - ``dedup_prefill``: rows whose prompt is identical (the K samples of one activation, the blind
       control's samples of one prompt, padding rows) share one prefill; their K/V and last hidden state
       are copied. The same tokens on the CPU (MKL's rows do not depend on the batch at prefill sizes;
@@ -92,6 +96,7 @@ class EngineOptions:
     keep_state: bool = False
     compact: float = 0.25
     cpu_screen: Optional[bool] = None
+    cpu_bf16_head: Optional[bool] = None
     dedup_prefill: bool = True
     profile: bool = False
     fuse_weights: Optional[bool] = None
