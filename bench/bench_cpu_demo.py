@@ -61,19 +61,31 @@ def device_info() -> dict:
             "transformers": __import__("transformers").__version__}
 
 
-def one(engine: str, out: Path, limit) -> dict:
+# side -> (engine, fast.OPTIONS overrides): "r4" is today's default with the fifth round's changes off
+SIDES = {"new": ("auto", {}), "old": ("loop", {}), "r4": ("auto", {"dedup_prefill": False, "cpu_bf16_head": False})}
+
+
+def one(engine: str, out: Path, limit, options: dict | None = None) -> dict:
     from nlalab.cli import OFFLINE_DEMO
     from nlalab.study.config import RunConfig, control_names
     from nlalab.study.pipeline import run_study
+    from nlalab.verbalize import fast
 
     cfg = RunConfig(out=str(out), controls=control_names(), engine=engine, limit_per_category=limit, progress=False,
                     **OFFLINE_DEMO)
     os.environ["NLALAB_CPU_THREADS"] = "keep" if engine == "loop" else "auto"
+    saved = {k: getattr(fast.OPTIONS, k) for k in (options or {})}
+    for k, v in (options or {}).items():
+        setattr(fast.OPTIONS, k, v)
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    res = run_study(cfg)
+    try:
+        res = run_study(cfg)
+    finally:
+        for k, v in saved.items():
+            setattr(fast.OPTIONS, k, v)
     total = time.perf_counter() - t0
-    return {"engine": engine, "cpu_threads_policy": os.environ["NLALAB_CPU_THREADS"], "total_s": round(total, 2), "timings_s": res.get("timings_s_this_invocation"),
+    return {"engine": engine, "options": options or {}, "cpu_threads_policy": os.environ["NLALAB_CPU_THREADS"], "total_s": round(total, 2), "timings_s": res.get("timings_s_this_invocation"),
             "load_avg_1min_before": round(load0, 2), "load_avg_1min_after": round(os.getloadavg()[0], 2)}
 
 
@@ -131,7 +143,9 @@ def main() -> None:
     ap.add_argument("--interleaved", type=int, default=0, help="reps of the interleaved stage bench (0 = off)")
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--limit-per-category", type=int, default=None)
-    ap.add_argument("--order", default="old,new", help="old,new or new,old")
+    ap.add_argument("--order", default="old,new",
+                    help="comma list of sides: new (today's default), old (loop engine), r4 (default without the "
+                         "fifth round: dedup_prefill and cpu_bf16_head off)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--keep", default=None, help="keep the run directories under this folder")
     args = ap.parse_args()
@@ -153,12 +167,13 @@ def main() -> None:
     for side in args.order.split(","):
         out = root / side
         shutil.rmtree(out, ignore_errors=True)
-        runs[side] = one("loop" if side == "old" else "auto", out, args.limit_per_category)
+        engine, options = SIDES[side]
+        runs[side] = one(engine, out, args.limit_per_category, options)
         print(side, json.dumps(runs[side]), flush=True)
-    same = (root / "old" / "samples.jsonl").read_bytes() == (root / "new" / "samples.jsonl").read_bytes()
+    same = len({(root / side / "samples.jsonl").read_bytes() for side in runs}) == 1
     rec = {"what": "nlalab run --out runs/demo (offline default), old engine vs new, same process",
            "limit_per_category": args.limit_per_category, "order": args.order, "device": device_info(),
-           "old": runs["old"], "new": runs["new"], "samples_identical": same,
+           **runs, "samples_identical": same,
            "speedup": round(runs["old"]["total_s"] / runs["new"]["total_s"], 3),
            "caveat": "2-core machine shared with other jobs while measured: see load averages"}
     name = "cpu_demo" + (f"_{args.tag}" if args.tag else "") + ".json"

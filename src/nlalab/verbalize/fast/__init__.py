@@ -28,6 +28,10 @@ What it does, and why each part is there:
 - **Sampling semantics are the ``loop`` engine's:** the noise for (seed, vector key, sample, step,
   token) is the same pure hash (``nlalab.verbalize.sampling``), so a row's tokens do not depend on
   batching, padding, micro-batch size or engine, whenever the logits agree (bitwise on CPU fp32).
+- **Repeated rows share one prefill** (the K samples of one activation, of one blind prompt, padding rows):
+  computed once, K/V and last hidden state copied (``OPTIONS.dedup_prefill``).
+- **CPU head** (``head``): with the screened sampler, the head samples from bf16 logits with a proven
+  error bound and exact fp32 logits for the few tokens that can win; the same tokens as the fp32 head.
 - **Micro-batching** in equal chunks (the last padded with throw-away rows, so one graph serves all
   chunks), halved and retried on CUDA out-of-memory (the engine remembers the size that fitted).
 
@@ -50,7 +54,8 @@ eagerly (no graphs, no compile), so the CPU tests exercise it.
 Package layout: ``options`` (knobs, device lock), ``maths`` (the decoder as pure functions, compiled
 variants), ``kernel`` (Triton decode attention), ``weights`` (supported models, per-layer weight views;
 per-family facts from ``nlalab.pairs.families``), ``engine`` (``FastEngine``), ``runner`` (engine
-registry, micro-batch sizing, ``iter_fast``), ``plain`` (plain mode: prompts of different lengths, no
+registry, micro-batch sizing, ``iter_fast``), ``head`` (the CPU head over bf16 logits with a bound),
+``plain`` (plain mode: prompts of different lengths, no
 injection). ``nlalab.verbalize.engine`` re-exports this package for older imports.
 """
 

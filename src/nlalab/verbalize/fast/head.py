@@ -63,6 +63,11 @@ class BoundedHead:
         self.wmax = float(self.wn.max()) * (1 + 1e-6)
         self.a, self.c = _coefs(w.shape[1])
         self.enabled = True
+        # near-flat rows (e.g. the blind control's run-to-the-limit rows) pass too many candidates; after
+        # such a step the next ``backoff`` steps go straight to the full path (doubling up to 64, reset by
+        # a step that works), so the bf16 GEMM and screen are not paid twice on every step
+        self.skip = 0
+        self.backoff = 1
 
     @staticmethod
     def build(w: torch.Tensor, force: bool = False) -> Optional["BoundedHead"]:
@@ -119,6 +124,9 @@ class BoundedHead:
         V = self.w.shape[0]
         if not self.enabled or B < MIN_ROWS or h.dtype != torch.float32:
             return None
+        if self.skip:
+            self.skip -= 1
+            return None
         dev = h.device
         # lg~ as fp32 (exact: bf16 values are fp32 values), so every screen pass reads one dtype
         ub = work.get("ub", (B, V), torch.float32, dev).copy_(torch.mm(h.to(torch.bfloat16), self.wb.t()))
@@ -142,7 +150,9 @@ class BoundedHead:
         score = gumbel_scores(bits[rows, top], lt) - e.double()  # token j can win only if lg~_j/T + e + g_j >= it
         cand = _screen(ub, mx, score, bits, split, work)
         if cand is None:
+            self.skip, self.backoff = self.backoff, min(64, 2 * self.backoff)
             return None
+        self.backoff = 1
         r, c = cand
         cols, pos = torch.unique(c, return_inverse=True)
         lc = self._exact(h, cols)[r, pos]
