@@ -11,6 +11,7 @@ from nlalab.pairs.load import av_eos_ids, load_av, load_target
 from nlalab.verbalize import GenerationSettings, verbalize
 from nlalab.verbalize import fast
 from nlalab.verbalize.fast import maths
+from nlalab.verbalize.fast import head as H
 from nlalab.verbalize.fast.head import MIN_ROWS, BoundedHead
 from nlalab.verbalize.plain import generate_texts
 
@@ -127,3 +128,25 @@ def test_engine_tokens_do_not_change(fixture_pairs, monkeypatch):
                                                         [1, 2, 3, 4], GenerationSettings(engine="fast", max_new_tokens=12,
                                                                                          temperature=1.0, seed=8))]
     assert out[True] == out[False]
+
+
+def test_backs_off_after_a_screen_overflow(monkeypatch):
+    """Near-flat rows pass too many candidates: that step and the next ``backoff`` steps take the full path
+    (doubling), and a step that works resets the back-off."""
+    w, head = _head()
+    hv = maths.token_hash(w.shape[0], "cpu")
+    work = maths.SamplerWork()
+    flat = torch.randn(48, w.shape[1]) * 0.01
+    keys = torch.arange(48)
+    calls = []
+    real = H._screen
+    monkeypatch.setattr(H, "_screen", lambda *a: calls.append(1) or real(*a))
+    assert head.sample(flat, keys, 0, hv, 1.0, work) is None and (head.skip, head.backoff) == (1, 2)
+    assert head.sample(flat, keys, 1, hv, 1.0, work) is None and len(calls) == 1  # skipped, no screen
+    assert head.sample(flat, keys, 2, hv, 1.0, work) is None and (head.skip, head.backoff) == (2, 4)
+    for step in (3, 4):
+        assert head.sample(flat, keys, step, hv, 1.0, work) is None
+    assert len(calls) == 2
+    peaked = torch.randn(48, w.shape[1]) * 3
+    got = head.sample(peaked, keys, 5, hv, 1.0, work)
+    assert torch.equal(got, _reference(peaked, w, keys, 5, hv, 1.0)) and head.backoff == 1
