@@ -14,7 +14,7 @@ if not torch.cuda.is_available():  # pragma: no cover - CI has no GPU
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
 from nlalab.pairs.load import LoadOptions, load_av, release  # noqa: E402
-from nlalab.testing import prefix_agreement  # noqa: E402
+from nlalab.testing import chat_prompt_ids, prefix_agreement  # noqa: E402
 from nlalab.verbalize import GenerationSettings, verbalize  # noqa: E402
 from nlalab.verbalize import fast  # noqa: E402
 from nlalab.verbalize.generate import resolve_engine  # noqa: E402
@@ -219,9 +219,7 @@ def test_plain_mode_on_the_gpu_equals_loop(fixture_pairs, no_tf32):
         p = fixture_pairs[name]
         tg = load_target(p.target, p.layer, FP32, truncate=False)
         tok = tg.tokenizer
-        prompts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True, add_generation_prompt=True)
-                   for t in ("Hi", "What is the capital of Brazil and why?", "Prove it.")]
-        prompts = [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in prompts]
+        prompts = chat_prompt_ids(tok, ("Hi", "What is the capital of Brazil and why?", "Prove it."))
         eos = av_eos_ids(tok, tg.model)
         assert resolve_engine("auto", tg, plain=True) == "fast"
         for kw, need in ((dict(greedy=True), 1.0), (dict(temperature=1.0, seed=2), 0.8)):
@@ -245,9 +243,7 @@ def test_plain_mode_graphs_replay_the_eager_step(fixture_pairs, monkeypatch):
         p = fixture_pairs[name]
         tg = load_target(p.target, p.layer, BF16, truncate=False)
         tok = tg.tokenizer
-        prompts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True, add_generation_prompt=True)
-                   for t in ("Hi", "What is the capital of Brazil and why?", "Prove it.", "Name four birds.")]
-        prompts = [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in prompts]
+        prompts = chat_prompt_ids(tok, ("Hi", "What is the capital of Brazil and why?", "Prove it.", "Name four birds."))
         eos = av_eos_ids(tok, tg.model)
         for kw in (dict(greedy=True), dict(temperature=1.0, seed=5)):
             gs = GenerationSettings(max_new_tokens=40, engine="fast", **kw)
@@ -309,9 +305,7 @@ def test_shared_prefill_of_repeated_rows_on_the_gpu(fixture_pairs, no_tf32, comp
     release(av)
     tg = load_target(p.target, p.layer, FP32, truncate=False)
     tok = tg.tokenizer
-    prompts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True, add_generation_prompt=True)
-               for t in ("Hi", "Prove it.")]
-    prompts = [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in prompts]
+    prompts = chat_prompt_ids(tok, ("Hi", "Prove it."))
     plain = {}
     for dedup in (True, False):
         monkeypatch.setattr(fast.OPTIONS, "dedup_prefill", dedup)

@@ -12,6 +12,7 @@ if not torch.cuda.is_available() or torch.cuda.device_count() < 2:  # pragma: no
     pytest.skip("needs 2 CUDA GPUs", allow_module_level=True)
 
 from nlalab.pairs.load import LoadOptions, load_av  # noqa: E402
+from nlalab.testing import chat_prompt_ids  # noqa: E402
 from nlalab.verbalize import GenerationSettings, verbalize  # noqa: E402
 from nlalab.verbalize import tp  # noqa: E402
 
@@ -60,9 +61,7 @@ def test_tp_two_gpus_plain_capture_and_ar_equal_one_gpu(fixture_pairs):
     tg = load_target(p.target, p.layer, opts, truncate=False)
     tok = tg.tokenizer
     texts = ["Hi", "What is the capital of Brazil and why?", "Prove it.", "x " * 20]
-    prompts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True, add_generation_prompt=True)
-               for t in texts]
-    prompts = [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in prompts]
+    prompts = chat_prompt_ids(tok, texts)
     eos = av_eos_ids(tok, tg.model)
     gs = dict(max_new_tokens=16, temperature=1.0, seed=3)
     one = generate_texts(tg.model, tok, prompts, eos, 2, [1, 2, 3, 4], GenerationSettings(engine="loop", **gs))

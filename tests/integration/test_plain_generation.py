@@ -3,6 +3,7 @@
 import torch
 
 from nlalab.pairs.load import av_eos_ids, load_target
+from nlalab.testing import chat_prompt_ids
 from nlalab.verbalize import GenerationSettings
 from nlalab.verbalize.plain import generate_texts
 
@@ -12,9 +13,7 @@ def test_padded_batch_equals_one_by_one(fixture_pairs):
         p = fixture_pairs[name]
         tg = load_target(p.target, p.layer, truncate=False)
         tok = tg.tokenizer
-        prompts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True, add_generation_prompt=True)
-                   for t in ("Hi", "What is the capital of Brazil and why?", "Prove it.")]
-        prompts = [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in prompts]
+        prompts = chat_prompt_ids(tok, ("Hi", "What is the capital of Brazil and why?", "Prove it."))
         eos = av_eos_ids(tok, tg.model)
         for greedy in (True, False):
             gs = GenerationSettings(max_new_tokens=10, greedy=greedy, batch_size=8)

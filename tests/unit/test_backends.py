@@ -6,7 +6,7 @@ import torch
 
 from nlalab.errors import UsageError
 from nlalab.pairs.load import av_eos_ids, load_av, load_target
-from nlalab.testing import torch_threads
+from nlalab.testing import chat_prompt_ids, torch_threads
 from nlalab.verbalize import GenerationSettings, backends, verbalize
 from nlalab.verbalize.fast.plain import common_prefix
 from nlalab.verbalize.generate import resolve_engine, stream_keys
@@ -56,9 +56,7 @@ def test_common_prefix():
 
 
 def _prompts(tok, texts):
-    ps = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True, add_generation_prompt=True)
-          for t in texts]
-    return [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in ps]
+    return chat_prompt_ids(tok, texts)
 
 
 @pytest.mark.parametrize("name", ["qwen2", "gemma3_text", "llama"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nlalab.pairs.load import av_eos_ids, load_av, load_target
+from nlalab.testing import chat_prompt_ids
 from nlalab.verbalize import GenerationSettings, verbalize
 from nlalab.verbalize import fast
 from nlalab.verbalize.fast import maths
@@ -118,9 +119,7 @@ def test_engine_tokens_do_not_change(fixture_pairs, monkeypatch):
     p = fixture_pairs["qwen2"]
     tg = load_target(p.target, p.layer, truncate=False)
     tok = tg.tokenizer
-    prompts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True, add_generation_prompt=True)
-               for t in ("Hi", "Prove it.", "Name four birds.", "What is the capital of Brazil and why?")]
-    prompts = [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in prompts]
+    prompts = chat_prompt_ids(tok, ("Hi", "Prove it.", "Name four birds.", "What is the capital of Brazil and why?"))
     out = {}
     for on in (True, False):
         monkeypatch.setattr(fast.OPTIONS, "cpu_bf16_head", on)

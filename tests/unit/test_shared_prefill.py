@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nlalab.pairs.load import av_eos_ids, load_av, load_target
+from nlalab.testing import chat_prompt_ids
 from nlalab.verbalize import GenerationSettings, verbalize
 from nlalab.verbalize import fast
 from nlalab.verbalize.fast.engine import duplicate_rows
@@ -63,9 +64,7 @@ def test_plain_mode_k_samples_share_one_prefill(fixture_pairs, monkeypatch):
     p = fixture_pairs["qwen2"]
     tg = load_target(p.target, p.layer, truncate=False)
     tok = tg.tokenizer
-    prompts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True, add_generation_prompt=True)
-               for t in ("Hi", "What is the capital of Brazil and why?", "Prove it.")]
-    prompts = [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in prompts]
+    prompts = chat_prompt_ids(tok, ("Hi", "What is the capital of Brazil and why?", "Prove it."))
     eos = av_eos_ids(tok, tg.model)
     for kw in (dict(greedy=True), dict(temperature=1.0, seed=3)):
         gs = GenerationSettings(max_new_tokens=14, engine="fast", **kw)

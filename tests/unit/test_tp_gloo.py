@@ -11,7 +11,7 @@ from nlalab.capture import capture, run_to_block
 from nlalab.errors import UsageError
 from nlalab.pairs.load import av_eos_ids, load_ar, load_av, load_target
 from nlalab.reconstruct import reconstruct
-from nlalab.testing import torch_threads
+from nlalab.testing import chat_prompt_ids, torch_threads
 from nlalab.verbalize import GenerationSettings, backends, verbalize
 from nlalab.verbalize import tp
 from nlalab.verbalize.plain import generate_texts
@@ -139,9 +139,7 @@ def test_a_truncated_view_uses_the_full_models_shard(fixture_pairs):
 
 
 def _prompts(tok, texts):
-    ps = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True, add_generation_prompt=True)
-          for t in texts]
-    return [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in ps]
+    return chat_prompt_ids(tok, texts)
 
 
 @pytest.mark.parametrize("name", ["gemma3_text", "qwen2"])

@@ -162,3 +162,13 @@ def prefix_agreement(a, b) -> list[float]:
             n += 1
         fr.append(n / max(len(x), len(y), 1))
     return fr
+
+
+def chat_prompt_ids(tokenizer, texts) -> list[list[int]]:
+    """Token ids of each text as one user turn with the generation prompt (the chat template's output may
+    be a list or, in newer transformers, a BatchEncoding)."""
+    out = []
+    for t in texts:
+        x = tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=True, add_generation_prompt=True)
+        out.append(list(x["input_ids"]) if hasattr(x, "keys") else list(x))
+    return out
