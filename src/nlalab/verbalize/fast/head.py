@@ -20,8 +20,13 @@ What is assumed is checked when the head is built (per process and shape): the c
 three row and column counts, the bound (the largest ``|lg~ - lg| / eps`` on random rows must stay below
 0.5), and the speed (bf16 at least 1.5x fp32 here; without AMX/AVX512-BF16 it is not). Any failure, fewer
 than ``MIN_ROWS`` rows, a soft-capped/biased head, top-k/top-p or greedy decoding: the exact full path.
-At every step the candidates' exact logits are also checked against their bounds; a violation disables
-the head for the engine (a warning) and that step runs the full path.
+At every step the exact logits of each row's top token and of every candidate are also checked against
+their bounds; a violation disables the head for the engine (a warning) and that step runs the full path.
+A screen that passes too many candidates (near-flat rows) hands back too, with a doubling back-off.
+
+The bf16 copy of the weight is made when the engine is built; like the engine's prefix K/V it assumes the
+weights do not change while the engine lives (engines end with each ``verbalize`` call unless
+``OPTIONS.keep_state``).
 """
 
 from __future__ import annotations
