@@ -159,13 +159,6 @@ def _hash32_tail_(x: torch.Tensor, tmp: Optional[torch.Tensor] = None) -> torch.
     return x.bitwise_xor_(torch.bitwise_right_shift(x, 16, out=tmp).bitwise_and_(0xFFFF))
 
 
-def _hash32_i32_(x: torch.Tensor) -> torch.Tensor:
-    """``sampling.hash32`` on an int32 bit pattern, in place: the bits equal the int64 reference. Half the
-    memory traffic and no int64 temporaries of the [B, V] noise."""
-    x ^= (x >> 16) & 0xFFFF
-    return _hash32_tail_(x)
-
-
 def noise_bits(keys: torch.Tensor, step, hv: torch.Tensor, out: Optional[torch.Tensor] = None,
                tmp: Optional[torch.Tensor] = None) -> torch.Tensor:
     """int32 bits of the [B, V] noise of one step (``sampling.uniform`` before its float conversion); ``hv``

@@ -96,11 +96,12 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     out = torch.full((B, max_new), int(pad_id), dtype=torch.long, device=dev)
 
-    def masks(qp: torch.Tensor, upto: int, self_slot=None) -> dict:
-        """window -> [B, S, upto] for query positions qp [B, S] over the first ``upto`` slots. A gap query
-        (prefill) also sees its own slot, so no row of the softmax is empty (no NaN in masked slots)."""
-        kp = kpos[:, None, :upto]
-        base = valid[:, None, :upto] & (kp <= qp[:, :, None])
+    def masks(qp: torch.Tensor, upto: int, self_slot=None, rows=None) -> dict:
+        """window -> [B, S, upto] for query positions qp [B, S] over the first ``upto`` slots (``rows``: of
+        those batch rows only). A gap query (prefill) also sees its own slot, so no row of the softmax is
+        empty (no NaN in masked slots)."""
+        kp = (kpos if rows is None else kpos[rows])[:, None, :upto]
+        base = (valid if rows is None else valid[rows])[:, None, :upto] & (kp <= qp[:, :, None])
         if self_slot is not None:
             base = base | (slots[None, None, :upto] == self_slot[None, :, None])
         out = {}
@@ -156,17 +157,14 @@ def generate_plain(eng, suffixes: Sequence[Sequence[int]], keys: torch.Tensor, *
                 kr_p[i][:, :, :P].copy_(eng.kp[i][None])
                 vr_p[i][:, :, :P].copy_(eng.vp[i][None])
         b = P + Smax
-        kpos_b, valid_b = kpos, valid
-        kpos, valid = kpos[R], valid[R]  # masks() reads these
-        ms = masks(qpos[R], b, self_slot=P + torch.arange(Smax, device=dev))
-        kpos, valid = kpos_b, valid_b
+        ms = masks(qpos[R], b, self_slot=P + torch.arange(Smax, device=dev), rows=R)
         # Packed prefill: the projections, norms, rotary and MLP run on the real suffix tokens only ([1, N]),
         # and only attention sees the middle-padded [B, Smax] layout (gap keys stay zero and are masked, so
         # they add exact zeros). The blind control's prompts fill 44 % of B x Smax: 10 -> ~5 s on the CPU.
         bi, si = (torch.arange(Smax, device=dev)[None] >= gap[R][:, None]).nonzero(as_tuple=True)
         x = eng.embed(ids[R][bi, si])[None]
         pos_p = qpos[R][bi, si]
-        cs = {r: (eng.cos[r][pos_p], eng.sin[r][pos_p]) for r in {La.rope for La in eng.layers}}
+        cs = eng._rope_rows(pos_p)
         qpad = torch.zeros(len(R), Smax, eng.n_heads, eng.head_dim, device=dev, dtype=eng.dtype)
         for i, Lay in enumerate(eng.layers):
             q, k, v = pre(Lay, x, cs)  # [1, heads, N, D]
