@@ -11,8 +11,9 @@ shipped trained NLA, k = 2, 128 new tokens, every control; models must be cached
   session) and for the blind control (plain mode), one thread while the machine is oversubscribed.
 
 The order alternates with ``--order`` so that a loaded machine does not always favour one side. Records per
-stage timings (``timings_s_this_invocation``), total seconds, whether the two runs wrote identical
-``samples.jsonl`` (they must: fp32, same seeds), the device (CPU model, cores, torch threads, load average
+stage timings (``timings_s_this_invocation``), total seconds, whether the runs wrote identical explanations
+(they must: fp32, same seeds) and how far their reconstruction metrics moved (the shared-prefix AR forward
+changes fp32 summation order: ~1e-6 relative per vector), the device (CPU model, cores, torch threads, load average
 before/after: timings on a shared machine are noisy) and versions, in
 ``bench/results/cpu_demo[_<tag>].json``.
 
@@ -61,18 +62,39 @@ def device_info() -> dict:
             "transformers": __import__("transformers").__version__}
 
 
-# side -> (engine, fast.OPTIONS overrides): "r4" is today's default with the fifth round's changes off
-SIDES = {"new": ("auto", {}), "old": ("loop", {}), "r4": ("auto", {"dedup_prefill": False, "cpu_bf16_head": False})}
+# side -> (engine, fast.OPTIONS overrides, RunConfig overrides): "r4" is today's default with the fifth round's
+# changes off, "r5" with the sixth round's (the shared-prefix AR forward) off; "old" is the loop engine and the
+# padded AR forward
+SIDES = {"new": ("auto", {}, {}), "old": ("loop", {}, {"ar_share_prefix": "off"}),
+         "r4": ("auto", {"dedup_prefill": False, "cpu_bf16_head": False}, {"ar_share_prefix": "off"}),
+         "r5": ("auto", {}, {"ar_share_prefix": "off"})}
+METRICS = ("cos", "mse_nrm", "fve_nrm_seed", "fve_nrm", "centered_cos", "centered_mse_nrm")
 
 
-def one(engine: str, out: Path, limit, options: dict | None = None) -> dict:
+def compare_samples(paths: list[Path]) -> dict:
+    """Explanations must be identical on every side (fp32, same seeds); reconstruction metrics may move by the
+    AR forward's summation order (shared-prefix vs padded: <= 1e-5 relative per vector), reported here."""
+    rows = [[json.loads(x) for x in p.read_text().splitlines()] for p in paths]
+    same_text = all([r["raw_output"] for r in rs] == [r["raw_output"] for r in rows[0]] for rs in rows)
+    diff = 0.0
+    for rs in rows[1:]:
+        for a, b in zip(rs, rows[0]):
+            for m in METRICS:
+                if isinstance(a.get(m), float) and isinstance(b.get(m), float):
+                    diff = max(diff, abs(a[m] - b[m]))
+    return {"explanations_identical": same_text and len({len(r) for r in rows}) == 1,
+            "samples_bytes_identical": len({p.read_bytes() for p in paths}) == 1,
+            "max_abs_metric_diff": diff}
+
+
+def one(engine: str, out: Path, limit, options: dict | None = None, overrides: dict | None = None) -> dict:
     from nlalab.cli import OFFLINE_DEMO
     from nlalab.study.config import RunConfig, control_names
     from nlalab.study.pipeline import run_study
     from nlalab.verbalize import fast
 
     cfg = RunConfig(out=str(out), controls=control_names(), engine=engine, limit_per_category=limit, progress=False,
-                    **OFFLINE_DEMO)
+                    **{**OFFLINE_DEMO, **(overrides or {})})
     os.environ["NLALAB_CPU_THREADS"] = "keep" if engine == "loop" else "auto"
     saved = {k: getattr(fast.OPTIONS, k) for k in (options or {})}
     for k, v in (options or {}).items():
@@ -85,7 +107,8 @@ def one(engine: str, out: Path, limit, options: dict | None = None) -> dict:
         for k, v in saved.items():
             setattr(fast.OPTIONS, k, v)
     total = time.perf_counter() - t0
-    return {"engine": engine, "options": options or {}, "cpu_threads_policy": os.environ["NLALAB_CPU_THREADS"], "total_s": round(total, 2), "timings_s": res.get("timings_s_this_invocation"),
+    return {"engine": engine, "options": options or {}, "config_overrides": overrides or {},
+            "ar_forward": (res.get("provenance") or {}).get("ar_forward"), "cpu_threads_policy": os.environ["NLALAB_CPU_THREADS"], "total_s": round(total, 2), "timings_s": res.get("timings_s_this_invocation"),
             "load_avg_1min_before": round(load0, 2), "load_avg_1min_after": round(os.getloadavg()[0], 2)}
 
 
@@ -145,7 +168,8 @@ def main() -> None:
     ap.add_argument("--limit-per-category", type=int, default=None)
     ap.add_argument("--order", default="old,new",
                     help="comma list of sides: new (today's default), old (loop engine), r4 (default without the "
-                         "fifth round: dedup_prefill and cpu_bf16_head off)")
+                         "fifth and sixth rounds: dedup_prefill, cpu_bf16_head, ar_share_prefix off), r5 (default "
+                         "with the padded AR forward)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--keep", default=None, help="keep the run directories under this folder")
     args = ap.parse_args()
@@ -167,20 +191,21 @@ def main() -> None:
     for side in args.order.split(","):
         out = root / side
         shutil.rmtree(out, ignore_errors=True)
-        engine, options = SIDES[side]
-        runs[side] = one(engine, out, args.limit_per_category, options)
+        engine, options, overrides = SIDES[side]
+        runs[side] = one(engine, out, args.limit_per_category, options, overrides)
         print(side, json.dumps(runs[side]), flush=True)
-    same = len({(root / side / "samples.jsonl").read_bytes() for side in runs}) == 1
+    same = compare_samples([root / side / "samples.jsonl" for side in runs])
     rec = {"what": "nlalab run --out runs/demo (offline default), old engine vs new, same process",
            "limit_per_category": args.limit_per_category, "order": args.order, "device": device_info(),
-           **runs, "samples_identical": same,
-           "speedup": round(runs["old"]["total_s"] / runs["new"]["total_s"], 3),
+           **runs, **same,
+           "speedup": (round(runs["old"]["total_s"] / runs["new"]["total_s"], 3)
+                       if "old" in runs and "new" in runs else None),
            "caveat": "2-core machine shared with other jobs while measured: see load averages"}
     name = "cpu_demo" + (f"_{args.tag}" if args.tag else "") + ".json"
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / name).write_text(json.dumps(rec, indent=1) + "\n")
-    print("SUMMARY", json.dumps({k: rec[k] for k in ("speedup", "samples_identical")}),
-          runs["old"]["total_s"], runs["new"]["total_s"])
+    print("SUMMARY", json.dumps({k: rec[k] for k in ("speedup", *same)}),
+          {side: r["total_s"] for side, r in runs.items()})
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
 

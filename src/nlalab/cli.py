@@ -425,6 +425,8 @@ def run(
     brv_reference: Optional[str] = typer.Option(None, "--brv-reference", help="Vector file defining B_rv (= --brv FILE).",
                                                 hidden=True),
     ar_dtype: str = typer.Option("auto", "--ar-dtype", help="AR precision: auto (fp32 where it fits), fp32, bf16."),
+    ar_share_prefix: str = typer.Option("auto", "--ar-share-prefix", help="Compute token prefixes shared by several "
+                                        "AR inputs once: auto (fp32 ARs), on, off (the padded forward)."),
     score_incomplete: bool = typer.Option(False, "--score-incomplete", help="Count explanations without a closing "
                                           "tag (or truncated, or empty) in the headline tables (default: left out, "
                                           "as the release measures; the all-rows figures are shown beside)."),

@@ -29,6 +29,7 @@ def bad(**kw) -> str:
     (dict(batch_size=0), "--batch-size: found 0"),
     (dict(capture_batch_size=0), "--capture-batch-size: found 0"),
     (dict(ar_batch_size=-1), "--ar-batch-size: found -1"),
+    (dict(ar_share_prefix="yes"), "--ar-share-prefix: found 'yes', allowed 'auto', 'on' or 'off'"),
     (dict(limit_per_category=0), "--limit-per-category: found 0"),
     (dict(layer=-1), "--layer: found -1"),
     (dict(seed=-1), "--seed: found -1"),

@@ -296,6 +296,8 @@ class Provenance(_Model):
     corpus: Optional[CorpusRecord] = _f("The corpus, resolved.")
     environment: Optional[Environment] = _f("Software and hardware.")
     ar_dtype: Optional[str] = _f("The AR's precision in the invocation that reconstructed, and why.")
+    ar_forward: Optional[str] = _f("The AR forward in the invocation that reconstructed: shared-prefix, or "
+                                   "padded and why (nlalab.reconstruct).")
 
 
 # ----------------------------------------------------------------------------- scorers.<name>

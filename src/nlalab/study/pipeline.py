@@ -278,19 +278,26 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
     need = [(j, d) for j in jobs if not ST.recon_current(ST.job_recon_path(stages, j.name),
                                                              d := ST.digest([r["explanation"] for r in ctx.gen_rows[j.name]]))]
     need_extras = bool(all_texts) and not ST.recon_current(extras_path, extras_dig)
+    ar_forward: list[str] = []  # how each AR call of this invocation ran (provenance)
     if need or need_extras:
         note("reconstruct", sum(len(ctx.gen_rows[j.name]) for j, _ in need) + (len(all_texts) if need_extras else 0))
         from nlalab.reconstruct import reconstruct
 
         ar = models.ar()
         for job, dig in need:
+            ar_info: dict = {}
             rec = reconstruct(ar, [r["explanation"] for r in ctx.gen_rows[job.name]], batch_size=cfg.ar_batch_size,
-                              progress=cfg.progress, tensor_parallel=ST.forward_devices(cfg))
+                              progress=cfg.progress, tensor_parallel=ST.forward_devices(cfg),
+                              share_prefix=cfg.ar_share_prefix, info=ar_info)
+            ar_forward.append(ar_info["forward"])
             ST.save_recon(ST.job_recon_path(stages, job.name), rec, dig, ar.mse_scale)
             advance(rec.shape[0])
         if need_extras:
+            ar_info = {}
             rec = reconstruct(ar, all_texts, batch_size=cfg.ar_batch_size, progress=cfg.progress,
-                              tensor_parallel=ST.forward_devices(cfg))
+                              tensor_parallel=ST.forward_devices(cfg), share_prefix=cfg.ar_share_prefix,
+                              info=ar_info)
+            ar_forward.append(ar_info["forward"])
             ST.save_recon(extras_path, rec, extras_dig, ar.mse_scale)
             advance(rec.shape[0])
         models.release(ar)
@@ -344,6 +351,8 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
     results["provenance"] = {k: record[k] for k in ("config", "pair", "corpus", "environment")}
     if getattr(models, "ar_dtype_reason", None):
         results["provenance"]["ar_dtype"] = models.ar_dtype_reason
+    if ar_forward:
+        results["provenance"]["ar_forward"] = "; ".join(dict.fromkeys(ar_forward))
     note("done")
     results["timings_s_this_invocation"] = timings
     if verbalize_devices:
