@@ -85,7 +85,7 @@ def main() -> None:
                          "the once-per-AR check would send it to the padded forward: measures the raw change")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
-    from nlalab.reconstruct import ar_input_ids, reconstruct, trie
+    from nlalab.reconstruct import ar_input_ids, max_rel_change, reconstruct, trie
 
     texts = json.loads(gzip.open(HERE / "data" / "ar_texts_demo.json.gz").read())
     ar, what = load_ar_for(args)
@@ -113,17 +113,14 @@ def main() -> None:
                                          share_prefix="off" if side == "padded" else "on", info=info)
                 sync()
                 row[f"{side}_s"].append(round(time.perf_counter() - t, 3))
-        def rel(a, b):
-            return float(((a - b).norm(dim=1) / b.norm(dim=1)).max())
-
         row["shared_side_forward"] = info.get("forward")
-        row["max_rel_change"] = rel(outs["shared"], outs["padded"])
+        row["max_rel_change"] = max_rel_change(outs["shared"], outs["padded"])
         n = min(args.noise_rows, len(tx))
         if n:
             single = torch.cat([reconstruct(ar, [t], share_prefix="off") for t in tx[:n]])
             row["noise_rows"] = n
-            row["padded_vs_single_max_rel"] = rel(outs["padded"][:n], single)
-            row["shared_vs_single_max_rel"] = rel(outs["shared"][:n], single)
+            row["padded_vs_single_max_rel"] = max_rel_change(outs["padded"][:n], single)
+            row["shared_vs_single_max_rel"] = max_rel_change(outs["shared"][:n], single)
         row["speedup"] = round(min(row["padded_s"]) / min(row["shared_s"]), 3)
         rec["sets"][name] = row
         print(name, json.dumps(row), flush=True)

@@ -9,7 +9,7 @@ if not torch.cuda.is_available():  # pragma: no cover - CI has no GPU
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
 from nlalab.pairs.load import LoadOptions, load_ar  # noqa: E402
-from nlalab.reconstruct import BATCH_TOLERANCE, choose_ar_dtype, reconstruct  # noqa: E402
+from nlalab.reconstruct import BATCH_TOLERANCE, choose_ar_dtype, max_rel_change, reconstruct  # noqa: E402
 
 EXPL = [
     "Formal encyclopedia article about the history of Paris, listing monuments.",
@@ -21,19 +21,15 @@ EXPL = [
 ]
 
 
-def _rel(a, b):
-    return float(((a - b).norm(dim=1) / b.norm(dim=1)).max())
-
-
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_gpu_batched_equals_unbatched(fixture_pair, dtype):
     ar = load_ar(fixture_pair.ar, LoadOptions(device="cuda", dtype=dtype), layer=fixture_pair.layer)
     texts = EXPL + EXPL[:3]
     single = torch.cat([reconstruct(ar, [e], batch_size=1) for e in texts])
     free = reconstruct(ar, texts, batch_size=4, pad_free=True)
-    assert _rel(free, single) <= BATCH_TOLERANCE[dtype]
+    assert max_rel_change(free, single) <= BATCH_TOLERANCE[dtype]
     padded = reconstruct(ar, texts, batch_size=4, pad_free=False)
-    assert _rel(padded, single) <= BATCH_TOLERANCE[dtype]
+    assert max_rel_change(padded, single) <= BATCH_TOLERANCE[dtype]
 
 
 def test_gpu_auto_ar_dtype_is_fp32_for_a_small_ar(fixture_pairs):

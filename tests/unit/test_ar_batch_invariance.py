@@ -8,7 +8,7 @@ import torch
 from nlalab.batching import exact_length_batches
 from nlalab.errors import UsageError
 from nlalab.pairs.load import LoadOptions, load_ar
-from nlalab.reconstruct import BATCH_TOLERANCE, ar_param_count, choose_ar_dtype, reconstruct
+from nlalab.reconstruct import BATCH_TOLERANCE, ar_param_count, choose_ar_dtype, max_rel_change, reconstruct
 from nlalab.testing import torch_threads
 
 EXPL = [
@@ -19,10 +19,6 @@ EXPL = [
     "Agent log: the tool call returned an error and the next step retries.",
     "Recipe for bread.",
 ]
-
-
-def _rel(a, b):
-    return float(((a - b).norm(dim=1) / b.norm(dim=1)).max())
 
 
 def test_exact_length_batches_never_mix_lengths():
@@ -42,8 +38,8 @@ def test_batched_equals_unbatched_fp32(fixture_pairs, arch):
         single = torch.cat([reconstruct(ar, [e], batch_size=1) for e in texts])
         free = reconstruct(ar, texts, batch_size=4, pad_free=True)
         padded = reconstruct(ar, texts, batch_size=4, pad_free=False)
-    assert _rel(free, single) <= BATCH_TOLERANCE["fp32"]
-    assert _rel(padded, single) <= BATCH_TOLERANCE["fp32"]
+    assert max_rel_change(free, single) <= BATCH_TOLERANCE["fp32"]
+    assert max_rel_change(padded, single) <= BATCH_TOLERANCE["fp32"]
     # rows come back in input order: the repeats equal their originals
     torch.testing.assert_close(free[len(EXPL):], free[:3], rtol=BATCH_TOLERANCE["fp32"], atol=0)
 

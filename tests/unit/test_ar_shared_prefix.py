@@ -10,7 +10,8 @@ import torch
 
 from nlalab.errors import UsageError
 from nlalab.pairs.load import LoadOptions, load_ar
-from nlalab.reconstruct import BATCH_TOLERANCE, ar_input_ids, reconstruct, share_prefix_plan, trie
+from nlalab.reconstruct import (BATCH_TOLERANCE, ar_input_ids, max_rel_change, reconstruct, share_prefix_plan,
+                               trie)
 from nlalab.testing import torch_threads
 
 # sentence prefixes of two explanations (as the prefix control writes them), a repeat, and unrelated rows
@@ -18,10 +19,6 @@ A = ["The user asks about Paris.", "It names the Louvre.", "The reply will list 
 B = ["Python code sorts a list.", "The last token opens a parenthesis."]
 TEXTS = ([" ".join(A[:i]) for i in range(1, len(A) + 1)] + [" ".join(B[:i]) for i in range(1, len(B) + 1)]
          + [" ".join(A[:2]), "A friendly chat reply.", "Recipe for bread, with flour and water and salt and time."])
-
-
-def _rel(a, b):
-    return float(((a - b).norm(dim=1) / b.norm(dim=1)).max())
 
 
 # ------------------------------------------------------------------------------------------- the plan
@@ -98,6 +95,15 @@ def test_sliding_masks_drop_keys_beyond_the_window():
     assert add[0, 0, 2, 0] == torch.finfo(torch.float32).min and add[0, 0, 2, 1] == 0
 
 
+def test_max_rel_change_known_answers():
+    ref = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
+    assert max_rel_change(ref, ref) == 0.0  # two zero vectors agree
+    assert max_rel_change(torch.tensor([[3.0, 4.5], [0.0, 0.0]]), ref) == pytest.approx(0.1)
+    assert max_rel_change(torch.tensor([[3.0, 4.0], [0.0, 1e-3]]), ref) > 1e30  # off a zero reference: huge
+    nan = max_rel_change(torch.tensor([[float("nan"), 4.0], [0.0, 0.0]]), ref)
+    assert nan != nan and not nan <= 1.0  # NaN passes no tolerance
+
+
 # ------------------------------------------------------------------------------------------- the forward
 
 
@@ -120,11 +126,11 @@ def test_shared_prefix_matches_the_padded_forward(fixture_pairs, arch, impl):
         padded = reconstruct(ar, TEXTS, batch_size=3, share_prefix="off", info=info)
         assert info["forward"].startswith("padded")
         single = torch.cat([reconstruct(ar, [t], share_prefix="off") for t in TEXTS])
-    assert _rel(shared, padded) <= BATCH_TOLERANCE["fp32"]
-    assert _rel(shared, single) <= BATCH_TOLERANCE["fp32"]
+    assert max_rel_change(shared, padded) <= BATCH_TOLERANCE["fp32"]
+    assert max_rel_change(shared, single) <= BATCH_TOLERANCE["fp32"]
     assert torch.equal(shared[len(A) + len(B)], shared[1])  # the repeat ends on the same node: the same vector
     # the rows are not all alike, so the tolerance check above can fail
-    assert _rel(shared[:1], shared[-1:]) > 1e-2
+    assert max_rel_change(shared[:1], shared[-1:]) > 1e-2
 
 
 def test_shared_prefix_fallbacks(fixture_pairs):
@@ -168,3 +174,25 @@ def test_a_failed_check_falls_back_to_the_padded_forward(fixture_pairs, monkeypa
         warnings.simplefilter("error")
         again = reconstruct(ar, TEXTS, info=info)
     assert torch.equal(again, want) and "failed its check" in info["forward"]
+
+
+def test_a_nan_in_the_check_falls_back_too(fixture_pairs, monkeypatch):
+    """A NaN in the checked rows fails the check (NaN passes no tolerance): padded numbers, with a warning."""
+    import nlalab.reconstruct as R
+
+    p = fixture_pairs["qwen2"]
+    ar = load_ar(p.ar, LoadOptions(device="cpu", dtype="fp32"), layer=p.layer)
+    want = reconstruct(ar, TEXTS, share_prefix="off")
+    real = R._shared
+
+    def poisoned(*a, **k):
+        rows, v = real(*a, **k)
+        v = v.clone()
+        v[0, 0] = float("nan")
+        return rows, v
+
+    monkeypatch.setattr(R, "_shared", poisoned)
+    info: dict = {}
+    with pytest.warns(UserWarning, match="moved a reconstruction by nan"):
+        got = reconstruct(ar, TEXTS, info=info)
+    assert torch.equal(got, want) and "failed its check" in info["forward"]

@@ -10,7 +10,7 @@ import torch
 from nlalab.capture import capture, run_to_block
 from nlalab.errors import UsageError
 from nlalab.pairs.load import av_eos_ids, load_ar, load_av, load_target
-from nlalab.reconstruct import reconstruct
+from nlalab.reconstruct import max_rel_change, reconstruct
 from nlalab.testing import chat_prompt_ids, torch_threads
 from nlalab.verbalize import GenerationSettings, backends, verbalize
 from nlalab.verbalize import tp
@@ -75,11 +75,6 @@ def test_block_k_forward_equals_the_model(fixture_pairs):
     torch.testing.assert_close(got[m], ref[m], rtol=1e-5, atol=1e-5)
 
 
-def _rel(got, ref):
-    """Per-row relative error ||got - ref|| / ||ref|| (reconstruct.BATCH_TOLERANCE's measure)."""
-    return float(((got - ref).norm(dim=-1) / ref.norm(dim=-1)).max())
-
-
 TEXTS = ["Hi", "What is the capital of Brazil and why?", "Prove it.", "x " * 20, "The cat sat on the mat."]
 
 
@@ -94,14 +89,14 @@ def test_capture_and_reconstruction_on_the_group_equal_one_process(fixture_pairs
         got = capture(tg.model, tg.tokenizer, TEXTS, p.layer, positions=positions, batch_size=3, tensor_parallel=TWO)
         strip = lambda meta: [{k: v for k, v in m.items() if k != "norm"} for m in meta]  # noqa: E731
         assert strip(got.meta) == strip(ref.meta) and len(got.meta) > len(TEXTS) * (positions == "all")
-        assert _rel(got.vectors, ref.vectors) < 1e-5, (positions, _rel(got.vectors, ref.vectors))
+        assert max_rel_change(got.vectors, ref.vectors) < 1e-5, (positions, max_rel_change(got.vectors, ref.vectors))
     ar = load_ar(p.ar, layer=p.layer)
     assert not tp.has_head(ar.model) and tp.unsupported_reason(ar.model)  # no LM head: no generation,
     assert not tp.unsupported_reason(ar.model, head=False)  # but its blocks shard
     texts = TEXTS + ["A longer explanation about geography, capitals and the reasons behind them."]
     ref = reconstruct(ar, texts, batch_size=4)
     got = reconstruct(ar, texts, batch_size=4, tensor_parallel=TWO)
-    assert _rel(got, ref) < 1e-5, _rel(got, ref)
+    assert max_rel_change(got, ref) < 1e-5, max_rel_change(got, ref)
     assert tp.current().world == 2
     # one device: the forward stays in this process (no group needed)
     assert tp.tp_forward_group(ar.model, ["cpu"]) is None
@@ -135,7 +130,7 @@ def test_a_truncated_view_uses_the_full_models_shard(fixture_pairs):
     got = tp.tp_run_to_block(view, p.layer, ids, mask, devices=TWO)
     assert len(tp.current().models) == n and torch.equal(got, full)
     m = mask.bool()
-    assert _rel(got[m], run_to_block(view, p.layer, ids, mask)[m]) < 1e-5
+    assert max_rel_change(got[m], run_to_block(view, p.layer, ids, mask)[m]) < 1e-5
 
 
 def _prompts(tok, texts):

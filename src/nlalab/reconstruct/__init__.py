@@ -54,6 +54,15 @@ from nlalab.reconstruct import trie
 
 # max relative change of one reconstruction between a batched and an unbatched AR forward
 BATCH_TOLERANCE = {"fp32": 1e-5, "bf16": 3e-2}
+
+
+def max_rel_change(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """The largest per-vector ``||got - ref|| / ||ref||`` (last axis): the measure of :data:`BATCH_TOLERANCE`
+    and :data:`CHECK_TOLERANCE`. Two zero vectors agree; a NaN gives NaN, which no tolerance passes."""
+    diff = (got - ref).norm(dim=-1)
+    return float((diff / ref.norm(dim=-1).clamp_min(torch.finfo(torch.float32).tiny)).max())
+
+
 # max relative change of a row between the shared-prefix and the padded forward before the check rejects the
 # shared one: 50x the largest rounding change measured (2.1e-5, fp32, module doc), far below a structural error
 CHECK_TOLERANCE = {"fp32": 1e-3, "bf16": 1e-1}
@@ -214,15 +223,15 @@ def reconstruct(ar, explanations: Sequence[str], batch_size: int = 16, max_lengt
     n_blocks = len(arch.decoder_layers(ar.model))
     out = torch.empty(len(ids), ar.d_model, dtype=torch.float32)
     share, why = share_prefix_plan(ar, ids, share_prefix, pad_free, group)
-    if share and _shared_into(out, ar, inner, ids, pad, device, batch_size, progress):
-        if info is not None:
-            info["forward"] = "shared-prefix"
-        return _finite(out)
+    if share and not _shared_into(out, ar, inner, ids, pad, device, batch_size, progress):
+        share, why = False, "failed its check against the padded forward"
+    if not share:
+        batches = exact_length_batches if pad_free else length_buckets
+        for batch in batches(ids, batch_size, "reconstruct" if progress else None):
+            out[torch.tensor(batch)] = _padded(ar, inner, [ids[i] for i in batch], pad, device, pad_free, group,
+                                               n_blocks)
     if info is not None:
-        info["forward"] = f"padded ({'failed its check against the padded forward' if share else why})"
-    batches = exact_length_batches if pad_free else length_buckets
-    for batch in batches(ids, batch_size, "reconstruct" if progress else None):
-        out[torch.tensor(batch)] = _padded(ar, inner, [ids[i] for i in batch], pad, device, pad_free, group, n_blocks)
+        info["forward"] = "shared-prefix" if share else f"padded ({why})"
     return _finite(out)
 
 
@@ -241,11 +250,9 @@ def _shared_into(out: torch.Tensor, ar, inner, ids, pad: int, device, batch_size
             ref = _padded(ar, inner, [ids[r] for r in some], pad, device, False)
             dtype = next(ar.model.parameters()).dtype
             tol = CHECK_TOLERANCE["fp32" if dtype == torch.float32 else "bf16"]
-            got = v[:len(some)]
-            scale = torch.maximum(ref.norm(dim=1), got.norm(dim=1)).clamp_min(torch.finfo(torch.float32).tiny)
-            rel = float(((got - ref).norm(dim=1) / scale).max())  # two zero vectors agree; NaN fails
-            _checked[ar.model] = rel <= tol
-            if rel > tol:
+            rel = max_rel_change(v[:len(some)], ref)
+            _checked[ar.model] = ok = rel <= tol  # NaN: not ok
+            if not ok:
                 warnings.warn(f"AR shared-prefix forward moved a reconstruction by {rel:.2e} relative to the padded "
                               f"forward (tolerance {tol:.0e}); using the padded forward for this AR.")
                 return False

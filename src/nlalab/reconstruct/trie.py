@@ -129,6 +129,11 @@ MASK_IMPLS = ("sdpa", "eager")  # attention implementations that take a custom 4
 LAYER_TYPES = ("full_attention", "sliding_attention")  # what :func:`layer_masks` builds a mask for
 
 
+def attention_impl(model) -> str:
+    """The attention implementation transformers will run (its default when none is set: eager)."""
+    return getattr(model.config, "_attn_implementation", None) or "eager"
+
+
 def window_of(model) -> Optional[int]:
     """The sliding window of the model's sliding layers (None: it has none)."""
     from nlalab.pairs import arch
@@ -143,10 +148,10 @@ def layer_masks(model, mask: torch.Tensor, pos: torch.Tensor, dtype: torch.dtype
     """What the model's forward takes as ``attention_mask``: the tree mask [C,1,n,n] as is (sdpa) or additive
     (eager), and for models with sliding layers the dict transformers accepts per layer type, whose sliding
     entry also drops keys ``window`` or more positions back (transformers' ``q - k < window``)."""
-    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    sdpa = attention_impl(model) == "sdpa"
 
     def fmt(m):
-        return m if impl == "sdpa" else additive(m, dtype)
+        return m if sdpa else additive(m, dtype)
 
     w = window_of(model)
     if w is None:
@@ -164,7 +169,7 @@ def unsupported_reason(model) -> Optional[str]:
     mt = getattr(cfg, "model_type", "")
     if families.family_of(mt) is None:  # rotary position ids and a 4D mask taken as is: tested per family
         return f"model type {mt!r} (supported: {', '.join(t for f in families.families() for t in f.model_types)})"
-    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    impl = attention_impl(model)
     if impl not in MASK_IMPLS:
         return f"attention implementation {impl!r} (custom masks need {' or '.join(MASK_IMPLS)})"
     if getattr(cfg, "use_bidirectional_attention", False):

@@ -284,20 +284,20 @@ def _run(cfg: RunConfig, layout: RunLayout, controls: list[Control], overwrite: 
         from nlalab.reconstruct import reconstruct
 
         ar = models.ar()
+
+        def recon(texts: list[str]):
+            info: dict = {}
+            rec = reconstruct(ar, texts, batch_size=cfg.ar_batch_size, progress=cfg.progress,
+                              tensor_parallel=ST.forward_devices(cfg), share_prefix=cfg.ar_share_prefix, info=info)
+            ar_forward.append(info["forward"])
+            return rec
+
         for job, dig in need:
-            ar_info: dict = {}
-            rec = reconstruct(ar, [r["explanation"] for r in ctx.gen_rows[job.name]], batch_size=cfg.ar_batch_size,
-                              progress=cfg.progress, tensor_parallel=ST.forward_devices(cfg),
-                              share_prefix=cfg.ar_share_prefix, info=ar_info)
-            ar_forward.append(ar_info["forward"])
+            rec = recon([r["explanation"] for r in ctx.gen_rows[job.name]])
             ST.save_recon(ST.job_recon_path(stages, job.name), rec, dig, ar.mse_scale)
             advance(rec.shape[0])
         if need_extras:
-            ar_info = {}
-            rec = reconstruct(ar, all_texts, batch_size=cfg.ar_batch_size, progress=cfg.progress,
-                              tensor_parallel=ST.forward_devices(cfg), share_prefix=cfg.ar_share_prefix,
-                              info=ar_info)
-            ar_forward.append(ar_info["forward"])
+            rec = recon(all_texts)
             ST.save_recon(extras_path, rec, extras_dig, ar.mse_scale)
             advance(rec.shape[0])
         models.release(ar)
