@@ -12,7 +12,9 @@ random vectors, and times in ONE process on ONE device:
 - ``default``: ``model.generate(inputs_embeds=...)`` with the default (dynamic) cache;
 - ``static``: the same with ``cache_implementation="static"`` (first call = compile + run, reported apart);
 - ``ours``: ``nlalab.verbalize.fast.FastEngine`` (first call = compile + capture, then timed runs), and
-  ``ours_nocompile`` (CUDA graphs with only the sampler compiled) for the profile.
+  ``ours_nocompile`` (CUDA graphs with only the sampler compiled) for the profile; ``full_float64_sampler``
+  times it with the Triton sampler off (``OPTIONS.gpu_screen = False``, same tokens), and the profile's
+  ``sampling_ms_per_step_full_float64`` the head with the full float64 sampler.
 
 All sample at temperature 1 over the full vocabulary (no top-k/top-p) for a fixed number of new tokens
 (end-of-turn stopping disabled). Results go to ``bench/results/<shape>_<device>.json``.
@@ -397,17 +399,22 @@ def main() -> None:
         x = torch.randn(st.batch, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)
         tt = torch.ones(1, dtype=torch.long, device="cuda")
 
-        def head():
+        def head(**kw):
             return fns["head"](x, eng.norm_w, eng.norm_eps, eng.gemma, eng.lm_w, eng.lm_b, eng.final_softcap,
-                               stt.keys, tt, eng.hv, stt.done, sp["eos"], sp["pad"], 1.0, 0, 1.0, False)
+                               stt.keys, tt, eng.hv, stt.done, sp["eos"], sp["pad"], 1.0, 0, 1.0, False,
+                               **(eng._work_kw() if not kw else kw))
+
+        def head_full():  # the full float64 sampler, for comparison with the Triton one
+            return head(screen=False)
 
         def gemm():
             return torch.nn.functional.linear(x, eng.lm_w)
 
         with torch.no_grad():
-            for f in (head, gemm):
+            for f in (head, gemm, head_full):
                 f()
             h_ms = statistics.median(timed(lambda: [head() for _ in range(20)])[0] for _ in range(3)) / 20 * 1e3
+            hf_ms = statistics.median(timed(lambda: [head_full() for _ in range(20)])[0] for _ in range(3)) / 20 * 1e3
             g_ms = statistics.median(timed(lambda: [gemm() for _ in range(20)])[0] for _ in range(3)) / 20 * 1e3
         dec_ms = st.decode_s / max(1, st.steps - 1) * 1e3
         L0 = eng.layers[0]
@@ -419,6 +426,8 @@ def main() -> None:
         prof = dict(prefill_s=round(st.prefill_s, 4), decode_ms_per_step=round(dec_ms, 3),
                     decode_s=round(st.decode_s, 3), lm_head_gemm_ms=round(g_ms, 3),
                     sampling_ms_per_step=round(max(0.0, h_ms - g_ms), 3), head_total_ms=round(h_ms, 3),
+                    sampler="triton screen" if eng.gpu_screen else "full float64",
+                    sampling_ms_per_step_full_float64=round(max(0.0, hf_ms - g_ms), 3),
                     floor_weights_ms_per_step=round(floor_ms, 3),
                     mlp_up_gemm_tb_s=round(gemm_bw, 3),
                     decode_over_floor=round(dec_ms / floor_ms, 2))
@@ -459,6 +468,17 @@ def main() -> None:
             ours["other_layout"] = f"OOM: {str(e)[:120]}"
         eng.drop_states()
         torch.cuda.empty_cache()
+        # the full float64 sampler instead of the Triton one (same tokens): what the sampler kernel buys
+        fast.release_engines()
+        fast.OPTIONS.gpu_screen = False
+        try:
+            timed(run_ours)
+            full_runs = [timed(run_ours)[0] for _ in range(args.repeats)]
+            ours["full_float64_sampler"] = dict(wall_s=round(statistics.median(full_runs), 3),
+                                                runs_s=[round(r, 3) for r in full_runs])
+            print(f"[ours/full float64 sampler] {statistics.median(full_runs):.3f} s", flush=True)
+        finally:
+            fast.OPTIONS.gpu_screen = None
         # graphs with only the sampler compiled: what compiling the layers buys
         fast.release_engines()
         fast.OPTIONS.compile = "sampler"

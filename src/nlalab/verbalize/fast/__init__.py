@@ -32,6 +32,9 @@ What it does, and why each part is there:
   computed once, K/V and last hidden state copied (``OPTIONS.dedup_prefill``).
 - **CPU head** (``head``): with the screened sampler, the head samples from bf16 logits with a proven
   error bound and exact fp32 logits for the few tokens that can win; the same tokens as the fp32 head.
+- **CUDA sampler** (``sampler_kernel``): fp32 scores for the whole vocabulary and float64 ones only near
+  each row's best (Triton, inside the graph); the same tokens as the full float64 pass, checked at engine
+  build (``OPTIONS.gpu_screen``).
 - **Micro-batching** in equal chunks (the last padded with throw-away rows, so one graph serves all
   chunks), halved and retried on CUDA out-of-memory (the engine remembers the size that fitted).
 
@@ -55,6 +58,7 @@ Package layout: ``options`` (knobs, device lock), ``maths`` (the decoder as pure
 variants), ``kernel`` (Triton decode attention), ``weights`` (supported models, per-layer weight views;
 per-family facts from ``nlalab.pairs.families``), ``engine`` (``FastEngine``), ``runner`` (engine
 registry, micro-batch sizing, ``iter_fast``), ``head`` (the CPU head over bf16 logits with a bound),
+``sampler_kernel`` (the CUDA Triton sampler),
 ``plain`` (plain mode: prompts of different lengths, no
 injection). ``nlalab.verbalize.engine`` re-exports this package for older imports.
 """

@@ -27,6 +27,7 @@ from nlalab.verbalize.fast.maths import (
     _pre_attn,
     _rms,
     SamplerWork,
+    screen_self_check,
     token_hash,
 )
 from nlalab.verbalize.fast.options import (
@@ -195,6 +196,7 @@ class FastEngine:
             self._rope_tables(max(self.T + 256, int(rope_len)))  # one forward of the model: size it once
             self._prefix()
         self.triton = self._triton_ok()
+        self.gpu_screen = self._screen_ok()
 
     # ---------------------------------------------------------------------------------- set-up
 
@@ -308,6 +310,24 @@ class FastEngine:
             warnings.warn(f"fast engine: Triton decode attention unavailable ({e!r}); using torch attention.")
             return False
 
+    def _screen_ok(self) -> bool:
+        """The Triton sampler (``fast.sampler_kernel``): CUDA, and it must pick the full path's tokens here."""
+        if OPTIONS.gpu_screen is False or self.device.type != "cuda":
+            return False
+        from nlalab.verbalize.fast import sampler_kernel
+
+        if not sampler_kernel.available():
+            return False
+        try:
+            bad = screen_self_check(self.hv)
+        except Exception as e:  # pragma: no cover - depends on the GPU stack
+            warnings.warn(f"fast engine: Triton sampler unavailable ({e!r}); using the full float64 sampler.")
+            return False
+        if bad:
+            warnings.warn(f"fast engine: Triton sampler failed its self-check ({bad}); using the full float64 "
+                          "sampler.")
+        return not bad
+
     def _rope_tables(self, length: int) -> None:
         """cos/sin per layer exactly as the model computes them: read off its own forward (hooks)."""
         self.cos, self.sin, idx = read_rope_tables(self._model(), length, self.device, self.dtype)
@@ -411,8 +431,11 @@ class FastEngine:
             self.work = SamplerWork(self.work.head)
 
     def _work_kw(self) -> dict:
-        """The head's ``work`` argument: only for eager CPU decoding (compiled/graphed steps never get it)."""
-        return {"work": self.work} if self.work is not None else {}
+        """The head's sampler arguments: ``work`` for eager CPU decoding (compiled/graphed steps never get
+        it), ``screen`` for CUDA engines whose Triton sampler passed its self-check."""
+        if self.work is not None:
+            return {"work": self.work}
+        return {"screen": True} if self.gpu_screen else {}
 
     # -------------------------------------------------------------------------------- running
 

@@ -159,11 +159,17 @@ def _hash32_tail_(x: torch.Tensor, tmp: Optional[torch.Tensor] = None) -> torch.
     return x.bitwise_xor_(torch.bitwise_right_shift(x, 16, out=tmp).bitwise_and_(0xFFFF))
 
 
+def key_premix(keys: torch.Tensor, step) -> torch.Tensor:
+    """int32 [B]: each row's half of the step's noise hash (:func:`_premix` of its step key), to be xor-ed
+    with :func:`token_hash`'s token half."""
+    return _premix(_as_i32(hash32(keys ^ ((step * 0x85EBCA77 + 0x165667B1) & MASK32))))
+
+
 def noise_bits(keys: torch.Tensor, step, hv: torch.Tensor, out: Optional[torch.Tensor] = None,
                tmp: Optional[torch.Tensor] = None) -> torch.Tensor:
     """int32 bits of the [B, V] noise of one step (``sampling.uniform`` before its float conversion); ``hv``
     from :func:`token_hash`; ``out``/``tmp``: optional [B, V] int32 buffers."""
-    k = _premix(_as_i32(hash32(keys ^ ((step * 0x85EBCA77 + 0x165667B1) & MASK32)))).unsqueeze(1)
+    k = key_premix(keys, step).unsqueeze(1)
     x = torch.bitwise_xor(k, hv.unsqueeze(0), out=out) if out is not None else k ^ hv.unsqueeze(0)
     return _hash32_tail_(x, tmp)
 
@@ -317,11 +323,20 @@ def _pick(r: torch.Tensor, c: torch.Tensor, bc: torch.Tensor, lc: torch.Tensor, 
 
 
 def _sample(logits, keys, step, hv, temperature: float, top_k: int, top_p: float, greedy: bool,
-            work: Optional[SamplerWork] = None):
+            work: Optional[SamplerWork] = None, screen: bool = False):
     """``sampling.sample_next`` with a tensor step (same Gumbel-max over the filtered fp32 logits).
-    ``work`` (the CPU engine's): the screened sampler on reusable buffers, with the full path as fallback."""
+    ``work`` (the CPU engine's): the screened sampler on reusable buffers, with the full path as fallback.
+    ``screen`` (CUDA engines whose self-check passed): the Triton sampler that computes float64 scores only
+    near each row's best (``fast.sampler_kernel``; the same tokens)."""
     if greedy:
         return logits.float().argmax(-1)
+    if screen and logits.is_cuda and logits.dim() == 2:
+        from nlalab.verbalize.fast.sampler_kernel import gumbel_argmax
+
+        if not top_k and top_p >= 1.0 and temperature == 1.0:  # the kernel reads the logits as they are and
+            return gumbel_argmax(logits, key_premix(keys, step), hv)  # converts them as .float() does
+        lg = filter_logits(logits, top_k, top_p)
+        return gumbel_argmax(lg / float(temperature) if temperature != 1.0 else lg, key_premix(keys, step), hv)
     lg = filter_logits(logits, top_k, top_p)
     if temperature != 1.0:  # x / 1.0 is x: no [B, V] copy at the default temperature
         lg = lg / float(temperature)
@@ -330,6 +345,35 @@ def _sample(logits, keys, step, hv, temperature: float, top_k: int, top_p: float
         if nxt is not None:
             return nxt
     return _argmax_rows(gumbel_scores(noise_bits(keys, step, hv), lg))
+
+
+def screen_self_check(hv: torch.Tensor, rows: int = 16) -> str:
+    """'' if ``sampler_kernel.gumbel_argmax`` (the CUDA Triton sampler) picks the full float64 path's tokens
+    on test logits (flat, ordinary and peaked rows, ties, -inf columns, a NaN row, +inf entries, a row of
+    -inf; fp32 and bf16) on ``hv``'s device, else what differed. Run at every CUDA engine build."""
+    from nlalab.verbalize.fast.sampler_kernel import gumbel_argmax
+
+    dev = hv.device
+    V = int(hv.shape[0])
+    g = torch.Generator(device=dev).manual_seed(0)
+    keys = torch.randint(0, 2 ** 32, (rows,), device=dev, generator=g)
+    for case, sigma in (("flat", 0.01), ("ordinary", 1.0), ("peaked", 8.0), ("ties", 1.0), ("special", 1.0)):
+        lg = torch.randn(rows, V, device=dev, generator=g) * sigma
+        if case == "ties":
+            lg = torch.round(lg * 2) / 2
+        if case == "special":
+            lg[:, ::7] = float("-inf")
+            lg[1, V // 3] = float("nan")
+            lg[2, V // 2] = lg[2, V // 5] = float("inf")
+            lg[3] = float("-inf")
+        for step in (0, 1):
+            for x in (lg, lg.bfloat16()):  # bf16 logits are read as .float() gives them
+                ref = _argmax_rows(gumbel_scores(noise_bits(keys, step, hv), x.float()))
+                got = gumbel_argmax(x, key_premix(keys, step), hv)
+                if not torch.equal(ref, got):
+                    return (f"{case} {x.dtype} logits, step {step}: {int((ref != got).sum())} of {rows} rows "
+                            "differ")
+    return ""
 
 
 _SPLIT = 64
@@ -352,7 +396,7 @@ def _argmax_rows(x: torch.Tensor, two_stage: Optional[bool] = None) -> torch.Ten
 
 def _head_sample(x, norm_w, eps: float, gemma: bool, lm_w, lm_b, final_softcap: Optional[float], keys, step, hv,
                  done, eos, pad: int, temperature: float, top_k: int, top_p: float, greedy: bool,
-                 work: Optional[SamplerWork] = None):
+                 work: Optional[SamplerWork] = None, screen: bool = False):
     """Final norm, LM head, soft-capping, sampling, pad-after-end, and the updated finished flags. ``work``
     (eager CPU decoding): its bounded bf16 head samples where it applies (``fast.head``), else the logits go
     into a reused buffer (``mm`` into it gives F.linear's values) and the screened sampler runs."""
@@ -370,7 +414,7 @@ def _head_sample(x, norm_w, eps: float, gemma: bool, lm_w, lm_b, final_softcap: 
             logits = logits / final_softcap
             logits = torch.tanh(logits)
             logits = logits * final_softcap
-        nxt = _sample(logits, keys, step, hv, temperature, top_k, top_p, greedy, work)
+        nxt = _sample(logits, keys, step, hv, temperature, top_k, top_p, greedy, work, screen)
     nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
     if eos is not None:
         done = done | torch.isin(nxt, eos)

@@ -68,6 +68,9 @@ class EngineOptions:
       logits for the few tokens that can win (``fast.head``; the same tokens as the full fp32 head). None:
       where its build-time checks pass and bf16 is >= 1.5x faster here (AMX/AVX512-BF16 CPUs); True: the
       exactness checks only (tests).
+    - ``gpu_screen``: CUDA decoding samples through the Triton sampler of ``fast.sampler_kernel`` (fp32
+      scores for the whole vocabulary, float64 ones only near each row's best; the same tokens as the full
+      float64 pass). None: where Triton imports and the engine's self-check passes.
     - ``dedup_prefill``: rows whose prompt is identical (the K samples of one activation, the blind
       control's samples of one prompt, padding rows) share one prefill; their K/V and last hidden state
       are copied. The same tokens on the CPU (MKL's rows do not depend on the batch at prefill sizes;
@@ -97,6 +100,7 @@ class EngineOptions:
     compact: float = 0.25
     cpu_screen: Optional[bool] = None
     cpu_bf16_head: Optional[bool] = None
+    gpu_screen: Optional[bool] = None
     dedup_prefill: bool = True
     profile: bool = False
     fuse_weights: Optional[bool] = None
