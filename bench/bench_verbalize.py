@@ -399,13 +399,13 @@ def main() -> None:
         x = torch.randn(st.batch, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)
         tt = torch.ones(1, dtype=torch.long, device="cuda")
 
-        def head(**kw):
+        def head(screen=eng.gpu_screen):
             return fns["head"](x, eng.norm_w, eng.norm_eps, eng.gemma, eng.lm_w, eng.lm_b, eng.final_softcap,
                                stt.keys, tt, eng.hv, stt.done, sp["eos"], sp["pad"], 1.0, 0, 1.0, False,
-                               **(eng._work_kw() if not kw else kw))
+                               screen=screen)
 
         def head_full():  # the full float64 sampler, for comparison with the Triton one
-            return head(screen=False)
+            return head(False)
 
         def gemm():
             return torch.nn.functional.linear(x, eng.lm_w)

@@ -84,6 +84,8 @@ class Stats:
 
 
 _LAST: list = [Stats()]
+# (device, vocabulary, margin) -> the Triton sampler's self-check result, '' = passed (FastEngine._screen_ok)
+_SCREEN_CHECKED: dict = {}
 
 
 def last_stats() -> Stats:
@@ -311,19 +313,24 @@ class FastEngine:
             return False
 
     def _screen_ok(self) -> bool:
-        """The Triton sampler (``fast.sampler_kernel``): CUDA, and it must pick the full path's tokens here."""
+        """The Triton sampler (``fast.sampler_kernel``): CUDA, and it must pick the full path's tokens here.
+        The self-check runs once per device, vocabulary size and margin in the process (engines are rebuilt
+        for every ``verbalize`` call)."""
         if OPTIONS.gpu_screen is False or self.device.type != "cuda":
             return False
         from nlalab.verbalize.fast import sampler_kernel
 
         if not sampler_kernel.available():
             return False
-        try:
-            bad = screen_self_check(self.hv)
-        except Exception as e:  # pragma: no cover - depends on the GPU stack
-            warnings.warn(f"fast engine: Triton sampler unavailable ({e!r}); using the full float64 sampler.")
-            return False
-        if bad:
+        key = (self.device, self.vocab, sampler_kernel.ABS, sampler_kernel.REL)
+        bad = _SCREEN_CHECKED.get(key)
+        if bad is None:
+            try:
+                bad = screen_self_check(self.hv)
+            except Exception as e:  # pragma: no cover - depends on the GPU stack
+                bad = f"unavailable: {e!r}"
+            _SCREEN_CHECKED[key] = bad
+        if bad:  # every engine that falls back says so
             warnings.warn(f"fast engine: Triton sampler failed its self-check ({bad}); using the full float64 "
                           "sampler.")
         return not bad

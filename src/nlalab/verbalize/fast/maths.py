@@ -330,16 +330,17 @@ def _sample(logits, keys, step, hv, temperature: float, top_k: int, top_p: float
     near each row's best (``fast.sampler_kernel``; the same tokens)."""
     if greedy:
         return logits.float().argmax(-1)
-    if screen and logits.is_cuda and logits.dim() == 2:
+    screen = screen and logits.is_cuda and logits.dim() == 2
+    if screen and not top_k and top_p >= 1.0 and temperature == 1.0:
+        lg = logits  # the kernel reads the logits as they are, converting them as .float() does: no fp32 copy
+    else:
+        lg = filter_logits(logits, top_k, top_p)
+        if temperature != 1.0:  # x / 1.0 is x: no [B, V] copy at the default temperature
+            lg = lg / float(temperature)
+    if screen:
         from nlalab.verbalize.fast.sampler_kernel import gumbel_argmax
 
-        if not top_k and top_p >= 1.0 and temperature == 1.0:  # the kernel reads the logits as they are and
-            return gumbel_argmax(logits, key_premix(keys, step), hv)  # converts them as .float() does
-        lg = filter_logits(logits, top_k, top_p)
-        return gumbel_argmax(lg / float(temperature) if temperature != 1.0 else lg, key_premix(keys, step), hv)
-    lg = filter_logits(logits, top_k, top_p)
-    if temperature != 1.0:  # x / 1.0 is x: no [B, V] copy at the default temperature
-        lg = lg / float(temperature)
+        return gumbel_argmax(lg, key_premix(keys, step), hv)
     if work is not None:
         nxt = _sample_screened(lg, keys, step, hv, work)
         if nxt is not None:
